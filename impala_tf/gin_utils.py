@@ -1,0 +1,19 @@
+"""Gin helpers.
+
+`keras_configurable` makes a Keras layer or model class `@gin.configurable`. Plain
+`gin.configurable` replaces `__init__` with a `(*args, **kwargs)` wrapper, and Keras'
+`Operation.__new__` reads the positional argument names of `__init__` to record its config,
+which then fails; restoring the original signature on the wrapper keeps both working.
+"""
+
+import inspect
+
+import gin
+
+
+def keras_configurable(cls):
+    """`gin.configurable` for a Keras class, keeping `__init__`'s signature visible."""
+    original_signature = inspect.signature(cls.__init__)
+    cls = gin.configurable(cls)
+    cls.__init__.__signature__ = original_signature
+    return cls

@@ -1,0 +1,91 @@
+"""The paper's visual torsos (Fig. 3): shallow and deep (ResNet).
+
+Both take uint8 frames `[N, H, W, C]` and scale them to [0, 1] inside the model, and return
+float32 `[N, fc_size]` features after a ReLU.
+"""
+
+from typing import Sequence, Tuple
+
+import keras
+import tensorflow as tf
+
+from impala_tf.gin_utils import keras_configurable
+
+
+def _scale_frame(frame: tf.Tensor) -> tf.Tensor:
+    return tf.cast(frame, tf.float32) / 255.0
+
+
+@keras_configurable
+class ShallowTorso(keras.layers.Layer):
+    """conv 16 8x8 stride 4, conv 32 4x4 stride 2 (valid padding, ReLU), fully connected 256."""
+
+    def __init__(self, fc_size: int = 256, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = keras.layers.Conv2D(16, 8, strides=4, padding="valid", activation="relu")
+        self.conv2 = keras.layers.Conv2D(32, 4, strides=2, padding="valid", activation="relu")
+        self.flatten = keras.layers.Flatten()
+        self.fc = keras.layers.Dense(fc_size, activation="relu")
+
+    def call(self, frame):
+        x = self.conv2(self.conv1(_scale_frame(frame)))
+        return self.fc(self.flatten(x))
+
+
+class ResidualBlock(keras.layers.Layer):
+    """x + conv(relu(conv(relu(x)))), 3x3 same-padded convolutions."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = keras.layers.Conv2D(channels, 3, padding="same")
+        self.conv2 = keras.layers.Conv2D(channels, 3, padding="same")
+
+    def call(self, x):
+        y = self.conv1(tf.nn.relu(x))
+        y = self.conv2(tf.nn.relu(y))
+        return x + y
+
+
+@keras_configurable
+class DeepTorso(keras.layers.Layer):
+    """Sections of (conv 3x3, max-pool 3x3 stride 2, residual blocks), then ReLU and fc 256.
+
+    The paper's sections are `((16, 2), (32, 2), (32, 2))`: (channels, residual blocks).
+    """
+
+    def __init__(
+        self,
+        sections: Sequence[Tuple[int, int]] = ((16, 2), (32, 2), (32, 2)),
+        fc_size: int = 256,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.stages = []
+        for channels, num_blocks in sections:
+            stage = [
+                keras.layers.Conv2D(channels, 3, padding="same"),
+                keras.layers.MaxPooling2D(pool_size=3, strides=2, padding="same"),
+            ]
+            stage += [ResidualBlock(channels) for _ in range(num_blocks)]
+            self.stages.append(stage)
+        self.flatten = keras.layers.Flatten()
+        self.fc = keras.layers.Dense(fc_size, activation="relu")
+
+    def call(self, frame):
+        x = _scale_frame(frame)
+        for stage in self.stages:
+            for layer in stage:
+                x = layer(x)
+        x = tf.nn.relu(x)
+        return self.fc(self.flatten(x))
+
+
+TORSOS = {"shallow": ShallowTorso, "deep": DeepTorso}
+
+
+def make_torso(name: str) -> keras.layers.Layer:
+    """Builds the torso registered under `name` (`shallow` or `deep`)."""
+    try:
+        return TORSOS[name]()
+    except KeyError:
+        raise ValueError(f"Unknown torso {name!r}; expected one of {sorted(TORSOS)}.") from None
