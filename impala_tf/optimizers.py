@@ -1,0 +1,85 @@
+"""The paper's optimiser: RMSProp with the learning rate decayed linearly to 0 over the run.
+
+`TF1RMSprop` is Keras' RMSprop with the mean-square accumulator initialised to 1, as in
+`tf.compat.v1.train.RMSPropOptimizer` that the reference code used; Keras initialises it to 0,
+which makes the first updates ~1/sqrt(epsilon) times larger. The update is
+    ms <- decay * ms + (1 - decay) * g^2;  mom <- momentum * mom + lr * g / sqrt(ms + epsilon)
+    theta <- theta - mom
+"""
+
+import gin
+import keras
+import tensorflow as tf
+
+
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(update) = initial_learning_rate * max(0, 1 - update * frames_per_update / total_frames).
+
+    `update` is the optimiser's iteration count, so the schedule resumes with a checkpoint.
+    """
+
+    def __init__(
+        self, initial_learning_rate: float, total_environment_frames: float, frames_per_update: int
+    ):
+        if not total_environment_frames > 0:
+            raise ValueError("total_environment_frames must be positive.")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.total_environment_frames = float(total_environment_frames)
+        self.frames_per_update = int(frames_per_update)
+
+    def __call__(self, step):
+        frames = tf.cast(step, tf.float32) * float(self.frames_per_update)
+        fraction_left = tf.maximum(0.0, 1.0 - frames / self.total_environment_frames)
+        return self.initial_learning_rate * fraction_left
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "total_environment_frames": self.total_environment_frames,
+            "frames_per_update": self.frames_per_update,
+        }
+
+
+class TF1RMSprop(keras.optimizers.RMSprop):
+    """Keras RMSprop whose mean-square slots start at `initial_mean_square` (TF1: 1.0)."""
+
+    def __init__(self, *args, initial_mean_square: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial_mean_square = float(initial_mean_square)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        for velocity in self._velocities:
+            if velocity is not None:
+                velocity.assign(tf.fill(velocity.shape, self.initial_mean_square))
+
+    def get_config(self):
+        config = super().get_config()
+        config["initial_mean_square"] = self.initial_mean_square
+        return config
+
+
+@gin.configurable
+def make_optimizer(
+    total_environment_frames: float,
+    frames_per_update: int,
+    learning_rate: float = 0.0006,
+    decay: float = 0.99,
+    momentum: float = 0.0,
+    epsilon: float = 0.01,
+    initial_mean_square: float = 1.0,
+) -> TF1RMSprop:
+    """RMSProp (paper Table G.1 defaults) with `LinearDecay` over the run's frames.
+
+    Gradient clipping is done by `TrainStep` (global norm), not by the optimiser.
+    """
+    schedule = LinearDecay(learning_rate, total_environment_frames, frames_per_update)
+    return TF1RMSprop(
+        learning_rate=schedule,
+        rho=decay,
+        momentum=momentum,
+        epsilon=epsilon,
+        initial_mean_square=initial_mean_square,
+    )

@@ -1,0 +1,65 @@
+"""The unroll: the unit of experience that travels from actors to the learner.
+
+One spec describes it; the actor, the wire codec, the batcher and the learner all derive
+shapes and dtypes from `trajectory_spec`, never by hand.
+
+Time step t of an unroll (t = 0..T, T+1 steps; step 0 repeats the previous unroll's last):
+  observation[t]       the observation the agent acted on at t (dict name -> tensor);
+  action[t]            the action that led to observation t (taken at t-1);
+  reward[t]            the reward that came with observation t;
+  episode_start[t]     observation t is the first of an episode (the previous step ended one;
+                       `reward[t]` is then that episode's last reward);
+  behaviour_logits[t]  logits of the behaviour policy mu that chose `action[t]` (at t-1).
+This is the reference code's layout: `action`, `reward` and `behaviour_logits` at t describe
+the transition t-1 -> t, so the learner's V-trace uses steps 1..T of them.
+"""
+
+from typing import Any, Dict, Mapping, NamedTuple
+
+import tensorflow as tf
+
+
+class Trajectory(NamedTuple):
+    """`[T+1, ...]` for one unroll, `[T+1, B, ...]` in the learner; see the module doc."""
+
+    observation: Dict[str, Any]
+    action: Any
+    reward: Any
+    episode_start: Any
+    behaviour_logits: Any
+
+
+class LearnerBatch(NamedTuple):
+    """trajectory: `Trajectory` of `[T+1, B, ...]`; initial_core_state: the agent's core
+    state before step 0 of each unroll, `[B, ...]` leaves (an empty tuple without LSTM)."""
+
+    trajectory: Trajectory
+    initial_core_state: Any
+
+
+def trajectory_spec(
+    observation_spec: Mapping[str, tf.TensorSpec], num_actions: int, unroll_length: int
+) -> Trajectory:
+    """`Trajectory` of `tf.TensorSpec`s for one unroll of `unroll_length + 1` steps."""
+    steps = unroll_length + 1
+    return Trajectory(
+        observation={
+            name: tf.TensorSpec([steps] + spec.shape.as_list(), spec.dtype, name=name)
+            for name, spec in observation_spec.items()
+        },
+        action=tf.TensorSpec([steps], tf.int32, name="action"),
+        reward=tf.TensorSpec([steps], tf.float32, name="reward"),
+        episode_start=tf.TensorSpec([steps], tf.bool, name="episode_start"),
+        behaviour_logits=tf.TensorSpec([steps, num_actions], tf.float32, name="behaviour_logits"),
+    )
+
+
+def batched(spec_tree: Any, batch_size: int, time_major: bool = True) -> Any:
+    """Adds a batch dim to every spec: after time (`[T+1, B, ...]`) or first (`[B, ...]`)."""
+
+    def add(spec: tf.TensorSpec) -> tf.TensorSpec:
+        shape = spec.shape.as_list()
+        shape = shape[:1] + [batch_size] + shape[1:] if time_major else [batch_size] + shape
+        return tf.TensorSpec(shape, spec.dtype, name=spec.name)
+
+    return tf.nest.map_structure(add, spec_tree)

@@ -1,0 +1,167 @@
+"""One learner update: it learns, it equals an independent actor-critic gradient on-policy,
+it clips, and it compiles with XLA."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from impala_tf.networks import Agent
+from impala_tf.optimizers import make_optimizer
+from impala_tf.specs import LearnerBatch, Trajectory
+from impala_tf.train_step import TrainStep, agent_input_from_trajectory
+
+SPEC = {"frame": tf.TensorSpec([24, 24, 1], tf.uint8)}
+A = 3
+
+
+def _trajectory(T, B, seed=0):
+    rng = np.random.default_rng(seed)
+    starts = rng.random([T + 1, B]) < 0.15
+    return Trajectory(
+        observation={"frame": tf.constant(rng.integers(0, 255, [T + 1, B, 24, 24, 1]), tf.uint8)},
+        action=tf.constant(rng.integers(0, A, [T + 1, B]), tf.int32),
+        reward=tf.constant(rng.normal(size=[T + 1, B]), tf.float32),
+        episode_start=tf.constant(starts),
+        behaviour_logits=tf.constant(rng.normal(size=[T + 1, B, A]), tf.float32),
+    )
+
+
+def _agent(**kwargs):
+    return Agent(A, SPEC, torso="shallow", lstm_size=16, **kwargs)
+
+
+def _train_step(agent, jit_compile=False, **kwargs):
+    optimizer = make_optimizer(total_environment_frames=1e9, frames_per_update=1)
+    return TrainStep(agent, optimizer, jit_compile=jit_compile, **kwargs)
+
+
+def test_learning_on_a_fixed_bandit_batch():
+    """Every step ends an episode and action 0 pays +1, the others -1 (behaviour uniform).
+
+    The critic's loss must fall and the policy must move to action 0. (The total loss is a
+    surrogate whose policy term shrinks towards 0 as the advantages shrink, so it is the
+    baseline loss and the policy that are checked.)"""
+    agent = _agent()
+    step = TrainStep(agent, make_optimizer(1e9, 1, learning_rate=0.005))
+    trajectory = _trajectory(8, 4)
+    trajectory = trajectory._replace(
+        episode_start=tf.ones_like(trajectory.episode_start),
+        reward=tf.where(trajectory.action == 0, 1.0, -1.0),
+        behaviour_logits=tf.zeros_like(trajectory.behaviour_logits),
+    )
+    batch = LearnerBatch(trajectory, agent.initial_state(4))
+
+    def prob_of_action_0():
+        logits = agent.unroll(agent_input_from_trajectory(trajectory), batch.initial_core_state)[0]
+        return float(tf.reduce_mean(tf.nn.softmax(logits.policy_logits)[..., 0]))
+
+    first_loss = float(step.compute_loss(batch)[1]["baseline_loss"])
+    first_prob = prob_of_action_0()
+    for _ in range(40):
+        step(batch)
+    assert float(step.compute_loss(batch)[1]["baseline_loss"]) < 0.2 * first_loss
+    assert first_prob < 0.5 and prob_of_action_0() > 0.8
+
+
+def _independent_a2c_gradients(agent, trajectory, discount, baseline_cost, entropy_cost):
+    """Advantage actor-critic with n-step returns, written without V-trace."""
+    inputs = agent_input_from_trajectory(trajectory)
+    B = trajectory.reward.shape[1]
+    values = agent.unroll(inputs, agent.initial_state(B))[0].baseline.numpy()
+    rewards = np.clip(trajectory.reward.numpy()[1:], -1, 1)
+    discounts = discount * (1.0 - trajectory.episode_start.numpy()[1:].astype(np.float32))
+    T = rewards.shape[0]
+    returns = np.zeros([T + 1, B], np.float32)
+    returns[T] = values[T]
+    for t in reversed(range(T)):
+        returns[t] = rewards[t] + discounts[t] * returns[t + 1]
+    returns = returns[:T]
+    actions = trajectory.action.numpy()[1:]
+    with tf.GradientTape() as tape:
+        out = agent.unroll(inputs, agent.initial_state(B))[0]
+        log_pi = tf.nn.log_softmax(out.policy_logits[:-1])
+        log_pi_a = tf.reduce_sum(log_pi * tf.one_hot(actions, A), -1)
+        advantages = tf.stop_gradient(returns - out.baseline[:-1])
+        pg = -tf.reduce_sum(log_pi_a * advantages)
+        critic = 0.5 * tf.reduce_sum(tf.square(returns - out.baseline[:-1]))
+        neg_entropy = tf.reduce_sum(tf.exp(log_pi) * log_pi)
+        loss = pg + baseline_cost * critic + entropy_cost * neg_entropy
+    return tape.gradient(loss, agent.trainable_variables)
+
+
+def test_on_policy_gradient_equals_advantage_actor_critic():
+    agent = _agent()
+    trajectory = _trajectory(6, 3, seed=4)
+    outputs = agent.unroll(agent_input_from_trajectory(trajectory), agent.initial_state(3))[0]
+    # On-policy: the behaviour logits that chose action[t] are the learner's logits at t-1.
+    behaviour = tf.concat([outputs.policy_logits[:1], outputs.policy_logits[:-1]], axis=0)
+    trajectory = trajectory._replace(behaviour_logits=behaviour)
+    step = _train_step(agent, discount=0.9, baseline_cost=0.5, entropy_cost=0.01)
+    got, stats = step.compute_gradients(LearnerBatch(trajectory, agent.initial_state(3)))
+    assert float(stats["mean_rho"]) == pytest.approx(1.0, abs=1e-5)
+    want = _independent_a2c_gradients(agent, trajectory, 0.9, 0.5, 0.01)
+    for g, w, v in zip(got, want, agent.trainable_variables):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2e-3, atol=2e-5, err_msg=v.path)
+
+
+def test_off_policy_gradient_differs_from_on_policy():
+    """Guards the test above: V-trace's correction must matter when mu != pi."""
+    agent = _agent()
+    trajectory = _trajectory(6, 3, seed=4)
+    step = _train_step(agent, discount=0.9)
+    got, _ = step.compute_gradients(LearnerBatch(trajectory, agent.initial_state(3)))
+    want = _independent_a2c_gradients(agent, trajectory, 0.9, 0.5, 0.01)
+    diff = max(float(tf.reduce_max(tf.abs(g - w))) for g, w in zip(got, want))
+    assert diff > 1e-3
+
+
+def test_global_norm_clipping_and_tf1_rmsprop_update():
+    agent = _agent(use_lstm=False)
+    step = _train_step(agent, max_grad_norm=40.0)
+    variables = agent.trainable_variables
+    size = sum(int(np.prod(v.shape)) for v in variables)
+    g = 80.0 / np.sqrt(size)  # every entry equal, global norm 80 -> clipped to 40
+    before = [v.numpy().copy() for v in variables]
+    stats = step.apply_gradients([tf.fill(v.shape, g) for v in variables])
+    assert float(stats["grad_norm"]) == pytest.approx(80.0, rel=1e-4)
+    lr = float(stats["learning_rate"])
+    clipped = g / 2
+    mean_square = 0.99 * 1.0 + 0.01 * clipped ** 2  # TF1 RMSProp: accumulator starts at 1
+    want_delta = -lr * clipped / np.sqrt(mean_square + 0.01)
+    for b, v in zip(before, variables):
+        np.testing.assert_allclose(v.numpy() - b, want_delta, rtol=1e-3)
+
+
+def test_learning_rate_decays_linearly_to_zero():
+    optimizer = make_optimizer(total_environment_frames=1000, frames_per_update=100,
+                               learning_rate=0.0006)
+    schedule = optimizer._learning_rate
+    for update, want in [(0, 6e-4), (5, 3e-4), (9, 6e-5), (10, 0.0), (25, 0.0)]:
+        assert float(schedule(update)) == pytest.approx(want, abs=1e-10)
+    agent = _agent(use_lstm=False)
+    step = TrainStep(agent, optimizer)
+    batch = LearnerBatch(_trajectory(4, 2), ())
+    rates = [float(step(batch)["learning_rate"]) for _ in range(3)]
+    np.testing.assert_allclose(rates, [6e-4, 5.4e-4, 4.8e-4], rtol=1e-5)
+
+
+def test_xla_update_matches_the_graph_update():
+    agent_a, agent_b = _agent(), _agent()
+    agent_b.set_weights(agent_a.get_weights())
+    step_a = _train_step(agent_a, jit_compile=False)
+    step_b = _train_step(agent_b, jit_compile=True)
+    batch = LearnerBatch(_trajectory(5, 3), agent_a.initial_state(3))
+    for _ in range(2):
+        stats_a, stats_b = step_a(batch), step_b(batch)
+    assert float(stats_a["total_loss"]) == pytest.approx(float(stats_b["total_loss"]), rel=1e-3)
+    for a, b in zip(agent_a.get_weights(), agent_b.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(reward_clipping="abs"), "reward_clipping 'abs'"),
+    (dict(loss_reduction="max"), "loss_reduction 'max'"),
+])
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _train_step(_agent(use_lstm=False), **kwargs)
