@@ -4,6 +4,8 @@
 `gin.configurable` replaces `__init__` with a `(*args, **kwargs)` wrapper, and Keras'
 `Operation.__new__` reads the positional argument names of `__init__` to record its config,
 which then fails; restoring the original signature on the wrapper keeps both working.
+Keras constructors also take `**kwargs`, which would let gin accept any parameter name; the
+allowlist of named parameters makes a typo fail at parse time, naming the bad key.
 """
 
 import inspect
@@ -14,6 +16,11 @@ import gin
 def keras_configurable(cls):
     """`gin.configurable` for a Keras class, keeping `__init__`'s signature visible."""
     original_signature = inspect.signature(cls.__init__)
-    cls = gin.configurable(cls)
+    named = [
+        name
+        for name, p in original_signature.parameters.items()
+        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    cls = gin.configurable(cls, allowlist=named)
     cls.__init__.__signature__ = original_signature
     return cls

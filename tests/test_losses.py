@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from impala_tf import losses
 
@@ -86,3 +87,17 @@ def test_reward_clipping_values():
 def test_unknown_reward_clipping_names_the_options():
     with pytest.raises(ValueError, match="soft_asymmetric"):
         losses.clip_rewards(tf.constant([1.0]), "abs_two")
+
+
+def test_terms_agree_with_tensorflow_probability():
+    """An independent implementation of the categorical log-probability and entropy."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(4, 3, 6)).astype(np.float32)
+    actions = rng.integers(0, 6, size=(4, 3))
+    advantages = rng.normal(size=(4, 3)).astype(np.float32)
+    dist = tfp.distributions.Categorical(logits=logits)
+    want_pg = -tf.reduce_sum(dist.log_prob(actions) * advantages)
+    np.testing.assert_allclose(
+        losses.policy_gradient_loss(logits, actions, advantages), want_pg, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.entropy_loss(logits), -tf.reduce_sum(dist.entropy()), rtol=1e-5)

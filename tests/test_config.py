@@ -1,0 +1,98 @@
+"""Every experiment gin file parses and builds its models; typos name the bad key."""
+
+import gin
+import pytest
+import tensorflow as tf
+
+from impala_tf import builders, config
+from impala_tf.run_config import RunConfig
+
+GIN_FILES = sorted(config.EXPERIMENTS_DIR.rglob("*.gin"))
+
+ATARI_SPEC = {"frame": tf.TensorSpec([84, 84, 4], tf.uint8)}
+DMLAB_SPEC = {
+    "frame": tf.TensorSpec([72, 96, 3], tf.uint8),
+    "instruction": tf.TensorSpec([16], tf.int32),
+}
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    yield
+    gin.clear_config()
+
+
+def _spec_for(path):
+    return (DMLAB_SPEC, 9) if "dmlab" in path.parts else (ATARI_SPEC, 18)
+
+
+def test_the_paper_experiments_exist():
+    names = {str(p.relative_to(config.EXPERIMENTS_DIR)) for p in GIN_FILES}
+    assert {"atari/shallow.gin", "atari/deep.gin", "dmlab/deep.gin",
+            "dmlab/dmlab30.gin"} <= names
+
+
+@pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: str(p.relative_to(config.EXPERIMENTS_DIR)))
+def test_gin_file_parses_and_builds(path):
+    config.parse_config([str(path)])
+    spec, num_actions = _spec_for(path)
+    agent = builders.build_agent(spec, num_actions)
+    step = builders.build_train_step(agent)
+    assert agent.count_params() > 100_000
+    assert step.discount == 0.99 and step.baseline_cost == 0.5
+    assert "Agent.torso" in gin.operative_config_str()
+
+
+def test_paper_values_reach_the_objects():
+    config.parse_config(["atari/shallow.gin"])
+    run = RunConfig()
+    assert (run.unroll_length, run.batch_size, run.frames_per_update) == (20, 32, 20 * 32 * 4)
+    step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6), run)
+    assert step.entropy_cost == 0.01 and step.max_grad_norm == 40.0
+    assert float(step.current_learning_rate()) == pytest.approx(0.0006)
+    assert step.optimizer.epsilon == 0.01 and step.optimizer.rho == 0.99
+
+    config.parse_config(["dmlab/dmlab30.gin"])
+    run = RunConfig()
+    assert run.unroll_length == 100 and run.total_environment_frames == 1e10
+    agent = builders.build_agent(DMLAB_SPEC, 9)
+    assert agent.torso_name == "deep" and agent.instruction_encoder is not None
+    step = builders.build_train_step(agent, run)
+    assert step.reward_clipping == "soft_asymmetric" and step.max_grad_norm is None
+    assert step.entropy_cost == pytest.approx(0.0033391318945337044)
+    assert float(step.current_learning_rate()) == pytest.approx(0.00031866995608948655)
+    assert step.optimizer.epsilon == 0.1
+
+
+def test_deep_atari_overrides_only_the_torso():
+    config.parse_config(["atari/deep.gin"])
+    agent = builders.build_agent(ATARI_SPEC, 6)
+    assert agent.torso_name == "deep"
+    assert builders.build_train_step(agent).entropy_cost == 0.01
+
+
+def test_bindings_override_files():
+    config.parse_config(["atari/shallow.gin"], ["TrainStep.entropy_cost = 0.05"])
+    step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
+    assert step.entropy_cost == 0.05
+
+
+@pytest.mark.parametrize("binding, name", [
+    ("Agent.use_lsmt = False", "use_lsmt"),
+    ("Agnet.use_lstm = False", "Agnet"),
+])
+def test_a_typo_names_the_bad_key(binding, name):
+    with pytest.raises(ValueError, match=name):
+        config.parse_config(["atari/shallow.gin"], [binding])
+
+
+def test_missing_gin_file_is_named():
+    with pytest.raises(FileNotFoundError, match="nowhere.gin"):
+        config.parse_config(["nowhere.gin"])
+
+
+def test_operative_config_is_written(tmp_path):
+    config.parse_config(["atari/shallow.gin"])
+    builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
+    path = config.write_operative_config(str(tmp_path))
+    assert "TrainStep.entropy_cost = 0.01" in open(path).read()
