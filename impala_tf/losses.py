@@ -17,7 +17,14 @@ import tensorflow as tf
 REDUCTIONS = ("sum", "mean")
 
 
-def _reduce(x: tf.Tensor, reduction: str) -> tf.Tensor:
+def _reduce(x: tf.Tensor, reduction: str, mask=None) -> tf.Tensor:
+    """Sum or mean over all elements; `mask` (0/1, same shape) zeroes masked-out elements,
+    and the mean then divides by the number of elements kept."""
+    if mask is not None:
+        mask = tf.cast(mask, x.dtype)
+        x = x * mask
+        if reduction == "mean":
+            return tf.reduce_sum(x) / tf.maximum(tf.reduce_sum(mask), 1.0)
     if reduction == "sum":
         return tf.reduce_sum(x)
     if reduction == "mean":
@@ -26,7 +33,11 @@ def _reduce(x: tf.Tensor, reduction: str) -> tf.Tensor:
 
 
 def policy_gradient_loss(
-    policy_logits: tf.Tensor, actions: tf.Tensor, pg_advantages: tf.Tensor, reduction: str = "sum"
+    policy_logits: tf.Tensor,
+    actions: tf.Tensor,
+    pg_advantages: tf.Tensor,
+    reduction: str = "sum",
+    mask=None,
 ) -> tf.Tensor:
     """-log pi(a_s|x_s) * pg_advantages_s, reduced over `[T, B]`.
 
@@ -34,6 +45,7 @@ def policy_gradient_loss(
       policy_logits: float32 `[T, B, NUM_ACTIONS]` the learner's logits.
       actions: int `[T, B]` the actions taken.
       pg_advantages: float32 `[T, B]`; treated as a constant (gradient stopped).
+      mask: optional 0/1 `[T, B]`; steps with 0 do not count.
 
     Returns:
       float32 scalar.
@@ -41,27 +53,31 @@ def policy_gradient_loss(
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(actions, tf.int32), logits=policy_logits
     )
-    return _reduce(cross_entropy * tf.stop_gradient(pg_advantages), reduction)
+    return _reduce(cross_entropy * tf.stop_gradient(pg_advantages), reduction, mask)
 
 
-def baseline_loss(vs: tf.Tensor, values: tf.Tensor, reduction: str = "sum") -> tf.Tensor:
+def baseline_loss(
+    vs: tf.Tensor, values: tf.Tensor, reduction: str = "sum", mask=None
+) -> tf.Tensor:
     """1/2 (v_s - V(x_s))^2 reduced over `[T, B]`; the gradient flows into `values` only.
 
     Args:
       vs: float32 `[T, B]` V-trace targets (gradient stopped).
       values: float32 `[T, B]` the learner's baseline.
+      mask: optional 0/1 `[T, B]`; steps with 0 do not count.
 
     Returns:
       float32 scalar (not yet scaled by `baseline_cost`).
     """
-    return _reduce(0.5 * tf.square(tf.stop_gradient(vs) - values), reduction)
+    return _reduce(0.5 * tf.square(tf.stop_gradient(vs) - values), reduction, mask)
 
 
-def entropy_loss(policy_logits: tf.Tensor, reduction: str = "sum") -> tf.Tensor:
+def entropy_loss(policy_logits: tf.Tensor, reduction: str = "sum", mask=None) -> tf.Tensor:
     """-H(pi(.|x_s)) reduced over `[T, B]` (negative entropy: minimising it explores).
 
     Args:
       policy_logits: float32 `[T, B, NUM_ACTIONS]`.
+      mask: optional 0/1 `[T, B]`; steps with 0 do not count.
 
     Returns:
       float32 scalar (not yet scaled by `entropy_cost`).
@@ -69,7 +85,7 @@ def entropy_loss(policy_logits: tf.Tensor, reduction: str = "sum") -> tf.Tensor:
     policy = tf.nn.softmax(policy_logits)
     log_policy = tf.nn.log_softmax(policy_logits)
     entropy = -tf.reduce_sum(policy * log_policy, axis=-1)
-    return -_reduce(entropy, reduction)
+    return -_reduce(entropy, reduction, mask)
 
 
 def clip_abs_one(rewards: tf.Tensor) -> tf.Tensor:

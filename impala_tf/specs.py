@@ -7,11 +7,17 @@ Time step t of an unroll (t = 0..T, T+1 steps; step 0 repeats the previous unrol
   observation[t]       the observation the agent acted on at t (dict name -> tensor);
   action[t]            the action that led to observation t (taken at t-1);
   reward[t]            the reward that came with observation t;
-  episode_start[t]     observation t is the first of an episode (the previous step ended one;
-                       `reward[t]` is then that episode's last reward);
+  discount[t]          the environment's discount on arriving at observation t: 0 when
+                       observation t ends its episode by termination, 1 otherwise (also when
+                       a time limit cut the episode, so the learner can bootstrap from it);
+  episode_start[t]     observation t is the first of an episode (dm_env FIRST);
   behaviour_logits[t]  logits of the behaviour policy mu that chose `action[t]` (at t-1).
-This is the reference code's layout: `action`, `reward` and `behaviour_logits` at t describe
-the transition t-1 -> t, so the learner's V-trace uses steps 1..T of them.
+`action`, `reward`, `discount` and `behaviour_logits` at t describe the transition t-1 -> t
+(the reference code's layout), so the learner uses steps 1..T of them.
+
+Environments follow dm_env: an episode's last observation (LAST) is a step of the unroll,
+and the next step is the FIRST of a new episode. The agent still acts at LAST (the action is
+ignored by the environment); the learner masks that LAST -> FIRST transition out.
 """
 
 from typing import Any, Dict, Mapping, NamedTuple
@@ -25,6 +31,7 @@ class Trajectory(NamedTuple):
     observation: Dict[str, Any]
     action: Any
     reward: Any
+    discount: Any
     episode_start: Any
     behaviour_logits: Any
 
@@ -49,6 +56,7 @@ def trajectory_spec(
         },
         action=tf.TensorSpec([steps], tf.int32, name="action"),
         reward=tf.TensorSpec([steps], tf.float32, name="reward"),
+        discount=tf.TensorSpec([steps], tf.float32, name="discount"),
         episode_start=tf.TensorSpec([steps], tf.bool, name="episode_start"),
         behaviour_logits=tf.TensorSpec([steps, num_actions], tf.float32, name="behaviour_logits"),
     )

@@ -26,11 +26,16 @@ def synthetic_batch(
         return tf.constant(rng.integers(0, high, size=s.shape.as_list()), s.dtype)
 
     shape = spec.action.shape.as_list()
+    episode_start = rng.random(shape) < episode_start_prob
+    # dm_env: the step before an episode start is its LAST; here always a termination.
+    discount = np.ones(shape, np.float32)
+    discount[:-1][episode_start[1:]] = 0.0
     trajectory = Trajectory(
         observation={name: observation(s) for name, s in spec.observation.items()},
         action=tf.constant(rng.integers(0, agent.num_actions, size=shape), tf.int32),
         reward=tf.constant(rng.choice([-1.0, 0.0, 0.0, 0.0, 1.0], size=shape), tf.float32),
-        episode_start=tf.constant(rng.random(shape) < episode_start_prob),
+        discount=tf.constant(discount),
+        episode_start=tf.constant(episode_start),
         behaviour_logits=tf.constant(
             rng.normal(size=spec.behaviour_logits.shape.as_list()), tf.float32
         ),

@@ -1,12 +1,17 @@
 """One learner update: unroll the agent over a batch, V-trace, the loss, clipped gradients,
 RMSProp. Runs as a `tf.function`, optionally XLA-compiled (`jit_compile=True`, the TPU path).
 
-Given a `LearnerBatch` of `[T+1, B, ...]` tensors, with discount gamma:
-  rewards[t]   = clip(reward[t+1]),  actions[t] = action[t+1],
-  discounts[t] = gamma * (1 - episode_start[t+1]),   t = 0..T-1,
+Given a `LearnerBatch` of `[T+1, B, ...]` tensors (layout in `specs.py`), with discount gamma,
+for the transitions t -> t+1, t = 0..T-1:
+  actions[t] = action[t+1],  rewards[t] = clip(reward[t+1]),
+  valid[t] = not episode_start[t+1]   (False for the LAST -> FIRST step between episodes),
+  discounts[t] = gamma * discount[t+1] * valid[t],
   values = baseline[:-1], bootstrap_value = baseline[-1], target logits = policy_logits[:-1].
-An episode that ended by a time limit is cut like a terminal one (as in the reference code):
-the unroll does not hold the last observation of that episode to bootstrap from.
+The log importance weights come from `vtrace.from_logits`' helper, and are set to -inf where
+`valid` is False (rho = c = 0 there: that step adds nothing to the targets, and the value
+of a LAST observation reached by a time limit is bootstrapped from, not trained to 0);
+every loss term is masked by `valid`. On data with no episode boundary this is exactly
+`vtrace.from_logits`.
 """
 
 from typing import Dict, Optional, Tuple
@@ -94,14 +99,21 @@ class TrainStep:
             agent_input_from_trajectory(trajectory), batch.initial_core_state
         )
         rewards = losses.clip_rewards(trajectory.reward[1:], self.reward_clipping)
-        discounts = self.discount * (1.0 - tf.cast(trajectory.episode_start[1:], tf.float32))
+        valid = tf.logical_not(tf.cast(trajectory.episode_start[1:], tf.bool))
+        valid_float = tf.cast(valid, tf.float32)
+        discounts = self.discount * tf.cast(trajectory.discount[1:], tf.float32) * valid_float
         actions = trajectory.action[1:]
         target_logits = outputs.policy_logits[:-1]
         values = outputs.baseline[:-1]
-        vtrace_returns = vtrace.from_logits(
-            behaviour_policy_logits=trajectory.behaviour_logits[1:],
-            target_policy_logits=target_logits,
-            actions=actions,
+        target_action_log_probs = vtrace.log_probs_from_logits_and_actions(target_logits, actions)
+        behaviour_action_log_probs = vtrace.log_probs_from_logits_and_actions(
+            trajectory.behaviour_logits[1:], actions
+        )
+        log_rhos = tf.where(
+            valid, target_action_log_probs - behaviour_action_log_probs, float("-inf")
+        )
+        vtrace_returns = vtrace.from_importance_weights(
+            log_rhos=log_rhos,
             discounts=discounts,
             rewards=rewards,
             values=values,
@@ -111,21 +123,23 @@ class TrainStep:
             clip_c_threshold=self.clip_c_threshold,
             lambda_=self.lambda_,
         )
+        reduction = self.loss_reduction
         pg_loss = losses.policy_gradient_loss(
-            target_logits, actions, vtrace_returns.pg_advantages, self.loss_reduction
+            target_logits, actions, vtrace_returns.pg_advantages, reduction, valid_float
         )
-        baseline_loss = losses.baseline_loss(vtrace_returns.vs, values, self.loss_reduction)
-        entropy_loss = losses.entropy_loss(target_logits, self.loss_reduction)
+        baseline_loss = losses.baseline_loss(vtrace_returns.vs, values, reduction, valid_float)
+        entropy_loss = losses.entropy_loss(target_logits, reduction, valid_float)
         total_loss = (
             pg_loss + self.baseline_cost * baseline_loss + self.entropy_cost * entropy_loss
         )
+        num_valid = tf.maximum(tf.reduce_sum(valid_float), 1.0)
         stats = {
             "total_loss": total_loss,
             "pg_loss": pg_loss,
             "baseline_loss": baseline_loss,
             "entropy_loss": entropy_loss,
-            "mean_rho": tf.reduce_mean(tf.exp(vtrace_returns.log_rhos)),
-            "mean_baseline": tf.reduce_mean(values),
+            "mean_rho": tf.reduce_sum(tf.exp(log_rhos)) / num_valid,
+            "mean_baseline": tf.reduce_sum(values * valid_float) / num_valid,
         }
         return total_loss, stats
 

@@ -101,3 +101,18 @@ def test_terms_agree_with_tensorflow_probability():
         losses.policy_gradient_loss(logits, actions, advantages), want_pg, rtol=1e-5)
     np.testing.assert_allclose(
         losses.entropy_loss(logits), -tf.reduce_sum(dist.entropy()), rtol=1e-5)
+
+
+def test_masked_steps_do_not_count():
+    logits = tf.constant([[[0.0, 1.0]], [[2.0, 0.0]]])
+    actions = tf.constant([[0], [1]])
+    adv = tf.constant([[1.5], [-2.0]])
+    mask = tf.constant([[1.0], [0.0]])
+    first_only = losses.policy_gradient_loss(logits[:1], actions[:1], adv[:1])
+    assert losses.policy_gradient_loss(logits, actions, adv, mask=mask).numpy() == pytest.approx(
+        first_only.numpy())
+    # The mean divides by the steps kept.
+    assert losses.baseline_loss(adv, adv * 0, "mean", mask).numpy() == pytest.approx(
+        0.5 * 1.5 ** 2)
+    assert losses.entropy_loss(logits, "sum", mask).numpy() == pytest.approx(
+        losses.entropy_loss(logits[:1]).numpy())

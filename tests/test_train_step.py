@@ -15,12 +15,19 @@ A = 3
 
 
 def _trajectory(T, B, seed=0):
+    """Random steps with dm_env episode boundaries: the step before an episode start is a
+    LAST, ended by termination (discount 0) or a time limit (discount 1), alternately."""
     rng = np.random.default_rng(seed)
-    starts = rng.random([T + 1, B]) < 0.15
+    starts = rng.random([T + 1, B]) < 0.2
+    discount = np.ones([T + 1, B], np.float32)
+    last = np.argwhere(starts[1:])
+    for i, (t, b) in enumerate(last):
+        discount[t, b] = float(i % 2)
     return Trajectory(
         observation={"frame": tf.constant(rng.integers(0, 255, [T + 1, B, 24, 24, 1]), tf.uint8)},
         action=tf.constant(rng.integers(0, A, [T + 1, B]), tf.int32),
         reward=tf.constant(rng.normal(size=[T + 1, B]), tf.float32),
+        discount=tf.constant(discount),
         episode_start=tf.constant(starts),
         behaviour_logits=tf.constant(rng.normal(size=[T + 1, B, A]), tf.float32),
     )
@@ -36,7 +43,8 @@ def _train_step(agent, jit_compile=False, **kwargs):
 
 
 def test_learning_on_a_fixed_bandit_batch():
-    """Every step ends an episode and action 0 pays +1, the others -1 (behaviour uniform).
+    """One-step episodes (FIRST, LAST, FIRST, ...): action 0 pays +1, the others -1, under a
+    uniform behaviour policy.
 
     The critic's loss must fall and the policy must move to action 0. (The total loss is a
     surrogate whose policy term shrinks towards 0 as the advantages shrink, so it is the
@@ -44,16 +52,18 @@ def test_learning_on_a_fixed_bandit_batch():
     agent = _agent()
     step = TrainStep(agent, make_optimizer(1e9, 1, learning_rate=0.005))
     trajectory = _trajectory(8, 4)
+    first = (np.arange(9) % 2 == 0)[:, None].repeat(4, axis=1)
     trajectory = trajectory._replace(
-        episode_start=tf.ones_like(trajectory.episode_start),
-        reward=tf.where(trajectory.action == 0, 1.0, -1.0),
+        episode_start=tf.constant(first),
+        discount=tf.constant(np.where(first, 1.0, 0.0), tf.float32),
+        reward=tf.where(trajectory.action == 0, 1.0, -1.0) * (1.0 - first),
         behaviour_logits=tf.zeros_like(trajectory.behaviour_logits),
     )
     batch = LearnerBatch(trajectory, agent.initial_state(4))
 
     def prob_of_action_0():
         logits = agent.unroll(agent_input_from_trajectory(trajectory), batch.initial_core_state)[0]
-        return float(tf.reduce_mean(tf.nn.softmax(logits.policy_logits)[..., 0]))
+        return float(tf.reduce_mean(tf.nn.softmax(logits.policy_logits)[0::2, :, 0]))
 
     first_loss = float(step.compute_loss(batch)[1]["baseline_loss"])
     first_prob = prob_of_action_0()
@@ -64,27 +74,33 @@ def test_learning_on_a_fixed_bandit_batch():
 
 
 def _independent_a2c_gradients(agent, trajectory, discount, baseline_cost, entropy_cost):
-    """Advantage actor-critic with n-step returns, written without V-trace."""
+    """Advantage actor-critic with n-step returns, written without V-trace.
+
+    A transition into an episode start (LAST -> FIRST) is no transition: it is left out, and
+    the return at a LAST observation is its own value (what a time limit bootstraps from)."""
     inputs = agent_input_from_trajectory(trajectory)
     B = trajectory.reward.shape[1]
     values = agent.unroll(inputs, agent.initial_state(B))[0].baseline.numpy()
     rewards = np.clip(trajectory.reward.numpy()[1:], -1, 1)
-    discounts = discount * (1.0 - trajectory.episode_start.numpy()[1:].astype(np.float32))
+    env_discounts = trajectory.discount.numpy()[1:]
+    valid = ~trajectory.episode_start.numpy()[1:]
     T = rewards.shape[0]
     returns = np.zeros([T + 1, B], np.float32)
     returns[T] = values[T]
     for t in reversed(range(T)):
-        returns[t] = rewards[t] + discounts[t] * returns[t + 1]
+        bootstrapped = rewards[t] + discount * env_discounts[t] * returns[t + 1]
+        returns[t] = np.where(valid[t], bootstrapped, values[t])
     returns = returns[:T]
     actions = trajectory.action.numpy()[1:]
+    mask = valid.astype(np.float32)
     with tf.GradientTape() as tape:
         out = agent.unroll(inputs, agent.initial_state(B))[0]
         log_pi = tf.nn.log_softmax(out.policy_logits[:-1])
         log_pi_a = tf.reduce_sum(log_pi * tf.one_hot(actions, A), -1)
         advantages = tf.stop_gradient(returns - out.baseline[:-1])
-        pg = -tf.reduce_sum(log_pi_a * advantages)
-        critic = 0.5 * tf.reduce_sum(tf.square(returns - out.baseline[:-1]))
-        neg_entropy = tf.reduce_sum(tf.exp(log_pi) * log_pi)
+        pg = -tf.reduce_sum(log_pi_a * advantages * mask)
+        critic = 0.5 * tf.reduce_sum(tf.square(returns - out.baseline[:-1]) * mask)
+        neg_entropy = tf.reduce_sum(tf.reduce_sum(tf.exp(log_pi) * log_pi, -1) * mask)
         loss = pg + baseline_cost * critic + entropy_cost * neg_entropy
     return tape.gradient(loss, agent.trainable_variables)
 
@@ -99,6 +115,9 @@ def test_on_policy_gradient_equals_advantage_actor_critic():
     step = _train_step(agent, discount=0.9, baseline_cost=0.5, entropy_cost=0.01)
     got, stats = step.compute_gradients(LearnerBatch(trajectory, agent.initial_state(3)))
     assert float(stats["mean_rho"]) == pytest.approx(1.0, abs=1e-5)
+    # The data holds both kinds of episode end, so both paths are checked.
+    lasts = trajectory.episode_start.numpy()[1:]
+    assert set(trajectory.discount.numpy()[:-1][lasts]) == {0.0, 1.0}
     want = _independent_a2c_gradients(agent, trajectory, 0.9, 0.5, 0.01)
     for g, w, v in zip(got, want, agent.trainable_variables):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2e-3, atol=2e-5, err_msg=v.path)
