@@ -44,6 +44,14 @@ class LearnerBatch(NamedTuple):
     initial_core_state: Any
 
 
+def tensor_specs(observation_spec: Mapping[str, Any]) -> Dict[str, tf.TensorSpec]:
+    """dm_env observation specs (name -> `specs.Array`) -> name -> `tf.TensorSpec`."""
+    return {
+        name: tf.TensorSpec(list(spec.shape), tf.as_dtype(spec.dtype), name=name)
+        for name, spec in observation_spec.items()
+    }
+
+
 def trajectory_spec(
     observation_spec: Mapping[str, tf.TensorSpec], num_actions: int, unroll_length: int
 ) -> Trajectory:

@@ -61,7 +61,8 @@ class Agent(keras.Model):
       observation_spec: mapping name -> `tf.TensorSpec` of one observation without batch
         dims; must hold `frame` (uint8 `[H, W, C]`); an `instruction` entry (int32 `[L]`)
         switches the instruction encoder on.
-      torso: `shallow` or `deep` (gin-configure `ShallowTorso` / `DeepTorso` for details).
+      torso: `shallow` or `deep` (the paper's; gin-configure `ShallowTorso` / `DeepTorso`),
+        or `mlp` for tiny test games.
       use_lstm: whether to put the LSTM core between the torso and the heads.
       lstm_size: LSTM core units (256 in the paper).
     """

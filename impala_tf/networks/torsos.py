@@ -1,6 +1,7 @@
-"""The paper's visual torsos (Fig. 3): shallow and deep (ResNet).
+"""The paper's visual torsos (Fig. 3): shallow and deep (ResNet); and a small MLP torso for
+tiny test games (Catch).
 
-Both take uint8 frames `[N, H, W, C]` and scale them to [0, 1] inside the model, and return
+All take uint8 frames `[N, H, W, C]` and scale them to [0, 1] inside the model, and return
 float32 `[N, fc_size]` features after a ReLU.
 """
 
@@ -80,11 +81,27 @@ class DeepTorso(keras.layers.Layer):
         return self.fc(self.flatten(x))
 
 
-TORSOS = {"shallow": ShallowTorso, "deep": DeepTorso}
+@keras_configurable
+class MLPTorso(keras.layers.Layer):
+    """Flattened frame -> fully connected ReLU layers; for tiny frames such as Catch's."""
+
+    def __init__(self, hidden_sizes: Sequence[int] = (64,), **kwargs):
+        super().__init__(**kwargs)
+        self.flatten = keras.layers.Flatten()
+        self.hidden = [keras.layers.Dense(size, activation="relu") for size in hidden_sizes]
+
+    def call(self, frame):
+        x = self.flatten(_scale_frame(frame))
+        for layer in self.hidden:
+            x = layer(x)
+        return x
+
+
+TORSOS = {"shallow": ShallowTorso, "deep": DeepTorso, "mlp": MLPTorso}
 
 
 def make_torso(name: str) -> keras.layers.Layer:
-    """Builds the torso registered under `name` (`shallow` or `deep`)."""
+    """Builds the torso registered under `name` (`shallow`, `deep` or `mlp`)."""
     try:
         return TORSOS[name]()
     except KeyError:

@@ -1,0 +1,216 @@
+"""Atari through ale-py's native vectorised interface (C++ preprocessing and threads), with
+the paper's preprocessing (Table G.1):
+
+  84x84 grey frames, max-pooled over the last 2 emulator frames, action repeat 4, a stack of
+  the last 4 frames, up to 30 no-op starts, episodes capped at 108,000 frames, the minimal
+  action set, sticky actions off, rewards unclipped (clipping happens in the loss).
+  In training a lost life ends the episode (LAST, discount 0) but not the game: the next
+  step is a no-op that starts the next training episode (FIRST), as the DQN-era
+  `EpisodicLifeEnv` did. Scored episodes (`pop_finished_episodes`) are whole games.
+
+Frames are returned as uint8 `[K, 84, 84, 4]` (height, width, stack).
+"""
+
+import difflib
+import re
+from typing import List
+
+import gin
+import numpy as np
+from dm_env import specs
+
+from impala_tf.envs.base import FIRST, LAST, MID, BatchedEnv, BatchedTimeStep, EpisodeStats
+
+try:  # ale-py >= 0.11 ships the vector interface in its native module.
+    from ale_py import roms as ale_roms
+    from ale_py._ale_py import ALEVectorInterface
+except ImportError as error:  # pragma: no cover - exercised only without ale-py
+    ALEVectorInterface = None
+    _IMPORT_ERROR = error
+
+NOOP = 0
+
+
+def all_games() -> List[str]:
+    """Every ROM name ale-py ships (snake_case, e.g. `ms_pacman`)."""
+    return sorted(ale_roms.get_all_rom_ids())
+
+
+def resolve_game(name: str) -> str:
+    """`Pong`, `MsPacman`, `ms_pacman` or `PongNoFrameskip-v4` -> the ROM name; a typo raises
+    ValueError naming the nearest games."""
+    base = re.sub(r"(NoFrameskip)?-v\d+$", "", name.strip())
+    base = base.split("/")[-1]
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower().replace("-", "_")
+    games = all_games()
+    if snake in games:
+        return snake
+    nearest = difflib.get_close_matches(snake, games, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(g) for g in nearest)}?" if nearest else ""
+    raise ValueError(f"Unknown Atari game {name!r}.{hint}")
+
+
+@gin.configurable
+class AtariBatchedEnv(BatchedEnv):
+    """K Atari games stepped by ALE's C++ vector interface.
+
+    Args:
+      num_envs: K.
+      game: ROM name (any of the 57, or any ROM ale-py ships); case and `-v4` forgiven.
+      seed: environment i is seeded with `seed + i`.
+      episode_life: a lost life ends the training episode (paper: yes in training; evaluation
+        uses whole games, so pass False there).
+      noop_max: up to this many no-ops at the start of a game.
+      max_episode_frames: frame cap of a game (time-limit truncation, discount 1).
+      sticky_action_prob: repeat-action probability (0: off, the paper's setting).
+      action_repeat, frame_stack, frame_size, max_pool, grayscale: preprocessing.
+      full_action_space: 18 actions instead of the game's minimal set.
+      fire_reset: press FIRE after a reset (off: not part of the paper's protocol).
+      num_threads: ALE worker threads (0: ALE's default).
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        game: str = "pong",
+        seed: int = 0,
+        episode_life: bool = True,
+        noop_max: int = 30,
+        max_episode_frames: int = 108_000,
+        sticky_action_prob: float = 0.0,
+        action_repeat: int = 4,
+        frame_stack: int = 4,
+        frame_size: int = 84,
+        max_pool: bool = True,
+        grayscale: bool = True,
+        full_action_space: bool = False,
+        fire_reset: bool = False,
+        num_threads: int = 0,
+    ):
+        if ALEVectorInterface is None:  # pragma: no cover
+            raise ImportError(f"ale-py with its vector interface is required: {_IMPORT_ERROR}")
+        self.game = resolve_game(game)
+        self._num_envs = int(num_envs)
+        self._seed = int(seed)
+        self._episode_life = bool(episode_life)
+        self._action_repeat = int(action_repeat)
+        self._grayscale = bool(grayscale)
+        self._ale = ALEVectorInterface(
+            rom_path=ale_roms.get_rom_path(self.game),
+            num_envs=self._num_envs,
+            frame_skip=self._action_repeat,
+            stack_num=int(frame_stack),
+            img_height=int(frame_size),
+            img_width=int(frame_size),
+            grayscale=self._grayscale,
+            maxpool=bool(max_pool),
+            noop_max=int(noop_max),
+            use_fire_reset=bool(fire_reset),
+            episodic_life=False,
+            life_loss_info=self._episode_life,
+            reward_clipping=False,
+            max_episode_steps=int(max_episode_frames),
+            repeat_action_probability=float(sticky_action_prob),
+            full_action_space=bool(full_action_space),
+            batch_size=0,
+            num_threads=int(num_threads),
+            thread_affinity_offset=-1,
+            autoreset_mode="NextStep",
+        )
+        self._action_set = list(self._ale.get_action_set())
+        channels = int(frame_stack) * (1 if self._grayscale else 3)
+        self._frame_shape = (int(frame_size), int(frame_size), channels)
+        # Per environment: what the previous step returned, and the running game score.
+        self._last_kind = np.zeros(self._num_envs, np.int8)  # 0 none, 1 life lost, 2 game over
+        self._lives = np.zeros(self._num_envs, np.int64)
+        self._game_returns = np.zeros(self._num_envs, np.float64)
+        self._finished: List[EpisodeStats] = []
+        self._reset_count = 0
+        self.start_frames = np.zeros(self._num_envs, np.int64)
+
+    # -- specs --------------------------------------------------------------------------------
+    @property
+    def num_envs(self) -> int:
+        return self._num_envs
+
+    @property
+    def frames_per_step(self) -> int:
+        return self._action_repeat
+
+    @property
+    def action_meanings(self) -> List[str]:
+        return [str(a).split(".")[-1] for a in self._action_set]
+
+    def observation_spec(self):
+        return {"frame": specs.BoundedArray(self._frame_shape, np.uint8, 0, 255, name="frame")}
+
+    def action_spec(self):
+        return specs.DiscreteArray(len(self._action_set), name="action")
+
+    # -- stepping -------------------------------------------------------------------------------
+    def _frames(self, observation: np.ndarray) -> np.ndarray:
+        # ALE gives [K, stack, H, W] (grey) or [K, stack, H, W, 3]; the agent reads HWC.
+        if self._grayscale:
+            return np.ascontiguousarray(observation.transpose(0, 2, 3, 1))
+        k, s, h, w, c = observation.shape
+        return np.ascontiguousarray(observation.transpose(0, 2, 3, 1, 4).reshape(k, h, w, s * c))
+
+    def reset(self) -> BatchedTimeStep:
+        seeds = self._seed + self._reset_count * self._num_envs + np.arange(self._num_envs)
+        self._reset_count += 1
+        observation, info = self._ale.reset(np.arange(self._num_envs), seeds.astype(np.int64))
+        self._lives[:] = info["lives"]
+        # Emulator frames each game spent in its random no-op start.
+        self.start_frames = np.asarray(info["episode_frame_number"]).copy()
+        self._last_kind[:] = 0
+        self._game_returns[:] = 0.0
+        k = self._num_envs
+        return BatchedTimeStep(
+            step_type=np.full(k, FIRST, np.int8),
+            reward=np.zeros(k, np.float32),
+            discount=np.ones(k, np.float32),
+            observation={"frame": self._frames(observation)},
+        )
+
+    def step(self, actions: np.ndarray) -> BatchedTimeStep:
+        actions = np.asarray(actions)
+        if actions.shape != (self._num_envs,):
+            raise ValueError(f"Expected actions of shape ({self._num_envs},), got {actions.shape}.")
+        if actions.min(initial=0) < 0 or actions.max(initial=0) >= len(self._action_set):
+            raise ValueError(f"Actions must be in [0, {len(self._action_set)}), got {actions}.")
+        starting = self._last_kind > 0
+        # After a lost life the game goes on: a no-op starts the next training episode. After
+        # a game over or a time limit ALE resets the game itself and ignores the action.
+        actions = np.where(starting, NOOP, actions).astype(np.int32)
+        self._ale.send(actions, np.ones(self._num_envs, np.float32))
+        observation, reward, terminated, truncated, info = self._ale.recv()
+        reward = reward.astype(np.float32)
+        lives = info["lives"].astype(np.int64)
+
+        new_game = self._last_kind == 2
+        self._game_returns[new_game] = 0.0
+        self._game_returns += reward
+        life_lost = terminated & (lives < self._lives) & (lives > 0) & ~starting
+        game_over = (terminated | truncated) & ~life_lost & ~starting
+        for i in np.flatnonzero(game_over):
+            frames = int(info["episode_frame_number"][i])
+            self._finished.append(EpisodeStats(float(self._game_returns[i]), frames, self.game))
+
+        step_type = np.where(starting, FIRST, np.where(life_lost | game_over, LAST, MID))
+        discount = np.where(terminated & ~starting, 0.0, 1.0).astype(np.float32)
+        self._last_kind = np.where(starting, 0, np.where(game_over, 2, np.where(life_lost, 1, 0)))
+        self._last_kind = self._last_kind.astype(np.int8)
+        self._lives = lives
+        return BatchedTimeStep(
+            step_type=step_type.astype(np.int8),
+            reward=np.where(starting, 0.0, reward).astype(np.float32),
+            discount=discount,
+            observation={"frame": self._frames(observation)},
+        )
+
+    def pop_finished_episodes(self) -> List[EpisodeStats]:
+        finished, self._finished = self._finished, []
+        return finished
+
+    def close(self) -> None:
+        self._ale = None
