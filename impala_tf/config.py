@@ -21,6 +21,7 @@ EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 def register_configurables() -> None:
     """Imports every module that defines a gin configurable."""
     # pylint: disable=import-outside-toplevel,unused-import
+    import impala_tf.envs.factory  # noqa: F401
     import impala_tf.networks  # noqa: F401
     import impala_tf.optimizers  # noqa: F401
     import impala_tf.run_config  # noqa: F401

@@ -1,11 +1,16 @@
 """Every experiment gin file parses and builds its models; typos name the bad key."""
 
+import sys
+
 import gin
 import pytest
 import tensorflow as tf
 
+import fake_deepmind_lab
 from impala_tf import builders, config
+from impala_tf.envs.factory import make_environment
 from impala_tf.run_config import RunConfig
+from impala_tf.specs import tensor_specs
 
 GIN_FILES = sorted(config.EXPERIMENTS_DIR.rglob("*.gin"))
 
@@ -22,8 +27,9 @@ def _clear_gin():
     gin.clear_config()
 
 
-def _spec_for(path):
-    return (DMLAB_SPEC, 9) if "dmlab" in path.parts else (ATARI_SPEC, 18)
+@pytest.fixture
+def fake_lab(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepmind_lab", fake_deepmind_lab)
 
 
 def test_the_paper_experiments_exist():
@@ -33,18 +39,22 @@ def test_the_paper_experiments_exist():
 
 
 @pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: str(p.relative_to(config.EXPERIMENTS_DIR)))
-def test_gin_file_parses_and_builds(path):
+def test_gin_file_parses_and_builds(path, fake_lab):
+    """Parses the file, builds its environment, and the agent and update for its specs."""
     config.parse_config([str(path)])
-    spec, num_actions = _spec_for(path)
-    agent = builders.build_agent(spec, num_actions)
+    env = make_environment(2)
+    agent = builders.build_agent(tensor_specs(env.observation_spec()),
+                                 env.action_spec().num_values)
     step = builders.build_train_step(agent)
-    assert agent.count_params() > 100_000
+    assert RunConfig().num_action_repeats == env.frames_per_step
+    assert agent.count_params() > 1_000
     assert step.discount == 0.99 and step.baseline_cost == 0.5
     assert "Agent.torso" in gin.operative_config_str()
 
 
-def test_paper_values_reach_the_objects():
+def test_paper_values_reach_the_objects(fake_lab):
     config.parse_config(["atari/shallow.gin"])
+    assert make_environment(1).game == "pong"
     run = RunConfig()
     assert (run.unroll_length, run.batch_size, run.frames_per_update) == (20, 32, 20 * 32 * 4)
     step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6), run)
@@ -53,6 +63,7 @@ def test_paper_values_reach_the_objects():
     assert step.optimizer.epsilon == 0.01 and step.optimizer.rho == 0.99
 
     config.parse_config(["dmlab/dmlab30.gin"])
+    assert make_environment(1, actor_index=4).levels == ["rooms_keys_doors_puzzle"]
     run = RunConfig()
     assert run.unroll_length == 100 and run.total_environment_frames == 1e10
     agent = builders.build_agent(DMLAB_SPEC, 9)
@@ -72,7 +83,9 @@ def test_deep_atari_overrides_only_the_torso():
 
 
 def test_bindings_override_files():
-    config.parse_config(["atari/shallow.gin"], ["TrainStep.entropy_cost = 0.05"])
+    config.parse_config(["atari/shallow.gin"], ["TrainStep.entropy_cost = 0.05",
+                                                "AtariBatchedEnv.game = 'breakout'"])
+    assert make_environment(1).game == "breakout"
     step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
     assert step.entropy_cost == 0.05
 

@@ -194,7 +194,9 @@ class AtariBatchedEnv(BatchedEnv):
         game_over = (terminated | truncated) & ~life_lost & ~starting
         for i in np.flatnonzero(game_over):
             frames = int(info["episode_frame_number"][i])
-            self._finished.append(EpisodeStats(float(self._game_returns[i]), frames, self.game))
+            self._finished.append(
+                EpisodeStats(float(self._game_returns[i]), frames, self.game, int(i))
+            )
 
         step_type = np.where(starting, FIRST, np.where(life_lost | game_over, LAST, MID))
         discount = np.where(terminated & ~starting, 0.0, 1.0).astype(np.float32)

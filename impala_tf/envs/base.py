@@ -42,12 +42,13 @@ class BatchedTimeStep(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeStats:
-    """A finished scored episode: unclipped return, length in environment frames, and the
-    level or game name for multi-task runs."""
+    """A finished scored episode: unclipped return, length in environment frames, the level
+    or game name (for multi-task runs) and which of the K environments played it."""
 
     episode_return: float
     episode_frames: int
     level: str = ""
+    env_index: int = -1
 
 
 class BatchedEnv(abc.ABC):
@@ -151,7 +152,9 @@ class SequentialBatchedEnv(BatchedEnv):
             if timestep.last():
                 self._needs_reset[i] = True
                 self._finished.append(
-                    EpisodeStats(float(self._returns[i]), int(self._lengths[i]), self._levels[i])
+                    EpisodeStats(
+                        float(self._returns[i]), int(self._lengths[i]), self._levels[i], i
+                    )
                 )
             timesteps.append(timestep)
         return self._batch(timesteps)

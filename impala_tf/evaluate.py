@@ -1,0 +1,117 @@
+"""Evaluates a checkpoint under the paper's protocol and prints the scores table.
+
+    python -m impala_tf.evaluate --logdir=DIR [--num_episodes=30]
+    python -m impala_tf.evaluate --checkpoint=DIR/checkpoints/ckpt-1000 --gin_file=atari/shallow.gin
+
+With `--logdir` the latest checkpoint and, unless `--gin_file` is given, the run's
+`operative_config.gin` are used. Writes `evaluation.csv` and `evaluation.json` next to the
+checkpoints (or to `--out_dir`). DMLab-30 runs (`make_dmlab.dmlab30 = True`) are evaluated on
+all 30 test levels, the others on the configured game or level.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+
+import gin
+from absl import app, flags
+
+import impala_tf  # noqa: F401  (sets the Keras backend)
+from impala_tf import builders, checkpoints, config, evaluation
+from impala_tf.envs import dmlab as dmlab_env
+from impala_tf.envs.factory import make_environment
+from impala_tf.policy import BatchedPolicy
+from impala_tf.specs import tensor_specs
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("logdir", None, "Run directory: its latest checkpoint is evaluated.")
+    flags.DEFINE_string("checkpoint", None, "A checkpoint prefix (instead of --logdir).")
+    flags.DEFINE_multi_string("gin_file", [], "Experiment gin files (default: the run's "
+                              "operative_config.gin).")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    flags.DEFINE_integer("num_episodes", 30, "Episodes per game or level (the paper: 200 "
+                         "on Atari, 500 per DMLab level).")
+    flags.DEFINE_integer("num_envs", 8, "Environments played in parallel.")
+    flags.DEFINE_boolean("greedy", False, "Act with the most probable action.")
+    flags.DEFINE_integer("seed", 1, "Seed for environments and action sampling.")
+    flags.DEFINE_string("out_dir", None, "Where to write evaluation.csv/json.")
+
+
+def _resolve_inputs():
+    if bool(FLAGS.logdir) == bool(FLAGS.checkpoint):
+        raise app.UsageError("Give exactly one of --logdir and --checkpoint.")
+    if FLAGS.logdir:
+        path = checkpoints.latest_checkpoint(FLAGS.logdir)
+        if path is None:
+            raise app.UsageError(f"No checkpoint under {checkpoints.checkpoint_dir(FLAGS.logdir)}.")
+        out_dir = FLAGS.out_dir or FLAGS.logdir
+        operative = os.path.join(FLAGS.logdir, "operative_config.gin")
+    else:
+        path = FLAGS.checkpoint
+        out_dir = FLAGS.out_dir or os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        operative = os.path.join(out_dir, "operative_config.gin")
+    gin_files = FLAGS.gin_file or ([operative] if os.path.exists(operative) else [])
+    if not gin_files:
+        raise app.UsageError("No --gin_file given and no operative_config.gin found.")
+    return path, out_dir, gin_files
+
+
+def evaluate(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
+    """Returns (rows, summary, kind) for the configured experiment."""
+    kind = _binding("make_environment.kind", "atari")
+    dmlab30 = kind == "dmlab" and _binding("make_dmlab.dmlab30", False)
+    if dmlab30:
+        envs = [dmlab_env.make_dmlab(num_envs, seed=seed, level=level, mode="test")
+                for level in dmlab_env.dmlab30_level_names("test")]
+    else:
+        envs = [make_environment(num_envs, seed=seed, mode="eval")]
+    agent = builders.build_agent(tensor_specs(envs[0].observation_spec()),
+                                 envs[0].action_spec().num_values)
+    checkpoints.restore_agent(agent, checkpoint_path)
+    policy = BatchedPolicy(agent, greedy=greedy, seed=seed)
+    episodes = []
+    for env in envs:
+        episodes += evaluation.run_episodes(policy, env, num_episodes)
+        env.close()
+    if kind == "atari":
+        column = ("impala_deep_experts" if agent.torso_name == "deep"
+                  else "impala_shallow_experts")
+    else:
+        column = "impala" if dmlab30 else "experts"
+    rows = evaluation.score_rows(episodes, kind, column)
+    return rows, evaluation.summary(rows, kind), kind
+
+
+def _binding(name, default):
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
+
+
+def main(argv) -> None:
+    del argv
+    path, out_dir, gin_files = _resolve_inputs()
+    config.parse_config(gin_files, FLAGS.gin_bindings)
+    rows, summary_values, kind = evaluate(
+        path, FLAGS.num_episodes, FLAGS.num_envs, FLAGS.greedy, FLAGS.seed)
+    print(f"checkpoint: {path} ({kind}, {FLAGS.num_episodes} episodes each)")
+    print(evaluation.format_table(rows, summary_values))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "evaluation.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fld.name for fld in dataclasses.fields(rows[0])])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in rows)
+    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+        json.dump({"checkpoint": path, "kind": kind, "num_episodes": FLAGS.num_episodes,
+                   "rows": [dataclasses.asdict(r) for r in rows], "summary": summary_values},
+                  f, indent=2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

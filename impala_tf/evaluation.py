@@ -1,0 +1,109 @@
+"""Evaluation episodes under the paper's protocol, and the scores table.
+
+`run_episodes` plays rounds in which every one of the K environments starts afresh and only
+its first finished episode counts (taking the first N episodes to finish would favour short
+ones). Atari is evaluated on whole games with up to 30 no-op starts, the 108,000-frame cap
+and the unclipped score; DMLab on the test levels with the reference mixer seed
+(`make_environment(mode='eval')` sets both up).
+"""
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from impala_tf import scores
+from impala_tf.envs.base import BatchedEnv, EpisodeStats
+from impala_tf.policy import BatchedPolicy
+
+
+def run_episodes(policy: BatchedPolicy, env: BatchedEnv, num_episodes: int) -> List[EpisodeStats]:
+    """Plays until `num_episodes` episodes finished, one per environment per round."""
+    results: List[EpisodeStats] = []
+    k = env.num_envs
+    while len(results) < num_episodes:
+        timestep = env.reset()
+        env.pop_finished_episodes()
+        state = policy.initial_state(k)
+        prev_actions = np.zeros(k, np.int32)
+        done = np.zeros(k, bool)
+        while not done.all():
+            step, state = policy(prev_actions, timestep, state)
+            timestep = env.step(step.actions)
+            prev_actions = step.actions
+            for episode in env.pop_finished_episodes():
+                if not done[episode.env_index]:
+                    done[episode.env_index] = True
+                    results.append(episode)
+    return results[:num_episodes]
+
+
+@dataclasses.dataclass
+class ScoreRow:
+    """One game or level: mean unclipped return, its human-normalised score (None without a
+    reference) and the paper's figure where one exists."""
+
+    name: str
+    episodes: int
+    mean_return: float
+    std_return: float
+    mean_frames: float
+    human_normalized: Optional[float]
+    paper: Optional[float]
+
+
+def score_rows(
+    episodes: Sequence[EpisodeStats], kind: str, paper_column: Optional[str] = None
+) -> List[ScoreRow]:
+    """Groups episodes by level and scores them. `kind` is `atari`, `dmlab` or other;
+    `paper_column` picks the paper's column (Atari: impala_shallow_experts,
+    impala_deep_experts, impala_deep_multitask; DMLab: experts, impala)."""
+    by_level: Dict[str, List[EpisodeStats]] = {}
+    for episode in episodes:
+        by_level.setdefault(episode.level, []).append(episode)
+    refs = {"atari": scores.atari_references, "dmlab": scores.dmlab30_references}.get(kind)
+    refs = refs() if refs else {}
+    paper = {}
+    if kind == "atari":
+        paper = scores.paper_atari_scores()
+    elif kind == "dmlab":
+        paper = scores.paper_dmlab30_scores()
+    rows = []
+    for name, group in sorted(by_level.items()):
+        returns = np.array([e.episode_return for e in group])
+        ref = refs.get(name)
+        paper_row = paper.get(name)
+        rows.append(ScoreRow(
+            name=name,
+            episodes=len(group),
+            mean_return=float(returns.mean()),
+            std_return=float(returns.std()),
+            mean_frames=float(np.mean([e.episode_frames for e in group])),
+            human_normalized=scores.human_normalized(returns.mean(), ref) if ref else None,
+            paper=float(paper_row[paper_column]) if paper_row and paper_column else None,
+        ))
+    return rows
+
+
+def summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
+    """Atari: median and mean human-normalised score; DMLab-30: mean capped at 100."""
+    normalized = [r.human_normalized for r in rows if r.human_normalized is not None]
+    if not normalized:
+        return {}
+    if kind == "dmlab":
+        return {"mean_capped": float(np.mean([min(100.0, x) for x in normalized]))}
+    return {"median": float(np.median(normalized)), "mean": float(np.mean(normalized))}
+
+
+def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float]) -> str:
+    """The scores as a text table for the terminal."""
+    lines = [f"{'game/level':40s} {'episodes':>8s} {'mean':>10s} {'std':>9s} "
+             f"{'human %':>8s} {'paper':>10s}"]
+    for r in rows:
+        hns = f"{r.human_normalized:8.1f}" if r.human_normalized is not None else f"{'-':>8s}"
+        paper = f"{r.paper:10.1f}" if r.paper is not None else f"{'-':>10s}"
+        lines.append(f"{r.name:40s} {r.episodes:8d} {r.mean_return:10.2f} {r.std_return:9.2f} "
+                     f"{hns} {paper}")
+    for key, value in summary_values.items():
+        lines.append(f"human-normalised {key}: {value:.1f}%")
+    return "\n".join(lines)

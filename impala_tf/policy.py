@@ -1,0 +1,68 @@
+"""Batched inference for actors and evaluation: one compiled agent step for K environments.
+
+Keeps nothing but the agent: the caller holds the previous actions and the core state, so
+an actor can carry them across unrolls and an evaluator can start fresh each round.
+"""
+
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from impala_tf.envs.base import BatchedTimeStep
+from impala_tf.networks.agent import Agent, AgentInput
+
+
+class PolicyStep(NamedTuple):
+    """actions int32 `[K]`, policy_logits float32 `[K, A]`, baseline float32 `[K]`."""
+
+    actions: np.ndarray
+    policy_logits: np.ndarray
+    baseline: np.ndarray
+
+
+class BatchedPolicy:
+    """Samples (or, with `greedy`, takes the arg-max of) the agent's policy for K environments.
+
+    Args:
+      agent: the `Agent`.
+      greedy: act with the most probable action instead of sampling.
+      seed: seeds the sampling (a `tf.random.Generator`) for reproducible runs.
+      jit_compile: XLA-compile the step.
+    """
+
+    def __init__(self, agent: Agent, greedy: bool = False, seed: Optional[int] = None,
+                 jit_compile: bool = False):
+        self.agent = agent
+        self.greedy = bool(greedy)
+        self._rng = (tf.random.Generator.from_seed(seed) if seed is not None
+                     else tf.random.Generator.from_non_deterministic_state())
+        self._step = tf.function(self._step_graph, jit_compile=jit_compile, reduce_retracing=True)
+
+    def initial_state(self, num_envs: int) -> Any:
+        return self.agent.initial_state(num_envs)
+
+    def _step_graph(self, inputs: AgentInput, state):
+        outputs, state = self.agent.step(inputs, state)
+        if self.greedy:
+            actions = tf.argmax(outputs.policy_logits, axis=-1, output_type=tf.int32)
+        else:
+            # Gumbel-max sampling with the stateful generator: reproducible with a seed.
+            gumbel = -tf.math.log(-tf.math.log(
+                self._rng.uniform(tf.shape(outputs.policy_logits), 1e-20, 1.0)))
+            actions = tf.argmax(outputs.policy_logits + gumbel, axis=-1, output_type=tf.int32)
+        return actions, outputs.policy_logits, outputs.baseline, state
+
+    def __call__(
+        self, prev_actions: np.ndarray, timestep: BatchedTimeStep, state: Any
+    ) -> Tuple[PolicyStep, Any]:
+        """Acts on `timestep` (the observation, and the reward and episode start that came
+        with it) given the actions that led to it; returns the step and the new state."""
+        inputs = AgentInput(
+            prev_action=tf.convert_to_tensor(prev_actions, tf.int32),
+            reward=tf.convert_to_tensor(timestep.reward, tf.float32),
+            episode_start=tf.convert_to_tensor(timestep.first()),
+            observation={k: tf.convert_to_tensor(v) for k, v in timestep.observation.items()},
+        )
+        actions, logits, baseline, state = self._step(inputs, state)
+        return PolicyStep(actions.numpy(), logits.numpy(), baseline.numpy()), state

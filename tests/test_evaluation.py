@@ -1,0 +1,100 @@
+"""Evaluation: the episode protocol on a policy with a known return, the scores table, and
+the `python -m impala_tf.evaluate` command on a saved checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from impala_tf import builders, checkpoints, config, evaluation
+from impala_tf.envs.base import EpisodeStats
+from impala_tf.envs.catch import make_catch
+from impala_tf.envs.factory import make_environment
+from impala_tf.networks import Agent
+from impala_tf.policy import BatchedPolicy
+from impala_tf.specs import tensor_specs
+
+
+def _always_stay_agent(env):
+    """An agent whose policy ignores the frame and stays put (action 1)."""
+    agent = Agent(3, tensor_specs(env.observation_spec()), torso="mlp", use_lstm=False)
+    head = agent.policy_head
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    head.bias.assign([0.0, 50.0, 0.0])
+    return agent
+
+
+def test_a_known_policy_scores_its_expected_return():
+    env = make_catch(8, seed=3)
+    policy = BatchedPolicy(_always_stay_agent(env), seed=0)
+    episodes = evaluation.run_episodes(policy, env, 400)
+    assert len(episodes) == 400
+    # Staying catches only balls that fall in the paddle's column: 1/5 -> E[return] = -0.6.
+    returns = np.array([e.episode_return for e in episodes])
+    assert returns.mean() == pytest.approx(-0.6, abs=0.1)
+    # One episode per environment per round.
+    per_env = np.bincount([e.env_index for e in episodes], minlength=8)
+    assert (per_env == 50).all()
+
+
+def test_greedy_policy_takes_the_most_probable_action():
+    env = make_catch(4, seed=0)
+    policy = BatchedPolicy(_always_stay_agent(env), greedy=True)
+    step, _ = policy(np.zeros(4, np.int32), env.reset(), ())
+    np.testing.assert_array_equal(step.actions, [1, 1, 1, 1])
+    assert step.policy_logits.shape == (4, 3) and step.baseline.shape == (4,)
+
+
+def test_atari_rows_and_summary():
+    episodes = [EpisodeStats(-3.05, 1000, "pong", 0), EpisodeStats(-3.05, 1200, "pong", 1),
+                EpisodeStats(1.7, 500, "breakout", 0)]
+    rows = evaluation.score_rows(episodes, "atari", "impala_shallow_experts")
+    by_name = {r.name: r for r in rows}
+    assert by_name["pong"].episodes == 2 and by_name["pong"].mean_frames == 1100
+    assert by_name["pong"].human_normalized == pytest.approx(50.0)
+    assert by_name["breakout"].human_normalized == pytest.approx(0.0)
+    assert by_name["pong"].paper == pytest.approx(20.40)
+    assert evaluation.summary(rows, "atari") == pytest.approx({"median": 25.0, "mean": 25.0})
+    table = evaluation.format_table(rows, evaluation.summary(rows, "atari"))
+    assert "pong" in table and "median: 25.0%" in table
+
+
+def test_dmlab_summary_is_mean_capped():
+    rows = evaluation.score_rows(
+        [EpisodeStats(1e6, 10, "rooms_watermaze"), EpisodeStats(4.1, 10, "rooms_keys_doors_puzzle")],
+        "dmlab", "experts")
+    assert evaluation.summary(rows, "dmlab")["mean_capped"] == pytest.approx(50.0, abs=0.1)
+
+
+def test_evaluate_command_on_a_checkpoint(tmp_path):
+    config.parse_config(["catch.gin"])
+    env = make_environment(1)
+    agent = builders.build_agent(tensor_specs(env.observation_spec()), 3)
+    step = builders.build_train_step(agent)
+    saver = checkpoints.Checkpointer(str(tmp_path), agent, step.optimizer)
+    saver.learner_step.assign(12)
+    saver.save()
+    config.write_operative_config(str(tmp_path))
+    gin.clear_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.evaluate", f"--logdir={tmp_path}",
+         "--num_episodes=12", "--num_envs=4"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ckpt-12" in result.stdout and "catch" in result.stdout
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["rows"][0]["name"] == "catch" and report["rows"][0]["episodes"] == 12
+    assert -1.0 <= report["rows"][0]["mean_return"] <= 1.0
+    assert (tmp_path / "evaluation.csv").read_text().startswith("name,episodes,mean_return")
+
+
+def test_evaluate_without_a_checkpoint_says_so(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.evaluate", f"--logdir={tmp_path}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "No checkpoint" in result.stderr
