@@ -20,11 +20,16 @@ EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 def register_configurables() -> None:
     """Imports every module that defines a gin configurable."""
+    # Every process registers everything, so a config written for one role parses in all.
     # pylint: disable=import-outside-toplevel,unused-import
+    import impala_tf.actor  # noqa: F401
+    import impala_tf.distribute  # noqa: F401
     import impala_tf.envs.factory  # noqa: F401
+    import impala_tf.learner  # noqa: F401
     import impala_tf.networks  # noqa: F401
     import impala_tf.optimizers  # noqa: F401
     import impala_tf.run_config  # noqa: F401
+    import impala_tf.train  # noqa: F401
     import impala_tf.train_step  # noqa: F401
 
 

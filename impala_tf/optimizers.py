@@ -41,7 +41,12 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class TF1RMSprop(keras.optimizers.RMSprop):
-    """Keras RMSprop whose mean-square slots start at `initial_mean_square` (TF1: 1.0)."""
+    """Keras RMSprop whose mean-square slots start at `initial_mean_square` (TF1: 1.0).
+
+    Under a `tf.distribute` strategy it applies the gradients it is given as they are:
+    `TrainStep` all-reduces them first, so that global-norm clipping sees the gradient of the
+    global batch (Keras would sum them again, after a per-replica clipping).
+    """
 
     def __init__(self, *args, initial_mean_square: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,6 +59,9 @@ class TF1RMSprop(keras.optimizers.RMSprop):
         for velocity in self._velocities:
             if velocity is not None:
                 velocity.assign(tf.fill(velocity.shape, self.initial_mean_square))
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
 
     def get_config(self):
         config = super().get_config()

@@ -20,7 +20,7 @@ and the next step is the FIRST of a new episode. The agent still acts at LAST (t
 ignored by the environment); the learner masks that LAST -> FIRST transition out.
 """
 
-from typing import Any, Dict, Mapping, NamedTuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Tuple
 
 import tensorflow as tf
 
@@ -79,3 +79,75 @@ def batched(spec_tree: Any, batch_size: int, time_major: bool = True) -> Any:
         return tf.TensorSpec(shape, spec.dtype, name=spec.name)
 
     return tf.nest.map_structure(add, spec_tree)
+
+
+# -- the unroll as it travels: flat names -> arrays ---------------------------------------------
+
+CORE_STATE_PREFIX = "core_state/"
+
+
+def flatten_with_paths(structure: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    """[(path, leaf)] for nested dicts (sorted keys), namedtuples (field names) and tuples or
+    lists (indices), in `tf.nest.flatten` order; paths joined with '/'."""
+    if isinstance(structure, Mapping):
+        items = [(str(k), structure[k]) for k in sorted(structure)]
+    elif isinstance(structure, tuple) and hasattr(structure, "_fields"):
+        items = list(zip(structure._fields, structure))
+    elif isinstance(structure, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(structure)]
+    else:
+        return [(prefix.rstrip("/"), structure)]
+    out = []
+    for key, value in items:
+        out.extend(flatten_with_paths(value, f"{prefix}{key}/"))
+    return out
+
+
+def core_state_spec(initial_state: Any) -> Any:
+    """Spec of one environment's core state (no batch dim) from `agent.initial_state(1)`."""
+    return tf.nest.map_structure(
+        lambda x: tf.TensorSpec(x.shape[1:], x.dtype), initial_state
+    )
+
+
+def unroll_fields(trajectory: Trajectory, core_state: Any) -> Dict[str, Any]:
+    """Flattens one unroll (trajectory and core state at its start) to `name -> leaf`:
+    `observation/frame`, `action`, ..., `core_state/h`, `core_state/c`. Works on specs and
+    on arrays alike; the order is the spec's and never changes."""
+    fields = dict(flatten_with_paths(trajectory))
+    for path, leaf in flatten_with_paths(core_state):
+        fields[CORE_STATE_PREFIX + path] = leaf
+    return fields
+
+
+def unroll_wire_spec(
+    observation_spec: Mapping[str, tf.TensorSpec],
+    num_actions: int,
+    unroll_length: int,
+    initial_state: Any,
+) -> Dict[str, tf.TensorSpec]:
+    """The flat spec of one unroll on the wire (see `unroll_fields`)."""
+    return unroll_fields(
+        trajectory_spec(observation_spec, num_actions, unroll_length),
+        core_state_spec(initial_state),
+    )
+
+
+def unflatten_core_state(fields: Mapping[str, Any], initial_state: Any) -> Any:
+    """The core-state structure of `initial_state` filled with `fields`' core_state entries."""
+    paths = [p for p, _ in flatten_with_paths(initial_state)]
+    return tf.nest.pack_sequence_as(
+        initial_state, [fields[CORE_STATE_PREFIX + p] for p in paths]
+    )
+
+
+def trajectory_from_fields(fields: Mapping[str, Any], observation_names) -> Trajectory:
+    """The `Trajectory` held in flat `fields`."""
+    return Trajectory(
+        observation={name: fields[f"observation/{name}"] for name in observation_names},
+        action=fields["action"],
+        reward=fields["reward"],
+        discount=fields["discount"],
+        episode_start=fields["episode_start"],
+        behaviour_logits=fields["behaviour_logits"],
+    )

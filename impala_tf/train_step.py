@@ -90,7 +90,7 @@ class TrainStep:
         self.jit_compile = bool(jit_compile)
         # Create the optimiser slots now, outside any tf.function / XLA cluster.
         self.optimizer.build(self.agent.trainable_variables)
-        self._update_fn = tf.function(self._update, jit_compile=self.jit_compile)
+        self._update_fn = tf.function(self.update, jit_compile=self.jit_compile)
 
     def compute_loss(self, batch: LearnerBatch) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
         """Total loss (float32 scalar) and its parts, for a `[T+1, B, ...]` batch."""
@@ -144,10 +144,19 @@ class TrainStep:
         return total_loss, stats
 
     def compute_gradients(self, batch: LearnerBatch):
-        """(gradients for `agent.trainable_variables`, stats) without applying them."""
+        """(gradients for `agent.trainable_variables`, stats) without applying them.
+
+        Inside `strategy.run` with several replicas the gradients are all-reduced (summed;
+        averaged for `loss_reduction='mean'`), so they are the global batch's gradients."""
         with tf.GradientTape() as tape:
             total_loss, stats = self.compute_loss(batch)
         gradients = tape.gradient(total_loss, self.agent.trainable_variables)
+        replica_context = tf.distribute.get_replica_context()
+        num_replicas = replica_context.num_replicas_in_sync if replica_context else 1
+        if num_replicas > 1:
+            gradients = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+            if self.loss_reduction == "mean":
+                gradients = [g / num_replicas for g in gradients]
         return gradients, stats
 
     def apply_gradients(self, gradients) -> Dict[str, tf.Tensor]:
@@ -165,7 +174,8 @@ class TrainStep:
         lr = self.optimizer.learning_rate
         return tf.convert_to_tensor(lr() if callable(lr) else lr, dtype=tf.float32)
 
-    def _update(self, batch: LearnerBatch) -> Dict[str, tf.Tensor]:
+    def update(self, batch: LearnerBatch) -> Dict[str, tf.Tensor]:
+        """One update, uncompiled: for `strategy.run` inside the learner's `tf.function`."""
         gradients, stats = self.compute_gradients(batch)
         stats.update(self.apply_gradients(gradients))
         return stats

@@ -12,6 +12,12 @@ import tensorflow as tf  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seed():
-    tf.random.set_seed(0)
-    np.random.seed(0)
+    import keras  # noqa: PLC0415
+    keras.utils.set_random_seed(0)  # Python, NumPy, TF and Keras initialisers
     yield
+
+# Two logical CPU devices, so that MirroredStrategy can be tested on one CPU. This must run
+# before TensorFlow starts its runtime, hence here, at import time.
+from impala_tf.distribute import configure_devices  # noqa: E402
+
+configure_devices(2)

@@ -67,7 +67,7 @@ def test_learning_on_a_fixed_bandit_batch():
 
     first_loss = float(step.compute_loss(batch)[1]["baseline_loss"])
     first_prob = prob_of_action_0()
-    for _ in range(40):
+    for _ in range(60):
         step(batch)
     assert float(step.compute_loss(batch)[1]["baseline_loss"]) < 0.2 * first_loss
     assert first_prob < 0.5 and prob_of_action_0() > 0.8

@@ -1,0 +1,194 @@
+"""The actor: K environments, batched inference with its own (lagging) copy of the policy,
+unrolls of T steps per environment streamed to the learner.
+
+    python -m impala_tf.actor --learner_address=HOST:PORT --gin_file=atari/shallow.gin
+
+Each unroll holds T+1 steps (step 0 repeats the previous unroll's last), the core state
+before step 0 and the version of the parameters that acted (layout in `specs.py`). The
+core state carries across unrolls and resets at episode starts (inside the agent).
+Parameters are refreshed from the learner before every `refresh_every_unrolls`-th unroll.
+Finished episodes ride along with the next unroll to the learner.
+"""
+
+import logging
+import threading
+from typing import Any, Dict, List, Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import impala_tf  # noqa: F401  (sets the Keras backend)
+from impala_tf import builders, config
+from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
+from impala_tf.envs.factory import make_environment
+from impala_tf.policy import BatchedPolicy
+from impala_tf.rpc import codec
+from impala_tf.rpc.client import LearnerClient
+from impala_tf.run_config import RunConfig
+from impala_tf.specs import Trajectory, tensor_specs, unroll_fields
+
+
+class UnrollBuilder:
+    """Collects T+1 steps for K environments and cuts them into K unrolls."""
+
+    def __init__(self, num_envs: int, unroll_length: int, num_actions: int):
+        self.num_envs, self.unroll_length, self.num_actions = num_envs, unroll_length, num_actions
+        self._steps: List[Dict[str, Any]] = []
+
+    def start(self, timestep: BatchedTimeStep, prev_actions: np.ndarray,
+              prev_logits: np.ndarray) -> None:
+        """The first step of an unroll: the current observation and what led to it."""
+        self._steps = []
+        self.append(timestep, prev_actions, prev_logits)
+
+    def append(self, timestep: BatchedTimeStep, actions: np.ndarray, logits: np.ndarray) -> None:
+        self._steps.append(dict(
+            observation=timestep.observation, action=actions.astype(np.int32),
+            reward=timestep.reward.astype(np.float32),
+            discount=timestep.discount.astype(np.float32),
+            episode_start=timestep.first(), behaviour_logits=logits.astype(np.float32)))
+
+    @property
+    def full(self) -> bool:
+        return len(self._steps) == self.unroll_length + 1
+
+    def unrolls(self, core_state: Any) -> List[Dict[str, np.ndarray]]:
+        """K flat `name -> array` unrolls (`[T+1, ...]` each, core state `[...]`)."""
+        def stack(key):
+            return np.stack([s[key] for s in self._steps])  # [T+1, K, ...]
+
+        observation = {name: np.stack([s["observation"][name] for s in self._steps])
+                       for name in self._steps[0]["observation"]}
+        trajectory = Trajectory(observation, stack("action"), stack("reward"), stack("discount"),
+                                stack("episode_start"), stack("behaviour_logits"))
+        core = tf.nest.map_structure(np.asarray, core_state)
+        return [
+            unroll_fields(tf.nest.map_structure(lambda x: x[:, k], trajectory),
+                          tf.nest.map_structure(lambda x: x[k], core))
+            for k in range(self.num_envs)
+        ]
+
+
+@gin.configurable
+class Actor:
+    """Runs K environments and streams their unrolls to the learner.
+
+    Args:
+      learner_address: `host:port` of the learner's gRPC server.
+      actor_index: this actor's number (seeds; DMLab-30 level assignment).
+      num_envs: K environments stepped together, one batched inference per step.
+      seed: base seed; environment seeds are `seed + 1000 * actor_index + i`.
+      refresh_every_unrolls: pull newer parameters before every N-th unroll (1: each).
+      max_message_bytes: the largest message sent or received.
+    """
+
+    def __init__(self, learner_address: str, actor_index: int = 0, num_envs: int = 8,
+                 seed: int = 0, refresh_every_unrolls: int = 1,
+                 max_message_bytes: int = 64 << 20, run_config: Optional[RunConfig] = None):
+        self.actor_index = int(actor_index)
+        self.run_config = run_config or RunConfig()
+        self.refresh_every_unrolls = max(1, int(refresh_every_unrolls))
+        base_seed = seed + 1000 * self.actor_index
+        self.env = make_environment(num_envs, seed=base_seed, actor_index=self.actor_index)
+        self.num_actions = self.env.action_spec().num_values
+        self.agent = builders.build_agent(tensor_specs(self.env.observation_spec()),
+                                          self.num_actions)
+        self.policy = BatchedPolicy(self.agent, seed=base_seed)
+        self.client = LearnerClient(learner_address, max_message_bytes)
+        self.policy_version = -1
+        self.unrolls_sent = 0
+        self.steps_taken = 0
+        self._variables = {v.path: v for v in self.agent.variables}
+
+    def refresh_parameters(self, timeout: float = 60.0) -> bool:
+        """Loads the learner's newest parameters if they are newer than ours."""
+        newer = self.client.get_parameters(self.policy_version, timeout=timeout)
+        if newer is None:
+            return False
+        version, fields = newer
+        if list(fields) != list(self._variables):
+            raise RuntimeError("The learner's parameters do not match this actor's agent: "
+                               "are both running the same gin config?")
+        for name, value in fields.items():
+            self._variables[name].assign(value)
+        self.policy_version = version
+        return True
+
+    def run(self, stop_event: Optional[threading.Event] = None,
+            max_unrolls: Optional[int] = None) -> None:
+        """Acts until `stop_event` is set or `max_unrolls` rounds of K unrolls were sent."""
+        stop_event = stop_event or threading.Event()
+        k, T = self.env.num_envs, self.run_config.unroll_length
+        self.refresh_parameters()
+        builder = UnrollBuilder(k, T, self.num_actions)
+        timestep = self.env.reset()
+        state = self.policy.initial_state(k)
+        prev_actions = np.zeros(k, np.int32)
+        prev_logits = np.zeros([k, self.num_actions], np.float32)
+        rounds = 0
+        while not stop_event.is_set() and (max_unrolls is None or rounds < max_unrolls):
+            if rounds % self.refresh_every_unrolls == 0 and rounds > 0:
+                self.refresh_parameters()
+            version = self.policy_version
+            initial_state = state
+            builder.start(timestep, prev_actions, prev_logits)
+            while not builder.full:
+                step, state = self.policy(prev_actions, timestep, state)
+                timestep = self.env.step(step.actions)
+                builder.append(timestep, step.actions, step.policy_logits)
+                prev_actions, prev_logits = step.actions, step.policy_logits
+                self.steps_taken += k
+            episodes = [[e.episode_return, e.episode_frames, e.level]
+                        for e in self.env.pop_finished_episodes()]
+            for i, fields in enumerate(builder.unrolls(initial_state)):
+                meta = {"policy_version": max(version, 0), "actor_id": self.actor_index,
+                        "episodes": episodes if i == 0 else []}
+                self.client.send_unroll(codec.encode(codec.UNROLL_MAGIC, fields, meta))
+                self.unrolls_sent += 1
+            rounds += 1
+
+    def close(self) -> None:
+        self.client.close()
+        self.env.close()
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("learner_address", None, "host:port of the learner.")
+    flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    flags.DEFINE_integer("actor_index", 0, "This actor's number.")
+    flags.DEFINE_integer("max_unrolls", None, "Stop after this many rounds of unrolls.")
+
+
+def run_actor_process(learner_address: str, actor_index: int,
+                      max_unrolls: Optional[int] = None) -> None:
+    """The body of an actor process (gin already parsed): runs until killed or done."""
+    import signal
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    actor = Actor(learner_address, actor_index=actor_index)
+    try:
+        actor.run(stop, max_unrolls=max_unrolls)
+    finally:
+        actor.close()
+
+
+def main(argv) -> None:
+    del argv
+    if not FLAGS.learner_address:
+        raise app.UsageError("--learner_address=HOST:PORT is required.")
+    config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+    logging.info("actor %d connecting to %s", FLAGS.actor_index, FLAGS.learner_address)
+    run_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_unrolls)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

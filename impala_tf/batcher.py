@@ -1,0 +1,120 @@
+"""Batcher: B validated unrolls -> one `[T+1, B, ...]` learner batch, stacked ahead of time.
+
+A background thread takes unrolls from the service's queue, stacks them with numpy (time
+stays the leading axis, the batch is axis 1; core states stack on axis 0), converts them to
+tensors and keeps up to `prefetch` batches ready, so the train step never waits on Python
+stacking while actors keep up. `split_for_replicas` then hands each replica its slice.
+"""
+
+import queue
+import threading
+from typing import Any, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from impala_tf.rpc.server import Unroll
+from impala_tf.specs import LearnerBatch, trajectory_from_fields, unflatten_core_state
+
+
+class ReadyBatch(NamedTuple):
+    """A learner batch (tensors) and, per unroll, the policy version that produced it."""
+
+    batch: LearnerBatch
+    policy_versions: np.ndarray
+
+
+def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -> ReadyBatch:
+    """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states."""
+    names = list(unrolls[0].fields)
+    stacked = {}
+    for name in names:
+        axis = 0 if name.startswith("core_state/") else 1
+        stacked[name] = np.stack([u.fields[name] for u in unrolls], axis=axis)
+    trajectory = trajectory_from_fields(stacked, observation_names)
+    core_state = unflatten_core_state(stacked, initial_state) if tf.nest.flatten(initial_state) else ()
+    versions = np.array([u.policy_version for u in unrolls], np.int64)
+    return ReadyBatch(LearnerBatch(trajectory, core_state), versions)
+
+
+class Batcher:
+    """Prefetches batches of `batch_size` unrolls from `unrolls` in a background thread."""
+
+    def __init__(self, unrolls: "queue.Queue[Unroll]", batch_size: int, observation_names,
+                 initial_state: Any, prefetch: int = 2):
+        self._unrolls = unrolls
+        self._batch_size = int(batch_size)
+        self._observation_names = list(observation_names)
+        self._initial_state = initial_state
+        self._ready: "queue.Queue[ReadyBatch]" = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> Optional[List[Unroll]]:
+        taken = []
+        while len(taken) < self._batch_size:
+            if self._stop.is_set():
+                return None
+            try:
+                taken.append(self._unrolls.get(timeout=0.1))
+            except queue.Empty:
+                continue
+        return taken
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                unrolls = self._take()
+                if unrolls is None:
+                    return
+                ready = stack_unrolls(unrolls, self._observation_names, self._initial_state)
+                ready = ReadyBatch(tf.nest.map_structure(tf.convert_to_tensor, ready.batch),
+                                   ready.policy_versions)
+                while not self._stop.is_set():
+                    try:
+                        self._ready.put(ready, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as error:  # surfaced to the learner by `next`
+            self.error = error
+
+    def next(self, timeout: float = 0.5) -> Optional[ReadyBatch]:
+        """The next batch, or None if none was ready within `timeout` seconds."""
+        if self.error is not None:
+            raise RuntimeError("the batcher thread failed") from self.error
+        try:
+            return self._ready.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @property
+    def ready_batches(self) -> int:
+        return self._ready.qsize()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def split_for_replicas(strategy: tf.distribute.Strategy, batch: LearnerBatch):
+    """Hands each local replica its slice of the batch (axis 1 of the trajectory, axis 0 of
+    the core state). With one replica the batch is returned as it is."""
+    if strategy.num_replicas_in_sync == 1:
+        return batch
+    local_replicas = len(strategy.extended.worker_devices)
+    batch_size = int(batch.trajectory.action.shape[1])
+    if batch_size % local_replicas:
+        raise ValueError(f"Batch size {batch_size} does not split over {local_replicas} replicas.")
+    per_replica = batch_size // local_replicas
+
+    def value_fn(context):
+        index = context.replica_id_in_sync_group % local_replicas
+        start, stop = index * per_replica, (index + 1) * per_replica
+        trajectory = tf.nest.map_structure(lambda x: x[:, start:stop], batch.trajectory)
+        core_state = tf.nest.map_structure(lambda x: x[start:stop], batch.initial_core_state)
+        return LearnerBatch(trajectory, core_state)
+
+    return strategy.experimental_distribute_values_from_function(value_fn)

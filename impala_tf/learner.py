@@ -1,0 +1,278 @@
+"""The learner: a `tf.distribute` strategy, the train step over batches from the actors,
+parameters published with a version, checkpoints, TensorBoard summaries and metrics.jsonl.
+
+One `Learner` per process (per worker in a multi-worker cluster). It owns the gRPC server
+its actors stream to; `run()` trains until the run's frame budget is spent or `stop()`.
+"""
+
+import json
+import os
+import queue
+import threading
+import time
+from typing import Callable, Dict, List, Mapping, Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from impala_tf import builders, checkpoints, config
+from impala_tf.batcher import Batcher, ReadyBatch, split_for_replicas
+from impala_tf.envs.base import EpisodeStats
+from impala_tf.rpc import codec
+from impala_tf.rpc.server import (LearnerServer, LearnerService, ParameterStore, Unroll,
+                                  UnrollValidator)
+from impala_tf.run_config import RunConfig
+from impala_tf.specs import unroll_wire_spec
+
+# Stats summed over replicas (the loss terms when the loss is a sum); the rest are averaged.
+_SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
+
+
+def parameter_fields(agent) -> Dict[str, np.ndarray]:
+    """The agent's variables by path, in a fixed order (what actors load)."""
+    return {v.path: np.asarray(v.numpy()) for v in agent.variables}
+
+
+class MetricsLog:
+    """Appends one JSON object per log interval to LOGDIR/metrics.jsonl and mirrors the
+    numbers to TensorBoard."""
+
+    def __init__(self, logdir: str, write_summaries: bool = True):
+        self.path = os.path.join(logdir, "metrics.jsonl")
+        self._writer = tf.summary.create_file_writer(logdir) if write_summaries else None
+
+    def write(self, record: Mapping) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=int(record["env_frames"])):
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tf.summary.scalar(key, value)
+                elif isinstance(value, dict):
+                    for sub, sub_value in value.items():
+                        if isinstance(sub_value, (int, float)):
+                            tf.summary.scalar(f"{key}/{sub}", sub_value)
+        self._writer.flush()
+
+
+@gin.configurable
+class Learner:
+    """Trains the agent on unrolls streamed by actors.
+
+    Args:
+      observation_spec, num_actions: the environment's (tf.TensorSpec per observation).
+      logdir: checkpoints, summaries, metrics.jsonl and the operative config go here.
+      strategy: a `tf.distribute.Strategy` (see `distribute.make_strategy`).
+      run_config: unroll length, batch size, frame budget.
+      server_address: where the gRPC server listens (port 0: any free port).
+      queue_capacity: unrolls held between the service and the batcher (bounds memory).
+      max_message_bytes: the largest unroll message accepted.
+      checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
+      log_every_seconds: metrics period.
+      publish_every_steps: how often new parameters are published.
+      batch_source: for tests and benchmarks: a callable returning a `ReadyBatch` (or None)
+        used instead of the actors' stream.
+      is_chief: whether this worker writes checkpoints and metrics.
+    """
+
+    def __init__(
+        self,
+        observation_spec: Mapping[str, tf.TensorSpec],
+        num_actions: int,
+        logdir: str,
+        strategy: Optional[tf.distribute.Strategy] = None,
+        run_config: Optional[RunConfig] = None,
+        server_address: str = "127.0.0.1:0",
+        queue_capacity: int = 64,
+        max_message_bytes: int = 64 << 20,
+        checkpoint_every_minutes: float = 10.0,
+        log_every_seconds: float = 10.0,
+        publish_every_steps: int = 1,
+        batch_source: Optional[Callable[[], Optional[ReadyBatch]]] = None,
+        is_chief: bool = True,
+    ):
+        self.logdir = logdir
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.run_config = run_config or RunConfig()
+        self.is_chief = is_chief
+        self.frames_per_update = self.run_config.frames_per_update
+        self._checkpoint_every = checkpoint_every_minutes * 60
+        self._log_every = log_every_seconds
+        self._publish_every = max(1, int(publish_every_steps))
+        self._stop = threading.Event()
+        os.makedirs(logdir, exist_ok=True)
+
+        with self.strategy.scope():
+            self.agent = builders.build_agent(observation_spec, num_actions)
+            self.train_step = builders.build_train_step(self.agent, self.run_config)
+        checkpoint_logdir = logdir if is_chief else os.path.join(logdir, "non_chief_tmp")
+        self.checkpointer = checkpoints.Checkpointer(
+            checkpoint_logdir, self.agent, self.train_step.optimizer)
+        self.restored_from = self.checkpointer.restore_latest()
+
+        initial_state = self.agent.initial_state(1)
+        self.wire_spec = unroll_wire_spec(
+            observation_spec, num_actions, self.run_config.unroll_length, initial_state)
+        self.unrolls: "queue.Queue[Unroll]" = queue.Queue(maxsize=queue_capacity)
+        self.parameters = ParameterStore()
+        self.service = LearnerService(
+            UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
+                            max_message_bytes),
+            self.unrolls, self.parameters, self._stop)
+        self.server = None
+        if batch_source is None:
+            self.server = LearnerServer(self.service, server_address, max_message_bytes).start()
+            local_batch = self.run_config.batch_size // max(1, self._num_workers())
+            self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
+                                   initial_state)
+            self._next_batch = self.batcher.next
+        else:
+            self.batcher = None
+            self._next_batch = batch_source
+        self._distributed_step = tf.function(self._step_on_replicas)
+        self.publish()
+        self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
+        if is_chief:
+            config.write_operative_config(logdir)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def address(self) -> Optional[str]:
+        return self.server.address if self.server else None
+
+    @property
+    def learner_step(self) -> int:
+        return int(self.checkpointer.learner_step.numpy())
+
+    @property
+    def env_frames(self) -> int:
+        return int(self.checkpointer.env_frames.numpy())
+
+    def _num_workers(self) -> int:
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not resolver.cluster_spec().as_dict():
+            return 1
+        return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+
+    # -- training --------------------------------------------------------------------------------
+    def _step_on_replicas(self, distributed_batch):
+        per_replica = self.strategy.run(self.train_step.update, args=(distributed_batch,))
+        reduced = {}
+        for name, value in per_replica.items():
+            summed = name in _SUMMED_STATS and self.train_step.loss_reduction == "sum"
+            op = tf.distribute.ReduceOp.SUM if summed else tf.distribute.ReduceOp.MEAN
+            reduced[name] = self.strategy.reduce(op, value, axis=None)
+        # grad_norm and learning_rate are identical on every replica: MEAN keeps them.
+        return reduced
+
+    def publish(self) -> None:
+        """Makes the current parameters available to actors under the learner step."""
+        self.parameters.publish(self.learner_step, parameter_fields(self.agent))
+
+    def stop(self) -> None:
+        """Asks `run` to finish after the current step (thread-safe; signal handlers)."""
+        self._stop.set()
+
+    def run(self, max_steps: Optional[int] = None,
+            progress: Optional[Callable[[dict], None]] = None) -> dict:
+        """Trains until the frame budget, `max_steps` more updates or `stop()`; checkpoints at
+        the end. Returns the last metrics record."""
+        total = self.run_config.total_environment_frames
+        steps_done = 0
+        last_log = last_checkpoint = time.time()
+        window = _Window(self.env_frames)
+        while not self._stop.is_set() and self.env_frames < total:
+            if max_steps is not None and steps_done >= max_steps:
+                break
+            ready = self._next_batch()
+            if ready is None:
+                if time.time() - last_log >= self._log_every:
+                    record = self._log(window, progress)
+                    last_log = time.time()
+                continue
+            stats = self._distributed_step(split_for_replicas(self.strategy, ready.batch))
+            self.checkpointer.learner_step.assign_add(1)
+            self.checkpointer.env_frames.assign_add(self.frames_per_update)
+            steps_done += 1
+            if self.learner_step % self._publish_every == 0:
+                self.publish()
+            window.add(stats, self.learner_step - ready.policy_versions)
+            now = time.time()
+            if now - last_log >= self._log_every:
+                record = self._log(window, progress)
+                last_log = now
+            if now - last_checkpoint >= self._checkpoint_every:
+                self.save()
+                last_checkpoint = now
+        record = self._log(window, progress)
+        self.save()
+        return record
+
+    def save(self) -> Optional[str]:
+        return self.checkpointer.save()
+
+    def _log(self, window: "_Window", progress) -> dict:
+        episodes = self.service.counters.pop_episodes()
+        record = window.record(self, episodes)
+        if self.metrics is not None:
+            self.metrics.write(record)
+        if progress is not None:
+            progress(record)
+        window.reset(self.env_frames)
+        return record
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self.server is not None:
+            self.server.stop(grace=0.5)
+
+
+class _Window:
+    """Accumulates stats between two log lines."""
+
+    def __init__(self, env_frames: int):
+        self.reset(env_frames)
+
+    def reset(self, env_frames: int) -> None:
+        self.start_time = time.time()
+        self.start_frames = env_frames
+        self.steps = 0
+        self.sums: Dict[str, float] = {}
+        self.lags: List[float] = []
+
+    def add(self, stats: Mapping[str, tf.Tensor], lags: np.ndarray) -> None:
+        self.steps += 1
+        for name, value in stats.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.lags.extend(np.asarray(lags, np.float64).tolist())
+
+    def record(self, learner: Learner, episodes: List[EpisodeStats]) -> dict:
+        elapsed = max(time.time() - self.start_time, 1e-9)
+        frames = learner.env_frames
+        returns = [e.episode_return for e in episodes]
+        record = {
+            "time": time.time(),
+            "env_frames": frames,
+            "learner_steps": learner.learner_step,
+            "fps": (frames - self.start_frames) / elapsed,
+            "episodes": len(episodes),
+            "episode_return_mean": float(np.mean(returns)) if returns else None,
+            "episode_length_mean": (float(np.mean([e.episode_frames for e in episodes]))
+                                    if episodes else None),
+            "policy_lag_mean": float(np.mean(self.lags)) if self.lags else None,
+            "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
+            "rejected_unrolls": learner.service.counters.rejected,
+            "accepted_unrolls": learner.service.counters.accepted,
+        }
+        record.update({k: v / self.steps for k, v in self.sums.items()} if self.steps else {})
+        levels = sorted({e.level for e in episodes})
+        if len(levels) > 1:
+            record["episode_return_per_level"] = {
+                lvl: float(np.mean([e.episode_return for e in episodes if e.level == lvl]))
+                for lvl in levels}
+        return record

@@ -1,0 +1,1 @@
+"""gRPC transport: the tensor codec, the learner's service and the actors' client."""

@@ -1,0 +1,95 @@
+"""The actor's side of the transport: a background stream of unrolls and parameter pulls.
+
+`send_unroll` hands an encoded unroll to a bounded outbox that a background thread streams
+to the learner; when the outbox is full it blocks (the learner's back-pressure reaches the
+actor). If the stream breaks (the learner rejected a message or went away) the thread opens
+a new one after a backoff; the message in flight is lost, the rest are not.
+"""
+
+import logging
+import queue
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+import grpc
+import numpy as np
+
+from impala_tf.rpc import codec
+from impala_tf.rpc.server import GET_PARAMETERS, STREAM_UNROLLS, VERSION, grpc_options
+
+_CLOSE = object()
+
+
+class LearnerClient:
+    """Connects an actor to the learner at `address` (`host:port`)."""
+
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20, outbox_size: int = 4,
+                 backoff_seconds: float = 0.5, max_backoff_seconds: float = 10.0):
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=grpc_options(max_message_bytes))
+        self._stream = self._channel.stream_unary(STREAM_UNROLLS)
+        self._get_parameters = self._channel.unary_unary(GET_PARAMETERS)
+        self._max_message_bytes = max_message_bytes
+        self._outbox: "queue.Queue" = queue.Queue(maxsize=outbox_size)
+        self._backoff = (backoff_seconds, max_backoff_seconds)
+        self._closed = threading.Event()
+        self.stream_errors = 0
+        self.last_error: Optional[grpc.RpcError] = None
+        self._thread = threading.Thread(target=self._run, name="unroll-stream", daemon=True)
+        self._thread.start()
+
+    def wait_until_ready(self, timeout: float) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def send_unroll(self, message: bytes) -> None:
+        """Queues one encoded unroll; blocks while the outbox is full."""
+        while not self._closed.is_set():
+            try:
+                self._outbox.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _requests(self):
+        while True:
+            item = self._outbox.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def _run(self) -> None:
+        delay = self._backoff[0]
+        while not self._closed.is_set():
+            try:
+                self._stream(self._requests(), wait_for_ready=True)
+                return  # the outbox was closed
+            except grpc.RpcError as error:
+                self.stream_errors += 1
+                self.last_error = error
+                if self._closed.is_set():
+                    return
+                logging.warning("unroll stream to %s failed (%s: %s); retrying in %.1fs",
+                                self.address, error.code().name, error.details(), delay)
+                time.sleep(delay)
+                delay = min(2 * delay, self._backoff[1])
+
+    def get_parameters(self, version: int, timeout: float = 30.0
+                       ) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
+        """(version, name -> array) if the learner has parameters newer than `version`."""
+        payload = self._get_parameters(VERSION.pack(version), timeout=timeout,
+                                       wait_for_ready=True)
+        if not payload:
+            return None
+        fields, meta = codec.decode(payload, codec.PARAMS_MAGIC, self._max_message_bytes)
+        return int(meta["version"]), fields
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Sends what is queued, ends the stream and closes the channel."""
+        try:
+            self._outbox.put(_CLOSE, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+        self._closed.set()
+        self._channel.close()

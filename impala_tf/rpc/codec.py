@@ -1,0 +1,129 @@
+"""Tensors on the wire as raw bytes under an explicit spec: no pickle, nothing evaluated.
+
+A message is
+    MAGIC (4 bytes) | header length (uint32, little-endian) | header | payload
+where the header is UTF-8 JSON `{"fields": [[name, dtype, shape], ...], "meta": {...}}` and
+the payload the fields' C-order bytes, concatenated in header order. `decode` checks every
+size before it allocates or reads anything and returns read-only arrays viewing the message;
+`validate_fields` then checks them against the expected spec (names, dtypes, shapes, finite
+floats, value ranges). Every failure raises `CodecError` with a clear message.
+"""
+
+import json
+import struct
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+UNROLL_MAGIC = b"IMU1"
+PARAMS_MAGIC = b"IMP1"
+_HEADER_LENGTH = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 20
+ALLOWED_DTYPES = {
+    np.dtype(t).str: np.dtype(t)
+    for t in (np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_)
+}
+
+
+class CodecError(ValueError):
+    """A message that cannot be decoded or does not match its spec."""
+
+
+def encode(magic: bytes, fields: Mapping[str, np.ndarray], meta: Optional[dict] = None) -> bytes:
+    """Serialises `name -> array` (in the given order) and a JSON-able `meta` dict."""
+    arrays = [(name, np.ascontiguousarray(value)) for name, value in fields.items()]
+    header = json.dumps({
+        "fields": [[name, a.dtype.str, list(a.shape)] for name, a in arrays],
+        "meta": meta or {},
+    }, separators=(",", ":")).encode("utf-8")
+    parts = [magic, _HEADER_LENGTH.pack(len(header)), header]
+    parts.extend(a.data.cast("B") if a.size else b"" for _, a in arrays)
+    return b"".join(parts)
+
+
+def decode(
+    data: bytes, magic: bytes, max_bytes: Optional[int] = None
+) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Parses a message into `name -> read-only array` and its meta dict."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    view = memoryview(data)
+    if max_bytes is not None and len(view) > max_bytes:
+        raise CodecError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
+    prefix = len(magic) + _HEADER_LENGTH.size
+    if len(view) < prefix:
+        raise CodecError(f"message of {len(view)} bytes is too short for a header")
+    if bytes(view[: len(magic)]) != magic:
+        raise CodecError(f"bad magic {bytes(view[:len(magic)])!r}, expected {magic!r}")
+    (header_length,) = _HEADER_LENGTH.unpack_from(view, len(magic))
+    if header_length > MAX_HEADER_BYTES or prefix + header_length > len(view):
+        raise CodecError(f"declared header length {header_length} does not fit the message")
+    try:
+        header = json.loads(bytes(view[prefix: prefix + header_length]).decode("utf-8"))
+        field_list, meta = header["fields"], header["meta"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CodecError(f"malformed header: {error}") from None
+    if not isinstance(field_list, list) or not isinstance(meta, dict):
+        raise CodecError("malformed header: 'fields' must be a list and 'meta' an object")
+    offset = prefix + header_length
+    fields: Dict[str, np.ndarray] = {}
+    for entry in field_list:
+        if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
+                or not isinstance(entry[1], str) or not isinstance(entry[2], list)):
+            raise CodecError(f"malformed field entry {str(entry)[:100]!r}")
+        name, dtype_str, shape = entry
+        if name in fields:
+            raise CodecError(f"duplicate field {name!r}")
+        dtype = ALLOWED_DTYPES.get(dtype_str)
+        if dtype is None:
+            raise CodecError(f"field {name!r}: dtype {dtype_str!r} is not allowed")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
+                   for d in shape) or len(shape) > 8:
+            raise CodecError(f"field {name!r}: bad shape {shape!r}")
+        num_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if offset + num_bytes > len(view):
+            raise CodecError(
+                f"field {name!r}: declares {num_bytes} bytes but only {len(view) - offset} remain")
+        array = np.frombuffer(view, dtype=dtype, count=num_bytes // dtype.itemsize, offset=offset)
+        fields[name] = array.reshape(shape)
+        offset += num_bytes
+    if offset != len(view):
+        raise CodecError(f"{len(view) - offset} trailing bytes after the declared fields")
+    return fields, meta
+
+
+def validate_fields(
+    fields: Mapping[str, np.ndarray],
+    spec: Mapping[str, Tuple[np.dtype, Tuple[int, ...]]],
+    ranges: Optional[Mapping[str, Tuple[int, int]]] = None,
+) -> None:
+    """Checks names, dtypes and shapes against `spec` (name -> (dtype, shape)), that floats
+    are finite, booleans are 0/1 and `ranges` (name -> [low, high)) hold."""
+    if list(fields) != list(spec):
+        missing = sorted(set(spec) - set(fields))
+        extra = sorted(set(fields) - set(spec))
+        raise CodecError(f"field names differ from the spec: missing {missing}, unexpected "
+                         f"{extra}" if missing or extra else "fields are out of the spec's order")
+    for name, (dtype, shape) in spec.items():
+        array = fields[name]
+        if array.dtype != dtype:
+            raise CodecError(f"field {name!r}: dtype {array.dtype} != expected {np.dtype(dtype)}")
+        if tuple(array.shape) != tuple(shape):
+            raise CodecError(f"field {name!r}: shape {tuple(array.shape)} != expected "
+                             f"{tuple(shape)}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise CodecError(f"field {name!r}: contains NaN or Inf")
+        if array.dtype == np.bool_ and (array.view(np.uint8) > 1).any():
+            raise CodecError(f"field {name!r}: boolean bytes other than 0 and 1")
+    for name, (low, high) in (ranges or {}).items():
+        array = fields[name]
+        if array.size and (array.min() < low or array.max() >= high):
+            raise CodecError(f"field {name!r}: values outside [{low}, {high})")
+
+
+def spec_from_tensor_specs(tensor_specs: Mapping[str, Any]) -> Dict[str, Tuple[np.dtype, tuple]]:
+    """`name -> tf.TensorSpec` -> `name -> (numpy dtype, shape)`."""
+    return {
+        name: (np.dtype(s.dtype.as_numpy_dtype), tuple(s.shape.as_list()))
+        for name, s in tensor_specs.items()
+    }

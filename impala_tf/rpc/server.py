@@ -1,0 +1,213 @@
+"""The learner's gRPC service: actors stream unrolls in and pull newer parameters out.
+
+  /impala.Learner/StreamUnrolls  (client stream of unroll messages -> JSON summary)
+      Every unroll is decoded and validated against the spec before it enters the bounded
+      queue; a malformed one ends the stream with INVALID_ARGUMENT and is counted, and the
+      learner goes on. A full queue blocks the stream: actors get back-pressure.
+  /impala.Learner/GetParameters  (int64 version, little-endian -> parameters message)
+      Returns the newest parameters only when they are newer than the caller's version,
+      else an empty message.
+
+Methods are registered as generic handlers over raw bytes (no protobuf code generation).
+"""
+
+import collections
+import json
+import queue
+import struct
+import threading
+from concurrent import futures
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from impala_tf.envs.base import EpisodeStats
+from impala_tf.rpc import codec
+
+SERVICE = "impala.Learner"
+STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
+GET_PARAMETERS = f"/{SERVICE}/GetParameters"
+VERSION = struct.Struct("<q")
+MAX_EPISODES_PER_UNROLL = 1000
+MAX_LEVEL_NAME = 200
+
+
+class Unroll(NamedTuple):
+    """A validated unroll: flat `name -> array` fields, the policy version that produced it
+    and the actor that sent it."""
+
+    fields: Dict[str, np.ndarray]
+    policy_version: int
+    actor_id: int
+
+
+def grpc_options(max_message_bytes: int) -> List[Tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def _int(value, name, low=0, high=2**62):
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < high:
+        raise codec.CodecError(f"meta {name!r} must be an int in [{low}, {high}), got {value!r}")
+    return value
+
+
+def parse_episodes(raw) -> List[EpisodeStats]:
+    """Finished episodes an actor reports with an unroll: [[return, frames, level], ...]."""
+    if not isinstance(raw, list) or len(raw) > MAX_EPISODES_PER_UNROLL:
+        raise codec.CodecError("meta 'episodes' must be a list of at most "
+                               f"{MAX_EPISODES_PER_UNROLL} entries")
+    episodes = []
+    for entry in raw:
+        if (not isinstance(entry, list) or len(entry) != 3
+                or not isinstance(entry[0], (int, float)) or isinstance(entry[0], bool)
+                or not np.isfinite(entry[0]) or not isinstance(entry[2], str)
+                or len(entry[2]) > MAX_LEVEL_NAME):
+            raise codec.CodecError(f"malformed episode entry {str(entry)[:100]!r}")
+        episodes.append(EpisodeStats(float(entry[0]), _int(entry[1], "episode frames"), entry[2]))
+    return episodes
+
+
+class UnrollValidator:
+    """Decodes and checks one unroll message against the wire spec."""
+
+    def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
+                 max_message_bytes: int):
+        self.wire_spec = dict(wire_spec)
+        self.ranges = {"action": (0, num_actions)}
+        self.max_message_bytes = max_message_bytes
+
+    def __call__(self, data: bytes) -> Tuple[Unroll, List[EpisodeStats]]:
+        fields, meta = codec.decode(data, codec.UNROLL_MAGIC, self.max_message_bytes)
+        codec.validate_fields(fields, self.wire_spec, self.ranges)
+        unroll = Unroll(fields, _int(meta.get("policy_version"), "policy_version"),
+                        _int(meta.get("actor_id"), "actor_id"))
+        return unroll, parse_episodes(meta.get("episodes", []))
+
+
+class ParameterStore:
+    """The newest parameters, encoded once per publication."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._version = -1
+        self._payload = b""
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def publish(self, version: int, fields: Mapping[str, np.ndarray]) -> None:
+        payload = codec.encode(codec.PARAMS_MAGIC, fields, {"version": int(version)})
+        with self._lock:
+            self._version, self._payload = int(version), payload
+
+    def newer_than(self, version: int) -> bytes:
+        with self._lock:
+            return self._payload if self._version > version else b""
+
+
+class ServiceCounters:
+    """Thread-safe counts of accepted and rejected unrolls (by reason) and the episodes
+    reported since the last `pop_episodes`."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.rejected = 0
+        self.rejected_reasons = collections.Counter()
+        self._episodes: List[EpisodeStats] = []
+
+    def accept(self, episodes: Sequence[EpisodeStats]) -> None:
+        with self._lock:
+            self.accepted += 1
+            self._episodes.extend(episodes)
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected += 1
+            self.rejected_reasons[reason.split(":")[0][:80]] += 1
+
+    def pop_episodes(self) -> List[EpisodeStats]:
+        with self._lock:
+            episodes, self._episodes = self._episodes, []
+        return episodes
+
+
+class LearnerService:
+    """The two RPCs; see the module docstring."""
+
+    def __init__(self, validator: UnrollValidator, unrolls: "queue.Queue[Unroll]",
+                 parameters: ParameterStore, stop_event: threading.Event):
+        self.validator = validator
+        self.unrolls = unrolls
+        self.parameters = parameters
+        self.stop_event = stop_event
+        self.counters = ServiceCounters()
+
+    def stream_unrolls(self, request_iterator, context) -> bytes:
+        accepted = 0
+        for data in request_iterator:
+            try:
+                unroll, episodes = self.validator(data)
+            except codec.CodecError as error:
+                self.counters.reject(str(error))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed unroll: {error}")
+            while True:  # blocks while the queue is full: back-pressure on the actor
+                if self.stop_event.is_set():
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
+                try:
+                    self.unrolls.put(unroll, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            self.counters.accept(episodes)
+            accepted += 1
+        return json.dumps({"accepted": accepted}).encode()
+
+    def get_parameters(self, request: bytes, context) -> bytes:
+        if len(request) != VERSION.size:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"expected an {VERSION.size}-byte version, got {len(request)} bytes")
+        (version,) = VERSION.unpack(request)
+        return self.parameters.newer_than(version)
+
+
+class LearnerServer:
+    """Runs `LearnerService` on a gRPC server.
+
+    Args:
+      service: the service.
+      address: `host:port` to bind (port 0 picks a free one).
+      max_message_bytes: the largest message accepted or sent.
+      max_workers: threads serving RPCs (one per concurrent actor stream, plus a few).
+    """
+
+    def __init__(self, service: LearnerService, address: str, max_message_bytes: int,
+                 max_workers: int = 64):
+        self.service = service
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="learner-rpc"),
+            options=grpc_options(max_message_bytes),
+        )
+        handlers = {
+            "StreamUnrolls": grpc.stream_unary_rpc_method_handler(service.stream_unrolls),
+            "GetParameters": grpc.unary_unary_rpc_method_handler(service.get_parameters),
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        host = address.rsplit(":", 1)[0]
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"Could not bind the learner's gRPC server to {address}.")
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> "LearnerServer":
+        self._server.start()
+        return self
+
+    def stop(self, grace: Optional[float] = 1.0) -> None:
+        self._server.stop(grace).wait()

@@ -1,0 +1,172 @@
+"""One training command: the learner plus actor processes, or either half on its own.
+
+    python -m impala_tf.train --gin_file=atari/shallow.gin --logdir=/tmp/pong
+    python -m impala_tf.train --role=learner --gin_file=F --logdir=DIR --bind=0.0.0.0:8470
+    python -m impala_tf.train --role=actor --gin_file=F --learner_address=HOST:8470 --actor_index=3
+
+`--role=all` (the default) starts the learner in this process and spawns
+`Launcher.num_actors` actor processes on this machine (gRPC over loopback), prints progress
+(frames, frames/s, recent return, ETA) and stops at the configured total frames or on
+Ctrl-C / SIGTERM, with a final checkpoint and no actor process left behind. A run restarted
+with the same logdir resumes from its latest checkpoint.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+import gin
+from absl import app, flags, logging
+
+import impala_tf  # noqa: F401  (sets the Keras backend)
+from impala_tf import config
+from impala_tf.distribute import make_strategy
+from impala_tf.envs.factory import make_environment
+from impala_tf.learner import Learner
+from impala_tf.run_config import RunConfig
+from impala_tf.specs import tensor_specs
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_multi_string("gin_file", [], "Experiment gin files (see experiments/).")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    flags.DEFINE_string("logdir", None, "Run directory (checkpoints, metrics, summaries).")
+    flags.DEFINE_enum("role", "all", ["all", "learner", "actor"], "What this process runs.")
+    flags.DEFINE_string("bind", "127.0.0.1:0", "Learner: host:port to listen on.")
+    flags.DEFINE_string("learner_address", None, "Actor: host:port of the learner.")
+    flags.DEFINE_integer("actor_index", 0, "Actor: this actor's number.")
+
+
+@gin.configurable
+class Launcher:
+    """Spawns and watches local actor processes.
+
+    Args:
+      num_actors: actor processes to run on this machine.
+    """
+
+    def __init__(self, num_actors: int = 2):
+        self.num_actors = int(num_actors)
+        self.processes: List[subprocess.Popen] = []
+
+    def start(self, learner_address: str, gin_files, gin_bindings, logdir: str) -> None:
+        os.makedirs(os.path.join(logdir, "actors"), exist_ok=True)
+        for i in range(self.num_actors):
+            command = [sys.executable, "-m", "impala_tf.actor",
+                       f"--learner_address={learner_address}", f"--actor_index={i}"]
+            command += [f"--gin_file={f}" for f in gin_files]
+            command += [f"--gin_bindings={b}" for b in gin_bindings]
+            log = open(os.path.join(logdir, "actors", f"actor_{i}.log"), "ab")
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+            self.processes.append(subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True))
+
+    def alive(self) -> int:
+        return sum(p.poll() is None for p in self.processes)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL what is left after `timeout` seconds; reaps everything."""
+        for p in self.processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + timeout
+        for p in self.processes:
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """One terminal line per log interval: frames, frames/s, recent return, lag, ETA."""
+
+    def __init__(self, total_frames: float):
+        self.total = total_frames
+        self.last_return = None
+
+    def __call__(self, record: dict) -> None:
+        if record.get("episode_return_mean") is not None:
+            self.last_return = record["episode_return_mean"]
+        fps = record["fps"]
+        left = (self.total - record["env_frames"]) / fps if fps > 0 else float("inf")
+        ret = "n/a" if self.last_return is None else f"{self.last_return:8.2f}"
+        lag = record.get("policy_lag_mean")
+        print(f"frames {record['env_frames']:>12,d} / {int(self.total):,d} "
+              f"({100 * record['env_frames'] / self.total:5.1f}%) | {fps:8,.0f} fps | "
+              f"return {ret} ({record['episodes']} eps) | "
+              f"lag {'n/a' if lag is None else f'{lag:.1f}'} | "
+              f"loss {record.get('total_loss', float('nan')):9.3f} | "
+              f"ETA {_format_duration(left) if left != float('inf') else 'n/a'}", flush=True)
+
+
+def build_learner(logdir: str, server_address: str) -> Learner:
+    """The learner for the parsed gin config; the environment is built once for its specs."""
+    strategy = make_strategy()
+    probe = make_environment(1)
+    observation_spec = tensor_specs(probe.observation_spec())
+    num_actions = probe.action_spec().num_values
+    probe.close()
+    return Learner(observation_spec, num_actions, logdir, strategy=strategy,
+                   server_address=server_address)
+
+
+def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
+    learner = build_learner(logdir, bind)
+    if learner.restored_from:
+        print(f"resumed from {learner.restored_from}: step {learner.learner_step}, "
+              f"{learner.env_frames:,d} frames", flush=True)
+    print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
+    launcher = Launcher() if spawn_actors else None
+
+    def on_signal(signum, _frame):
+        print(f"\nsignal {signum}: stopping (checkpoint, then actors)", flush=True)
+        learner.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if launcher is not None:
+            launcher.start(learner.address, FLAGS.gin_file, FLAGS.gin_bindings, logdir)
+            print(f"started {launcher.num_actors} actor processes", flush=True)
+        record = learner.run(progress=Progress(RunConfig().total_environment_frames))
+        print(f"done: {learner.env_frames:,d} frames, {learner.learner_step} steps; "
+              f"checkpoint in {os.path.join(logdir, 'checkpoints')}", flush=True)
+        return record
+    finally:
+        if launcher is not None:
+            launcher.stop()
+        learner.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv) -> None:
+    del argv
+    config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+    if FLAGS.role == "actor":
+        if not FLAGS.learner_address:
+            raise app.UsageError("--role=actor needs --learner_address=HOST:PORT.")
+        from impala_tf.actor import run_actor_process
+        run_actor_process(FLAGS.learner_address, FLAGS.actor_index)
+        return
+    if not FLAGS.logdir:
+        raise app.UsageError("--logdir is required.")
+    run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
