@@ -100,7 +100,7 @@ class Actor:
         self.policy_version = -1
         self.unrolls_sent = 0
         self.steps_taken = 0
-        self._variables = {v.path: v for v in self.agent.variables}
+        self._variables = list(self.agent.variables)
 
     def refresh_parameters(self, timeout: float = 60.0) -> bool:
         """Loads the learner's newest parameters if they are newer than ours."""
@@ -108,11 +108,16 @@ class Actor:
         if newer is None:
             return False
         version, fields = newer
-        if list(fields) != list(self._variables):
+        # Matched by position: Keras makes layer names unique per process, so the learner's
+        # variable paths may carry other suffixes than ours; the shapes must agree.
+        values = list(fields.values())
+        shapes_match = len(values) == len(self._variables) and all(
+            tuple(v.shape) == tuple(w.shape) for v, w in zip(values, self._variables))
+        if not shapes_match:
             raise RuntimeError("The learner's parameters do not match this actor's agent: "
                                "are both running the same gin config?")
-        for name, value in fields.items():
-            self._variables[name].assign(value)
+        for variable, value in zip(self._variables, values):
+            variable.assign(value)
         self.policy_version = version
         return True
 

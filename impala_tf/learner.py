@@ -30,7 +30,8 @@ _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
 
 
 def parameter_fields(agent) -> Dict[str, np.ndarray]:
-    """The agent's variables by path, in a fixed order (what actors load)."""
+    """The agent's variables by path, in the agent's fixed order (actors load them by
+    position, checking shapes)."""
     return {v.path: np.asarray(v.numpy()) for v in agent.variables}
 
 
@@ -184,6 +185,7 @@ class Learner:
         steps_done = 0
         last_log = last_checkpoint = time.time()
         window = _Window(self.env_frames)
+        record: dict = {}
         while not self._stop.is_set() and self.env_frames < total:
             if max_steps is not None and steps_done >= max_steps:
                 break
@@ -207,7 +209,8 @@ class Learner:
             if now - last_checkpoint >= self._checkpoint_every:
                 self.save()
                 last_checkpoint = now
-        record = self._log(window, progress)
+        if window.steps or not record:
+            record = self._log(window, progress)
         self.save()
         return record
 

@@ -3,7 +3,9 @@
 `send_unroll` hands an encoded unroll to a bounded outbox that a background thread streams
 to the learner; when the outbox is full it blocks (the learner's back-pressure reaches the
 actor). If the stream breaks (the learner rejected a message or went away) the thread opens
-a new one after a backoff; the message in flight is lost, the rest are not.
+a new one after a backoff; the message in flight is lost, the rest are not. (gRPC may keep
+pulling from a dead call's request iterator, so each call gets its own iterator that stops
+and hands back what it took once its call is over.)
 """
 
 import logging
@@ -21,6 +23,13 @@ from impala_tf.rpc.server import GET_PARAMETERS, STREAM_UNROLLS, VERSION, grpc_o
 _CLOSE = object()
 
 
+class _Call:
+    """Whether a stream call is over; its request iterator stops when it is."""
+
+    def __init__(self):
+        self.over = False
+
+
 class LearnerClient:
     """Connects an actor to the learner at `address` (`host:port`)."""
 
@@ -34,6 +43,8 @@ class LearnerClient:
         self._outbox: "queue.Queue" = queue.Queue(maxsize=outbox_size)
         self._backoff = (backoff_seconds, max_backoff_seconds)
         self._closed = threading.Event()
+        self._carry_lock = threading.Lock()
+        self._carry = []  # taken by a dead call's iterator, to be sent by the next call
         self.stream_errors = 0
         self.last_error: Optional[grpc.RpcError] = None
         self._thread = threading.Thread(target=self._run, name="unroll-stream", daemon=True)
@@ -51,9 +62,21 @@ class LearnerClient:
             except queue.Full:
                 continue
 
-    def _requests(self):
+    def _requests(self, call: _Call):
         while True:
-            item = self._outbox.get()
+            with self._carry_lock:
+                item = self._carry.pop(0) if self._carry and not call.over else None
+            if item is None:
+                try:
+                    item = self._outbox.get(timeout=0.1)
+                except queue.Empty:
+                    if call.over:
+                        return
+                    continue
+            if call.over:
+                with self._carry_lock:
+                    self._carry.append(item)
+                return
             if item is _CLOSE:
                 return
             yield item
@@ -61,10 +84,12 @@ class LearnerClient:
     def _run(self) -> None:
         delay = self._backoff[0]
         while not self._closed.is_set():
+            call = _Call()
             try:
-                self._stream(self._requests(), wait_for_ready=True)
+                self._stream(self._requests(call), wait_for_ready=True)
                 return  # the outbox was closed
             except grpc.RpcError as error:
+                call.over = True
                 self.stream_errors += 1
                 self.last_error = error
                 if self._closed.is_set():

@@ -43,9 +43,14 @@ class Unroll(NamedTuple):
 
 
 def grpc_options(max_message_bytes: int) -> List[Tuple[str, int]]:
+    """Message size limits, and HTTP/2 flow control that does not grow its window by
+    bandwidth-delay probing: a stream then buffers a bounded number of bytes, so a full
+    learner queue stops the actors instead of filling memory."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 1 << 20),
     ]
 
 
@@ -129,7 +134,7 @@ class ServiceCounters:
     def reject(self, reason: str) -> None:
         with self._lock:
             self.rejected += 1
-            self.rejected_reasons[reason.split(":")[0][:80]] += 1
+            self.rejected_reasons[reason[:160]] += 1
 
     def pop_episodes(self) -> List[EpisodeStats]:
         with self._lock:

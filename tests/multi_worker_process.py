@@ -1,0 +1,43 @@
+"""One worker of the multi-worker learner test (run by tests/test_multi_worker.py with
+TF_CONFIG set): 3 learner steps under MultiWorkerMirroredStrategy on its own local batch,
+then a JSON line with its step count and a checksum of the weights."""
+
+import json
+import sys
+
+import impala_tf  # noqa: F401
+import numpy as np
+import tensorflow as tf
+
+from impala_tf import config
+from impala_tf.batcher import ReadyBatch
+from impala_tf.distribute import make_strategy
+from impala_tf.learner import Learner
+from impala_tf.networks import Agent
+from impala_tf.run_config import RunConfig
+from impala_tf.synthetic import synthetic_batch
+
+
+def main(logdir: str, worker_index: int) -> None:
+    strategy = make_strategy("multi_worker")
+    config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8"])
+    spec = {"frame": tf.TensorSpec([10, 5, 1], tf.uint8)}
+    run = RunConfig(unroll_length=4, batch_size=4, total_environment_frames=1e6,
+                    num_action_repeats=1)
+    local = synthetic_batch(Agent(3, spec, torso="mlp", lstm_size=8), spec, 4, 2, 0.2,
+                            seed=worker_index)  # each worker its own half of the batch
+    tf.random.set_seed(0)
+    learner = Learner(spec, 3, logdir, strategy=strategy, run_config=run,
+                      batch_source=lambda: ReadyBatch(local, np.zeros(2, np.int64)),
+                      is_chief=worker_index == 0, log_every_seconds=0.0)
+    record = learner.run(max_steps=3)
+    weights = learner.agent.get_weights()
+    print(json.dumps({
+        "worker": worker_index, "steps": learner.learner_step, "frames": learner.env_frames,
+        "replicas": strategy.num_replicas_in_sync,
+        "checksum": float(sum(np.abs(w).sum() for w in weights)),
+        "loss": record.get("total_loss")}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

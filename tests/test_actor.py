@@ -1,0 +1,112 @@
+"""The actor's unrolls, checked against Catch's dynamics: the layout (what led to each
+observation), step 0 repeating the previous unroll's last step, the core state carried
+across unrolls, the policy version."""
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from impala_tf import config
+from impala_tf.actor import Actor
+from impala_tf.envs.factory import make_environment
+from impala_tf.learner import Learner
+from impala_tf.networks import AgentInput
+from impala_tf.run_config import RunConfig
+from impala_tf.specs import tensor_specs, trajectory_from_fields, unflatten_core_state
+
+T, K = 6, 3
+
+
+@pytest.fixture
+def rounds(tmp_path):
+    config.parse_config(["catch.gin"], [f"RunConfig.unroll_length = {T}", "Agent.use_lstm = True",
+                                        "Agent.lstm_size = 8", "Actor.num_envs = 3"])
+    env = make_environment(1)
+    learner = Learner(tensor_specs(env.observation_spec()), 3, str(tmp_path))
+    learner.batcher.stop()  # the test reads the unrolls from the queue itself
+    actor = Actor(learner.address, actor_index=0)
+    actor.run(max_unrolls=3)
+    actor.close()
+    unrolls = [learner.unrolls.get(timeout=30) for _ in range(3 * K)]
+    learner.close()
+    yield actor, [unrolls[i * K:(i + 1) * K] for i in range(3)]
+    gin.clear_config()
+
+
+def _trajectory(unroll):
+    return trajectory_from_fields(unroll.fields, ["frame"])
+
+
+def _paddle(frame):
+    return int(np.flatnonzero(frame[-1, :, 0] == 255)[0])
+
+
+def _ball_row(frame):
+    rows = np.flatnonzero((frame[:-1, :, 0] == 255).any(axis=1))
+    return int(rows[0]) if len(rows) else frame.shape[0] - 1
+
+
+def test_shapes_versions_and_the_first_step(rounds):
+    actor, by_round = rounds
+    first = _trajectory(by_round[0][0])
+    assert first.observation["frame"].shape == (T + 1, 10, 5, 1)
+    assert first.behaviour_logits.shape == (T + 1, 3)
+    assert first.episode_start[0]  # the very first observation starts an episode
+    assert all(u.policy_version == 0 and u.actor_id == 0 for r in by_round for u in r)
+
+
+def test_actions_and_rewards_lead_to_each_observation(rounds):
+    _, by_round = rounds
+    checked = 0
+    for unrolls in by_round:
+        for unroll in unrolls:
+            traj = _trajectory(unroll)
+            frames = traj.observation["frame"]
+            for t in range(1, T + 1):
+                if traj.episode_start[t]:
+                    # The step after LAST: a new episode, nothing carried over.
+                    assert traj.reward[t] == 0 and traj.discount[t] == 1
+                    assert _ball_row(frames[t]) == 0
+                    continue
+                # Catch moves the paddle by action - 1: action[t] led to observation t.
+                want = int(np.clip(_paddle(frames[t - 1]) + traj.action[t] - 1, 0, 4))
+                assert _paddle(frames[t]) == want
+                landed = _ball_row(frames[t]) == 9
+                assert traj.discount[t] == (0.0 if landed else 1.0)
+                assert (traj.reward[t] != 0) == landed
+                checked += 1
+    assert checked > 20
+
+
+def test_step_zero_repeats_the_previous_unrolls_last_step(rounds):
+    _, by_round = rounds
+    for previous, current in zip(by_round, by_round[1:]):
+        for k in range(K):
+            before, after = _trajectory(previous[k]), _trajectory(current[k])
+            for name in ("action", "reward", "discount", "episode_start", "behaviour_logits"):
+                np.testing.assert_array_equal(getattr(before, name)[T], getattr(after, name)[0])
+            np.testing.assert_array_equal(before.observation["frame"][T],
+                                          after.observation["frame"][0])
+
+
+def test_core_state_carries_across_unrolls(rounds):
+    actor, by_round = rounds
+    agent = actor.agent
+    for k in range(K):
+        unroll, following = by_round[0][k], by_round[1][k]
+        traj = _trajectory(unroll)
+        state = unflatten_core_state(
+            {n: v[None] for n, v in unroll.fields.items() if n.startswith("core_state/")},
+            agent.initial_state(1))
+        # Replay steps 0..T-1 with the agent: the state before step T is the next unroll's
+        # initial state.
+        inputs = AgentInput(traj.action[:T, None], traj.reward[:T, None],
+                            traj.episode_start[:T, None],
+                            {"frame": traj.observation["frame"][:T, None]})
+        _, final = agent.unroll(tf.nest.map_structure(tf.convert_to_tensor, inputs), state)
+        np.testing.assert_allclose(final.h.numpy()[0], following.fields["core_state/h"],
+                                   atol=1e-5)
+        np.testing.assert_allclose(final.c.numpy()[0], following.fields["core_state/c"],
+                                   atol=1e-5)
+    assert np.abs(by_round[1][0].fields["core_state/h"]).max() > 0

@@ -1,0 +1,149 @@
+"""The wire codec: every spec field round-trips; malformed messages are rejected clearly."""
+
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from impala_tf.networks import Agent
+from impala_tf.rpc import codec
+from impala_tf.specs import unroll_wire_spec
+
+OBSERVATIONS = {"frame": tf.TensorSpec([12, 16, 3], tf.uint8),
+                "instruction": tf.TensorSpec([6], tf.int32)}
+
+
+def _wire_spec(use_lstm=True):
+    agent = Agent(5, OBSERVATIONS, torso="mlp", use_lstm=use_lstm, lstm_size=8)
+    tensor_specs = unroll_wire_spec(OBSERVATIONS, 5, 4, agent.initial_state(1))
+    return codec.spec_from_tensor_specs(tensor_specs)
+
+
+def _random_fields(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    fields = {}
+    for name, (dtype, shape) in spec.items():
+        if dtype == np.bool_:
+            fields[name] = rng.random(shape) < 0.5
+        elif name == "action":
+            fields[name] = rng.integers(0, 5, shape).astype(dtype)
+        elif dtype.kind in "iu":
+            fields[name] = rng.integers(0, 100, shape).astype(dtype)
+        else:
+            fields[name] = rng.normal(size=shape).astype(dtype)
+    return fields
+
+
+def test_the_wire_spec_names_every_field():
+    spec = _wire_spec()
+    assert list(spec) == ["observation/frame", "observation/instruction", "action", "reward",
+                          "discount", "episode_start", "behaviour_logits", "core_state/h",
+                          "core_state/c"]
+    assert spec["observation/frame"] == (np.dtype(np.uint8), (5, 12, 16, 3))
+    assert spec["behaviour_logits"] == (np.dtype(np.float32), (5, 5))
+    assert spec["core_state/h"] == (np.dtype(np.float32), (8,))
+    assert "core_state/h" not in _wire_spec(use_lstm=False)
+
+
+@pytest.mark.parametrize("use_lstm", [True, False])
+def test_round_trip_of_every_field(use_lstm):
+    spec = _wire_spec(use_lstm)
+    fields = _random_fields(spec)
+    message = codec.encode(codec.UNROLL_MAGIC, fields, {"policy_version": 7})
+    decoded, meta = codec.decode(message, codec.UNROLL_MAGIC)
+    codec.validate_fields(decoded, spec, {"action": (0, 5)})
+    assert meta == {"policy_version": 7}
+    assert list(decoded) == list(fields)
+    for name in fields:
+        assert decoded[name].dtype == fields[name].dtype
+        np.testing.assert_array_equal(decoded[name], fields[name])
+        assert not decoded[name].flags.writeable  # a view of the message, not a copy
+
+
+def _message(fields=None, meta=None):
+    spec = _wire_spec()
+    return spec, codec.encode(codec.UNROLL_MAGIC, fields or _random_fields(spec), meta)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m[:-1], "declares"),
+    (lambda m: m + b"x", "trailing bytes"),
+    (lambda m: b"XXXX" + m[4:], "bad magic"),
+    (lambda m: m[:6], "too short"),
+    (lambda m: m[:4] + struct.pack("<I", 2**31) + m[8:], "header length"),
+    (lambda m: m[:8] + b"}" + m[9:], "malformed header"),
+    (lambda m: b"", "too short"),
+])
+def test_malformed_bytes_are_rejected(mutate, message):
+    _, good = _message()
+    with pytest.raises(codec.CodecError, match=message):
+        codec.decode(mutate(good), codec.UNROLL_MAGIC)
+
+
+def _with_header(fields_header, payload=b""):
+    import json
+    header = json.dumps({"fields": fields_header, "meta": {}}).encode()
+    return codec.UNROLL_MAGIC + struct.pack("<I", len(header)) + header + payload
+
+
+@pytest.mark.parametrize("fields_header, message", [
+    ([["x", "<f4", [2**30, 2**30]]], "declares"),  # far beyond the message: no allocation
+    ([["x", "|O", [1]]], "not allowed"),           # object dtype: never
+    ([["x", "<f4", [-1]]], "bad shape"),
+    ([["x", "<f4", [1.5]]], "bad shape"),
+    ([["x", "<f4", [1]], ["x", "<f4", [1]]], "duplicate"),
+    ([["x", "<f4"]], "malformed field"),
+])
+def test_hostile_headers_are_rejected(fields_header, message):
+    with pytest.raises(codec.CodecError, match=message):
+        codec.decode(_with_header(fields_header, b"\0" * 8), codec.UNROLL_MAGIC)
+
+
+def test_size_limit():
+    _, good = _message()
+    with pytest.raises(codec.CodecError, match="exceeds the limit"):
+        codec.decode(good, codec.UNROLL_MAGIC, max_bytes=len(good) - 1)
+
+
+def _validate(fields):
+    spec = _wire_spec()
+    decoded, _ = codec.decode(codec.encode(codec.UNROLL_MAGIC, fields), codec.UNROLL_MAGIC)
+    codec.validate_fields(decoded, spec, {"action": (0, 5)})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.pop("reward"), "missing \\['reward'\\]"),
+    (lambda f: f.__setitem__("extra", np.zeros(1, np.float32)), "unexpected \\['extra'\\]"),
+    (lambda f: f.__setitem__("reward", f["reward"].astype(np.float64)), "dtype"),
+    (lambda f: f.__setitem__("reward", f["reward"][:-1]), "shape"),
+    (lambda f: f["behaviour_logits"].__setitem__((0, 0), np.nan), "NaN or Inf"),
+    (lambda f: f["core_state/c"].__setitem__(0, np.inf), "NaN or Inf"),
+    (lambda f: f["action"].__setitem__(0, 5), "outside \\[0, 5\\)"),
+    (lambda f: f["action"].__setitem__(0, -1), "outside"),
+])
+def test_spec_violations_are_named(change, message):
+    fields = {k: v.copy() for k, v in _random_fields(_wire_spec()).items()}
+    change(fields)
+    with pytest.raises(codec.CodecError, match=message):
+        _validate(fields)
+
+
+def test_reordered_fields_are_rejected():
+    fields = _random_fields(_wire_spec())
+    reordered = dict(reversed(list(fields.items())))
+    with pytest.raises(codec.CodecError, match="order"):
+        _validate(reordered)
+
+
+def test_boolean_bytes_must_be_zero_or_one():
+    spec, good = _message()
+    fields, _ = codec.decode(good, codec.UNROLL_MAGIC)
+    raw = bytearray(good)
+    # Find the episode_start payload and put a 7 in it.
+    offset = len(good) - sum(np.prod(s) * d.itemsize for n, (d, s) in spec.items()
+                             if list(spec).index(n) >= list(spec).index("episode_start"))
+    raw[int(offset)] = 7
+    decoded, _ = codec.decode(bytes(raw), codec.UNROLL_MAGIC)
+    with pytest.raises(codec.CodecError, match="boolean"):
+        codec.validate_fields(decoded, spec)

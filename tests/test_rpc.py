@@ -1,0 +1,156 @@
+"""A real gRPC server on loopback with the real client: unrolls in, parameters out, bad
+input rejected with INVALID_ARGUMENT and counted, back-pressure from a bounded queue."""
+
+import queue
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from impala_tf.rpc import codec
+from impala_tf.rpc.client import LearnerClient
+from impala_tf.rpc.server import (GET_PARAMETERS, STREAM_UNROLLS, LearnerServer, LearnerService,
+                                  ParameterStore, UnrollValidator)
+
+SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 4, 4, 1)),
+        "action": (np.dtype(np.int32), (3,)),
+        "reward": (np.dtype(np.float32), (3,))}
+
+
+def _unroll(i, reward=None):
+    fields = {"observation/frame": np.full((3, 4, 4, 1), i, np.uint8),
+              "action": np.array([0, 1, 2], np.int32),
+              "reward": np.full(3, float(i) if reward is None else reward, np.float32)}
+    meta = {"policy_version": i, "actor_id": 1, "episodes": [[float(i), 40, "catch"]]}
+    return codec.encode(codec.UNROLL_MAGIC, fields, meta)
+
+
+@pytest.fixture
+def server():
+    unrolls = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    service = LearnerService(UnrollValidator(SPEC, 3, 1 << 20), unrolls, ParameterStore(), stop)
+    srv = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
+    yield srv, unrolls
+    stop.set()
+    srv.stop(0)
+
+
+def _get(q, timeout=10.0):
+    return q.get(timeout=timeout)
+
+
+def test_unrolls_arrive_in_order_with_their_meta(server):
+    srv, unrolls = server
+    client = LearnerClient(srv.address)
+    for i in range(5):
+        client.send_unroll(_unroll(i))
+    received = [_get(unrolls) for _ in range(5)]
+    assert [u.policy_version for u in received] == list(range(5))
+    assert all(u.actor_id == 1 for u in received)
+    np.testing.assert_array_equal(received[3].fields["observation/frame"], 3)
+    client.close()
+    assert srv.service.counters.accepted == 5 and srv.service.counters.rejected == 0
+    episodes = srv.service.counters.pop_episodes()
+    assert [e.episode_return for e in episodes] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert episodes[0].level == "catch" and episodes[0].episode_frames == 40
+
+
+def test_parameters_only_when_newer(server):
+    srv, _ = server
+    client = LearnerClient(srv.address)
+    assert client.get_parameters(-1) is None  # nothing published yet
+    srv.service.parameters.publish(3, {"dense/kernel": np.ones((2, 2), np.float32)})
+    version, fields = client.get_parameters(-1)
+    assert version == 3
+    np.testing.assert_array_equal(fields["dense/kernel"], np.ones((2, 2)))
+    assert client.get_parameters(3) is None
+    assert client.get_parameters(2)[0] == 3
+    client.close()
+
+
+def test_malformed_unroll_is_rejected_and_the_stream_recovers(server):
+    srv, unrolls = server
+    client = LearnerClient(srv.address, backoff_seconds=0.05)
+    client.send_unroll(_unroll(0))
+    assert _get(unrolls).policy_version == 0
+    client.send_unroll(_unroll(1, reward=float("nan")))
+    deadline = time.time() + 10
+    while client.stream_errors == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    assert client.last_error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NaN" in client.last_error.details()
+    assert srv.service.counters.rejected == 1
+    client.send_unroll(_unroll(2))
+    assert _get(unrolls).policy_version == 2  # the next stream is served
+    client.close()
+
+
+BIG_SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 512, 512, 4)),
+            "action": (np.dtype(np.int32), (3,)), "reward": (np.dtype(np.float32), (3,))}
+
+
+def _big_unroll(i):
+    fields = {"observation/frame": np.full((3, 512, 512, 4), i, np.uint8),
+              "action": np.zeros(3, np.int32), "reward": np.zeros(3, np.float32)}
+    return codec.encode(codec.UNROLL_MAGIC, fields, {"policy_version": i, "actor_id": 0})
+
+
+def test_bounded_queue_gives_back_pressure():
+    """3 MB unrolls, a queue of 2: the sender blocks until the learner takes unrolls."""
+    unrolls = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    service = LearnerService(UnrollValidator(BIG_SPEC, 3, 8 << 20), unrolls, ParameterStore(),
+                             stop)
+    srv = LearnerServer(service, "127.0.0.1:0", 8 << 20).start()
+    client = LearnerClient(srv.address, max_message_bytes=8 << 20, outbox_size=1)
+    sent = []
+    total = 12
+
+    def produce():
+        for i in range(total):
+            client.send_unroll(_big_unroll(i))
+            sent.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(2.0)
+    # The queue is full, one unroll waits in the handler, a few sit in gRPC's flow-control
+    # window and the outbox: the actor cannot run ahead of the learner.
+    assert unrolls.qsize() == 2 and len(sent) < total
+    received = [_get(unrolls).policy_version for _ in range(total)]
+    producer.join(10)
+    assert received == list(range(total)) and len(sent) == total
+    client.close()
+    stop.set()
+    srv.stop(0)
+
+
+def test_raw_garbage_and_bad_requests_get_invalid_argument(server):
+    srv, _ = server
+    with grpc.insecure_channel(srv.address) as channel:
+        stream = channel.stream_unary(STREAM_UNROLLS)
+        with pytest.raises(grpc.RpcError) as error:
+            stream(iter([b"\x00garbage" * 10]))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        get = channel.unary_unary(GET_PARAMETERS)
+        with pytest.raises(grpc.RpcError) as error:
+            get(b"\x01\x02")
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert srv.service.counters.rejected == 1
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"policy_version": -1, "actor_id": 0}, "policy_version"),
+    ({"policy_version": 0}, "actor_id"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": [[float("nan"), 1, "x"]]}, "episode"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": "many"}, "episodes"),
+])
+def test_bad_meta_is_rejected(meta, message):
+    validator = UnrollValidator(SPEC, 3, 1 << 20)
+    fields = {"observation/frame": np.zeros((3, 4, 4, 1), np.uint8),
+              "action": np.zeros(3, np.int32), "reward": np.zeros(3, np.float32)}
+    with pytest.raises(codec.CodecError, match=message):
+        validator(codec.encode(codec.UNROLL_MAGIC, fields, meta))
