@@ -20,10 +20,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
 
-# Until the actor-learner runtime lands this is a learner-only smoke run: the real update
-# of experiments/atari/shallow.gin on random Pong-shaped batches (no environment, no actors).
+# The main job: IMPALA on Pong (shallow network, paper hyperparameters), the learner in this
+# process and actor processes over loopback gRPC. Ctrl-C stops it with a checkpoint; running
+# it again resumes. TRAIN_ARGS adds flags, e.g. TRAIN_ARGS='--gin_bindings=Launcher.num_actors=4'.
+LOGDIR ?= logs/pong_shallow
 train: $(STAMP)
-	$(BIN)/python -m impala_tf.learner_smoke --gin_file=atari/shallow.gin --num_updates=30 --logdir=logs/learner_smoke
+	$(BIN)/python -m impala_tf.train --gin_file=atari/shallow.gin --logdir=$(LOGDIR) $(TRAIN_ARGS)
 
 timing: $(STAMP)
 	$(BIN)/python experiments/time_learner_update.py

@@ -150,12 +150,15 @@ class Actor:
             for i, fields in enumerate(builder.unrolls(initial_state)):
                 meta = {"policy_version": max(version, 0), "actor_id": self.actor_index,
                         "episodes": episodes if i == 0 else []}
-                self.client.send_unroll(codec.encode(codec.UNROLL_MAGIC, fields, meta))
+                if not self.client.send_unroll(
+                        codec.encode(codec.UNROLL_MAGIC, fields, meta), stop_event):
+                    return
                 self.unrolls_sent += 1
             rounds += 1
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self, flush: bool = True) -> None:
+        """Closes the connection (after sending what is queued, with `flush`) and the envs."""
+        self.client.close(flush=flush)
         self.env.close()
 
 
@@ -182,7 +185,7 @@ def run_actor_process(learner_address: str, actor_index: int,
     try:
         actor.run(stop, max_unrolls=max_unrolls)
     finally:
-        actor.close()
+        actor.close(flush=not stop.is_set())
 
 
 def main(argv) -> None:

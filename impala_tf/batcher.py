@@ -2,7 +2,7 @@
 
 A background thread takes unrolls from the service's queue, stacks them with numpy (time
 stays the leading axis, the batch is axis 1; core states stack on axis 0), converts them to
-tensors and keeps up to `prefetch` batches ready, so the train step never waits on Python
+tensors and keeps `prefetch` batch(es) ready, so the train step never waits on Python
 stacking while actors keep up. `split_for_replicas` then hands each replica its slice.
 """
 
@@ -41,7 +41,7 @@ class Batcher:
     """Prefetches batches of `batch_size` unrolls from `unrolls` in a background thread."""
 
     def __init__(self, unrolls: "queue.Queue[Unroll]", batch_size: int, observation_names,
-                 initial_state: Any, prefetch: int = 2):
+                 initial_state: Any, prefetch: int = 1):
         self._unrolls = unrolls
         self._batch_size = int(batch_size)
         self._observation_names = list(observation_names)

@@ -69,7 +69,8 @@ class Learner:
       strategy: a `tf.distribute.Strategy` (see `distribute.make_strategy`).
       run_config: unroll length, batch size, frame budget.
       server_address: where the gRPC server listens (port 0: any free port).
-      queue_capacity: unrolls held between the service and the batcher (bounds memory).
+      queue_capacity: unrolls held between the service and the batcher (bounds memory and,
+        when the learner is the bottleneck, the policy lag); default: one batch.
       max_message_bytes: the largest unroll message accepted.
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
       log_every_seconds: metrics period.
@@ -77,6 +78,7 @@ class Learner:
       batch_source: for tests and benchmarks: a callable returning a `ReadyBatch` (or None)
         used instead of the actors' stream.
       is_chief: whether this worker writes checkpoints and metrics.
+      jit_compile: XLA-compile the whole step (the TPU path; shapes are static).
     """
 
     def __init__(
@@ -87,13 +89,14 @@ class Learner:
         strategy: Optional[tf.distribute.Strategy] = None,
         run_config: Optional[RunConfig] = None,
         server_address: str = "127.0.0.1:0",
-        queue_capacity: int = 64,
+        queue_capacity: Optional[int] = None,
         max_message_bytes: int = 64 << 20,
         checkpoint_every_minutes: float = 10.0,
         log_every_seconds: float = 10.0,
         publish_every_steps: int = 1,
         batch_source: Optional[Callable[[], Optional[ReadyBatch]]] = None,
         is_chief: bool = True,
+        jit_compile: bool = False,
     ):
         self.logdir = logdir
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -117,7 +120,8 @@ class Learner:
         initial_state = self.agent.initial_state(1)
         self.wire_spec = unroll_wire_spec(
             observation_spec, num_actions, self.run_config.unroll_length, initial_state)
-        self.unrolls: "queue.Queue[Unroll]" = queue.Queue(maxsize=queue_capacity)
+        self.unrolls: "queue.Queue[Unroll]" = queue.Queue(
+            maxsize=queue_capacity or self.run_config.batch_size)
         self.parameters = ParameterStore()
         self.service = LearnerService(
             UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
@@ -133,7 +137,7 @@ class Learner:
         else:
             self.batcher = None
             self._next_batch = batch_source
-        self._distributed_step = tf.function(self._step_on_replicas)
+        self._distributed_step = tf.function(self._step_on_replicas, jit_compile=jit_compile)
         self.publish()
         self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
         if is_chief:

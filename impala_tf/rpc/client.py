@@ -53,14 +53,16 @@ class LearnerClient:
     def wait_until_ready(self, timeout: float) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
-    def send_unroll(self, message: bytes) -> None:
-        """Queues one encoded unroll; blocks while the outbox is full."""
-        while not self._closed.is_set():
+    def send_unroll(self, message: bytes, stop_event: Optional[threading.Event] = None) -> bool:
+        """Queues one encoded unroll; blocks while the outbox is full. Returns False if the
+        client was closed or `stop_event` set before the unroll could be queued."""
+        while not self._closed.is_set() and not (stop_event and stop_event.is_set()):
             try:
                 self._outbox.put(message, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def _requests(self, call: _Call):
         while True:
@@ -109,12 +111,15 @@ class LearnerClient:
         fields, meta = codec.decode(payload, codec.PARAMS_MAGIC, self._max_message_bytes)
         return int(meta["version"]), fields
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Sends what is queued, ends the stream and closes the channel."""
-        try:
-            self._outbox.put(_CLOSE, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
+    def close(self, flush: bool = True, timeout: float = 5.0) -> None:
+        """Ends the stream and closes the channel; with `flush`, sends what is queued first
+        (waiting at most `timeout` seconds)."""
+        if flush:
+            try:
+                self._outbox.put(_CLOSE, timeout=timeout)
+                self._thread.join(timeout)
+            except queue.Full:
+                pass
         self._closed.set()
         self._channel.close()
+        self._thread.join(timeout)
