@@ -138,6 +138,7 @@ class TrainStep:
             "pg_loss": pg_loss,
             "baseline_loss": baseline_loss,
             "entropy_loss": entropy_loss,
+            "entropy": -losses.entropy_loss(target_logits, "sum", valid_float) / num_valid,
             "mean_rho": tf.reduce_sum(tf.exp(log_rhos)) / num_valid,
             "mean_baseline": tf.reduce_sum(values * valid_float) / num_valid,
         }

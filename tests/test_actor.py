@@ -2,11 +2,14 @@
 observation), step 0 repeating the previous unroll's last step, the core state carried
 across unrolls, the policy version."""
 
+import sys
+
 import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import fake_deepmind_lab
 from impala_tf import config
 from impala_tf.actor import Actor
 from impala_tf.envs.factory import make_environment
@@ -110,3 +113,28 @@ def test_core_state_carries_across_unrolls(rounds):
         np.testing.assert_allclose(final.c.numpy()[0], following.fields["core_state/c"],
                                    atol=1e-5)
     assert np.abs(by_round[1][0].fields["core_state/h"]).max() > 0
+
+
+def test_the_actor_runs_on_dmlab(tmp_path, monkeypatch):
+    """On the fake deepmind_lab: frames, instruction tokens and the 9 actions travel."""
+    monkeypatch.setitem(sys.modules, "deepmind_lab", fake_deepmind_lab)
+    config.parse_config(["dmlab/deep.gin"], [
+        "RunConfig.unroll_length = 4", "Agent.torso = 'shallow'", "Agent.lstm_size = 8",
+        "Actor.num_envs = 2", "make_dmlab.level = 'language_select_described_object'"])
+    try:
+        env = make_environment(1)
+        learner = Learner(tensor_specs(env.observation_spec()), 9, str(tmp_path))
+        learner.batcher.stop()
+        actor = Actor(learner.address, actor_index=0)
+        actor.run(max_unrolls=1)
+        actor.close()
+        unrolls = [learner.unrolls.get(timeout=30) for _ in range(2)]
+        learner.close()
+    finally:
+        gin.clear_config()
+    fields = unrolls[0].fields
+    assert fields["observation/frame"].shape == (5, 72, 96, 3)
+    assert fields["observation/instruction"].shape == (5, 16)
+    assert (fields["observation/instruction"] > 0).sum(axis=1).min() == 4  # 4 words each step
+    assert fields["behaviour_logits"].shape == (5, 9)
+    assert fields["action"].max() < 9

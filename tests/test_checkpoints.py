@@ -1,6 +1,7 @@
 """Checkpoint round trip: weights, optimiser state, learner step and frames come back."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from impala_tf.checkpoints import Checkpointer, latest_checkpoint, restore_agent
@@ -55,3 +56,16 @@ def test_evaluation_restores_only_the_agent(tmp_path):
     restore_agent(other, latest_checkpoint(str(tmp_path)))
     for a, b in zip(agent.get_weights(), other.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("torso", ["shallow", "deep", "mlp"])
+def test_every_agent_variable_is_in_the_checkpoint(tmp_path, torso):
+    """Layers kept in Python lists escape tf.train.Checkpoint: guard every architecture."""
+    spec = dict(SPEC, instruction=tf.TensorSpec([6], tf.int32))
+    agent = Agent(3, spec, torso=torso, lstm_size=8)
+    Checkpointer(str(tmp_path), agent).save()
+    other = Agent(3, spec, torso=torso, lstm_size=8)  # another random initialisation
+    restore_agent(other, latest_checkpoint(str(tmp_path)))
+    assert len(agent.variables) == len(other.variables)
+    for a, b in zip(agent.variables, other.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

@@ -66,6 +66,16 @@ def test_catch_learns_with_actor_processes(tmp_path):
     assert all(r["policy_lag_mean"] is None or r["policy_lag_mean"] < 50 for r in records)
     assert os.path.exists(os.path.join(logdir, "checkpoints", "checkpoint"))
     assert _actor_processes(address) == []
+    assert 0.0 < records[-1]["entropy"] < 1.1  # below log(3): the policy got decisive
+
+    # The trained checkpoint, evaluated under the protocol, scores near-optimally too.
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.evaluate", f"--logdir={logdir}", "--num_episodes=64"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(open(os.path.join(logdir, "evaluation.json")).read())
+    assert report["rows"][0]["episodes"] == 64
+    assert report["rows"][0]["mean_return"] >= 0.8, result.stdout
 
 
 def test_sigterm_stops_cleanly_and_a_restart_resumes(tmp_path):

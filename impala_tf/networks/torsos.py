@@ -52,6 +52,7 @@ class DeepTorso(keras.layers.Layer):
     """Sections of (conv 3x3, max-pool 3x3 stride 2, residual blocks), then ReLU and fc 256.
 
     The paper's sections are `((16, 2), (32, 2), (32, 2))`: (channels, residual blocks).
+    Layers are attributes (not list items) so that `tf.train.Checkpoint` tracks them.
     """
 
     def __init__(
@@ -61,22 +62,25 @@ class DeepTorso(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.stages = []
-        for channels, num_blocks in sections:
-            stage = [
-                keras.layers.Conv2D(channels, 3, padding="same"),
-                keras.layers.MaxPooling2D(pool_size=3, strides=2, padding="same"),
-            ]
-            stage += [ResidualBlock(channels) for _ in range(num_blocks)]
-            self.stages.append(stage)
+        self.layer_names = []
+        for i, (channels, num_blocks) in enumerate(sections):
+            stage = {
+                f"section{i}_conv": keras.layers.Conv2D(channels, 3, padding="same"),
+                f"section{i}_pool": keras.layers.MaxPooling2D(
+                    pool_size=3, strides=2, padding="same"),
+            }
+            stage.update({f"section{i}_block{j}": ResidualBlock(channels)
+                          for j in range(num_blocks)})
+            for name, layer in stage.items():
+                setattr(self, name, layer)
+                self.layer_names.append(name)
         self.flatten = keras.layers.Flatten()
         self.fc = keras.layers.Dense(fc_size, activation="relu")
 
     def call(self, frame):
         x = _scale_frame(frame)
-        for stage in self.stages:
-            for layer in stage:
-                x = layer(x)
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
         x = tf.nn.relu(x)
         return self.fc(self.flatten(x))
 
@@ -88,12 +92,14 @@ class MLPTorso(keras.layers.Layer):
     def __init__(self, hidden_sizes: Sequence[int] = (64,), **kwargs):
         super().__init__(**kwargs)
         self.flatten = keras.layers.Flatten()
-        self.hidden = [keras.layers.Dense(size, activation="relu") for size in hidden_sizes]
+        self.num_hidden = len(hidden_sizes)
+        for i, size in enumerate(hidden_sizes):  # attributes, so checkpoints track them
+            setattr(self, f"hidden{i}", keras.layers.Dense(size, activation="relu"))
 
     def call(self, frame):
         x = self.flatten(_scale_frame(frame))
-        for layer in self.hidden:
-            x = layer(x)
+        for i in range(self.num_hidden):
+            x = getattr(self, f"hidden{i}")(x)
         return x
 
 
