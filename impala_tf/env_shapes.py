@@ -1,5 +1,5 @@
-"""The observation specs and action counts of the paper's environments, for runs and timing
-scripts that have no environment to ask (Atari: 84x84 grey stack of 4, Pong's 6 actions;
+"""The observation specs and action counts of the paper's environments, for learner-only runs
+and timing scripts that do not build an environment (DMLab cannot run here) (Atari: 84x84 grey stack of 4, Pong's 6 actions;
 DMLab: 96x72 RGB, the paper's 9 actions, instruction tokens for language levels)."""
 
 import tensorflow as tf

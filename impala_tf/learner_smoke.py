@@ -1,5 +1,6 @@
 """Learner-only smoke run: the real update from an experiment's gin file, fed random batches
-with the environment's shapes (no actors: the actor-learner runtime is not built yet).
+with the environment's shapes (no environment, no actors): does the experiment build,
+compile and step, and how long does an update take?
 
     python -m impala_tf.learner_smoke --gin_file=experiments/atari/shallow.gin --num_updates=20
 
