@@ -199,13 +199,15 @@ class Learner:
                     record = self._log(window, progress)
                     last_log = time.time()
                 continue
+            # Policy lag: updates made since the parameters that acted were published.
+            lags = self.learner_step - ready.policy_versions
             stats = self._distributed_step(split_for_replicas(self.strategy, ready.batch))
             self.checkpointer.learner_step.assign_add(1)
             self.checkpointer.env_frames.assign_add(self.frames_per_update)
             steps_done += 1
             if self.learner_step % self._publish_every == 0:
                 self.publish()
-            window.add(stats, self.learner_step - ready.policy_versions)
+            window.add(stats, lags)
             now = time.time()
             if now - last_log >= self._log_every:
                 record = self._log(window, progress)

@@ -170,3 +170,11 @@ def test_the_learner_step_compiles_with_xla(tmp_path):
     xla.run(max_steps=2)
     for a, b in zip(graph.agent.get_weights(), xla.agent.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_policy_lag_counts_updates_since_the_acting_parameters(tmp_path):
+    """Unrolls from version 0 trained at steps 0, 1, 2: lags 0, 1, 2."""
+    source, _ = _synthetic_source()
+    learner = _learner(tmp_path, batch_source=source, log_every_seconds=1000.0)
+    record = learner.run(max_steps=3)
+    assert record["policy_lag_mean"] == pytest.approx(1.0)
