@@ -116,3 +116,26 @@ def test_bad_actions_are_rejected():
         env.step(np.array([0, 6]))
     with pytest.raises(ValueError, match="shape"):
         env.step(np.array([0]))
+
+
+def test_evaluation_starts_games_with_one_to_thirty_no_op_actions():
+    def make():
+        env = AtariBatchedEnv(8, "breakout", seed=0, episode_life=False, noop_action_starts=30)
+        env.reset()
+        return env
+
+    env, twin = make(), make()
+    counts = env.noops_left.copy()
+    assert counts.min() >= 1 and counts.max() <= 30 and len(set(counts.tolist())) > 3
+    assert (env.start_frames == 0).all()  # ALE's single-frame no-ops are off
+    # During the no-op start FIRE is overridden: frames equal those of a NOOP-only twin.
+    for _ in range(int(counts.min())):
+        fired = env.step(np.full(8, 1))
+        idle = twin.step(np.zeros(8, np.int64))
+        np.testing.assert_array_equal(fired.observation["frame"], idle.observation["frame"])
+    # Afterwards the agent's actions count: firing launches the ball, idling does not.
+    for _ in range(40):
+        fired = env.step(np.full(8, 1))
+        idle = twin.step(np.zeros(8, np.int64))
+    assert (fired.observation["frame"] != idle.observation["frame"]).any()
+    assert (env.noops_left == 0).all()

@@ -55,6 +55,9 @@ def test_gin_file_parses_and_builds(path, fake_lab):
 def test_paper_values_reach_the_objects(fake_lab):
     config.parse_config(["atari/shallow.gin"])
     assert make_environment(1).game == "pong"
+    evaluation_env = make_environment(2, mode="eval")  # the paper's protocol: 1-30 no-ops
+    evaluation_env.reset()
+    assert evaluation_env.noops_left.min() >= 1
     run = RunConfig()
     assert (run.unroll_length, run.batch_size, run.frames_per_update) == (20, 32, 20 * 32 * 4)
     step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6), run)

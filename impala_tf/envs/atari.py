@@ -60,7 +60,11 @@ class AtariBatchedEnv(BatchedEnv):
       seed: environment i is seeded with `seed + i`.
       episode_life: a lost life ends the training episode (paper: yes in training; evaluation
         uses whole games, so pass False there).
-      noop_max: up to this many no-ops at the start of a game.
+      noop_max: ALE's own no-op starts: 0 to `noop_max` single emulator frames of no-op at
+        the start of a game (training).
+      noop_action_starts: if > 0, every game starts with a uniform 1 to this many no-op
+        *actions* (each `action_repeat` frames; the agent's actions are overridden), the
+        DQN-era evaluation protocol the paper used. ALE's `noop_max` is then off.
       max_episode_frames: frame cap of a game (time-limit truncation, discount 1).
       sticky_action_prob: repeat-action probability (0: off, the paper's setting).
       action_repeat, frame_stack, frame_size, max_pool, grayscale: preprocessing.
@@ -76,6 +80,7 @@ class AtariBatchedEnv(BatchedEnv):
         seed: int = 0,
         episode_life: bool = True,
         noop_max: int = 30,
+        noop_action_starts: int = 0,
         max_episode_frames: int = 108_000,
         sticky_action_prob: float = 0.0,
         action_repeat: int = 4,
@@ -104,7 +109,7 @@ class AtariBatchedEnv(BatchedEnv):
             img_width=int(frame_size),
             grayscale=self._grayscale,
             maxpool=bool(max_pool),
-            noop_max=int(noop_max),
+            noop_max=0 if noop_action_starts > 0 else int(noop_max),
             use_fire_reset=bool(fire_reset),
             episodic_life=False,
             life_loss_info=self._episode_life,
@@ -127,6 +132,9 @@ class AtariBatchedEnv(BatchedEnv):
         self._finished: List[EpisodeStats] = []
         self._reset_count = 0
         self.start_frames = np.zeros(self._num_envs, np.int64)
+        self._noop_action_starts = int(noop_action_starts)
+        self._noop_rng = np.random.default_rng(seed)
+        self.noops_left = np.zeros(self._num_envs, np.int64)
 
     # -- specs --------------------------------------------------------------------------------
     @property
@@ -155,6 +163,11 @@ class AtariBatchedEnv(BatchedEnv):
         k, s, h, w, c = observation.shape
         return np.ascontiguousarray(observation.transpose(0, 2, 3, 1, 4).reshape(k, h, w, s * c))
 
+    def _draw_noops(self, n: int) -> np.ndarray:
+        if self._noop_action_starts <= 0:
+            return np.zeros(n, np.int64)
+        return self._noop_rng.integers(1, self._noop_action_starts + 1, size=n)
+
     def reset(self) -> BatchedTimeStep:
         seeds = self._seed + self._reset_count * self._num_envs + np.arange(self._num_envs)
         self._reset_count += 1
@@ -164,6 +177,7 @@ class AtariBatchedEnv(BatchedEnv):
         self.start_frames = np.asarray(info["episode_frame_number"]).copy()
         self._last_kind[:] = 0
         self._game_returns[:] = 0.0
+        self.noops_left[:] = self._draw_noops(self._num_envs)
         k = self._num_envs
         return BatchedTimeStep(
             step_type=np.full(k, FIRST, np.int8),
@@ -181,7 +195,10 @@ class AtariBatchedEnv(BatchedEnv):
         starting = self._last_kind > 0
         # After a lost life the game goes on: a no-op starts the next training episode. After
         # a game over or a time limit ALE resets the game itself and ignores the action.
-        actions = np.where(starting, NOOP, actions).astype(np.int32)
+        # A new game's no-op start overrides the agent's actions too.
+        in_noop_start = (self.noops_left > 0) & ~starting
+        actions = np.where(starting | in_noop_start, NOOP, actions).astype(np.int32)
+        self.noops_left[in_noop_start] -= 1
         self._ale.send(actions, np.ones(self._num_envs, np.float32))
         observation, reward, terminated, truncated, info = self._ale.recv()
         reward = reward.astype(np.float32)
@@ -203,6 +220,8 @@ class AtariBatchedEnv(BatchedEnv):
         self._last_kind = np.where(starting, 0, np.where(game_over, 2, np.where(life_lost, 1, 0)))
         self._last_kind = self._last_kind.astype(np.int8)
         self._lives = lives
+        new_games = starting & new_game
+        self.noops_left[new_games] = self._draw_noops(int(new_games.sum()))
         return BatchedTimeStep(
             step_type=step_type.astype(np.int8),
             reward=np.where(starting, 0.0, reward).astype(np.float32),

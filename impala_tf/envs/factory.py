@@ -30,7 +30,9 @@ def make_environment(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if kind == "atari":
-        return AtariBatchedEnv(num_envs, seed=seed, episode_life=(mode == "train"))
+        if mode == "eval":  # whole games, each after 1 to 30 no-op actions (paper, DQN)
+            return AtariBatchedEnv(num_envs, seed=seed, episode_life=False, noop_action_starts=30)
+        return AtariBatchedEnv(num_envs, seed=seed, episode_life=True)
     if kind == "catch":
         return make_catch(num_envs, seed=seed)
     if kind == "dmlab":
