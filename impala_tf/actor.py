@@ -21,7 +21,7 @@ from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import builders, config
-from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
+from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec

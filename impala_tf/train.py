@@ -16,10 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import List
 
 import gin
-from absl import app, flags, logging
+from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import config

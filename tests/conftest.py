@@ -1,13 +1,11 @@
-"""Test set-up: Keras on TensorFlow, quiet logs, small thread pools for a 2-core machine."""
+"""Test set-up: Keras on TensorFlow, quiet logs, seeded initialisers, two logical CPUs."""
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +13,7 @@ def _seed():
     import keras  # noqa: PLC0415
     keras.utils.set_random_seed(0)  # Python, NumPy, TF and Keras initialisers
     yield
+
 
 # Two logical CPU devices, so that MirroredStrategy can be tested on one CPU. This must run
 # before TensorFlow starts its runtime, hence here, at import time.

@@ -15,7 +15,6 @@ from impala_tf.actor import Actor
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import Learner
 from impala_tf.networks import AgentInput
-from impala_tf.run_config import RunConfig
 from impala_tf.specs import tensor_specs, trajectory_from_fields, unflatten_core_state
 
 T, K = 6, 3

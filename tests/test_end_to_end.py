@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 FRAME_BUDGET = 300_000  # Catch learns in ~100k frames; the budget leaves room for noise
 

@@ -17,7 +17,7 @@ import queue
 import struct
 import threading
 from concurrent import futures
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
