@@ -72,6 +72,8 @@ class Learner:
       queue_capacity: unrolls held between the service and the batcher (bounds memory and,
         when the learner is the bottleneck, the policy lag); default: one batch.
       max_message_bytes: the largest unroll message accepted.
+      rpc_threads: threads serving RPCs: each connected actor holds one for its stream, so
+        this must exceed the number of actors.
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
       log_every_seconds: metrics period.
       publish_every_steps: how often new parameters are published.
@@ -91,6 +93,7 @@ class Learner:
         server_address: str = "127.0.0.1:0",
         queue_capacity: Optional[int] = None,
         max_message_bytes: int = 64 << 20,
+        rpc_threads: int = 64,
         checkpoint_every_minutes: float = 10.0,
         log_every_seconds: float = 10.0,
         publish_every_steps: int = 1,
@@ -129,7 +132,8 @@ class Learner:
             self.unrolls, self.parameters, self._stop)
         self.server = None
         if batch_source is None:
-            self.server = LearnerServer(self.service, server_address, max_message_bytes).start()
+            self.server = LearnerServer(self.service, server_address, max_message_bytes,
+                                        max_workers=rpc_threads).start()
             local_batch = self.run_config.batch_size // max(1, self._num_workers())
             self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
                                    initial_state)
