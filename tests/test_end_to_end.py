@@ -105,3 +105,36 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes(tmp_path):
     match = re.search(r"resumed from \S+: step (\d+), ([\d,]+) frames", out)
     assert match and int(match.group(2).replace(",", "")) == frames_at_stop
     assert _metrics(logdir)[-1]["env_frames"] >= frames_at_stop + 3200
+
+
+def test_the_halves_run_apart(tmp_path):
+    """--role=learner and --role=actor, as on two hosts (here over loopback)."""
+    logdir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "impala_tf.train", "--role=learner", "--gin_file=catch.gin",
+               f"--logdir={logdir}", "--bind=127.0.0.1:0",
+               "--gin_bindings=RunConfig.total_environment_frames = 16000"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    learner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)
+    address = None
+    lines = []
+    deadline = time.time() + 120
+    while address is None and time.time() < deadline:
+        line = learner.stdout.readline()
+        lines.append(line)
+        match = re.search(r"learner listening on (\S+);", line)
+        address = match.group(1) if match else None
+    assert address, "".join(lines)
+    assert "started" not in "".join(lines)  # no actors spawned by a learner-only role
+    actor = subprocess.Popen(
+        [sys.executable, "-m", "impala_tf.train", "--role=actor", "--gin_file=catch.gin",
+         f"--learner_address={address}", "--actor_index=0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        out, _ = learner.communicate(timeout=300)
+    finally:
+        actor.terminate()
+        actor.wait(30)
+    assert learner.returncode == 0, "".join(lines) + out
+    assert _metrics(logdir)[-1]["env_frames"] >= 16000
+    assert _metrics(logdir)[-1]["accepted_unrolls"] > 0
