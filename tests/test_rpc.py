@@ -116,7 +116,10 @@ def test_bounded_queue_gives_back_pressure():
 
     producer = threading.Thread(target=produce)
     producer.start()
-    time.sleep(2.0)
+    deadline = time.time() + 30  # a loaded machine may take a while to fill the queue
+    while unrolls.qsize() < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # give the sender time to run ahead, if it could
     # The queue is full, one unroll waits in the handler, a few sit in gRPC's flow-control
     # window and the outbox: the actor cannot run ahead of the learner.
     assert unrolls.qsize() == 2 and len(sent) < total
