@@ -4,8 +4,7 @@ compile and step, and how long does an update take?
 
     python -m impala_tf.learner_smoke --gin_file=experiments/atari/shallow.gin --num_updates=20
 
-It shows that the experiment builds, compiles and steps, and how long an update takes; the
-numbers it trains on are noise, so its losses say nothing about learning.
+The numbers it trains on are noise, so its losses say nothing about learning.
 """
 
 import time
