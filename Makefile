@@ -25,7 +25,7 @@ test: $(STAMP)
 # it again resumes. TRAIN_ARGS adds flags, e.g. TRAIN_ARGS='--gin_bindings=Launcher.num_actors=4'.
 LOGDIR ?= logs/pong_shallow
 train: $(STAMP)
-	$(BIN)/python -m impala_tf.train --gin_file=atari/shallow.gin --logdir=$(LOGDIR) $(TRAIN_ARGS)
+	$(BIN)/python -m impala_tf.train --gin_file=atari/pong_shallow.gin --logdir=$(LOGDIR) $(TRAIN_ARGS)
 
 timing: $(STAMP)
 	$(BIN)/python experiments/time_learner_update.py

@@ -22,9 +22,9 @@ from impala_tf.synthetic import synthetic_batch
 
 CASES = [
     # (label, gin file, env shapes)
-    ("shallow, Atari 84x84x4, T=20, B=32", "atari/shallow.gin", "atari"),
-    ("deep, Atari 84x84x4, T=20, B=32", "atari/deep.gin", "atari"),
-    ("deep, DMLab 72x96x3, T=100, B=32", "dmlab/deep.gin", "dmlab"),
+    ("shallow, Atari 84x84x4, T=20, B=32", "atari/experts_shallow.gin", "atari"),
+    ("deep, Atari 84x84x4, T=20, B=32", "atari/experts_deep.gin", "atari"),
+    ("deep, DMLab 72x96x3, T=100, B=32", "dmlab/single_task_deep.gin", "dmlab"),
 ]
 
 

@@ -1,7 +1,7 @@
 """The actor: K environments, batched inference with its own (lagging) copy of the policy,
 unrolls of T steps per environment streamed to the learner.
 
-    python -m impala_tf.actor --learner_address=HOST:PORT --gin_file=atari/shallow.gin
+    python -m impala_tf.actor --learner_address=HOST:PORT --gin_file=atari/experts_shallow.gin
 
 Each unroll holds T+1 steps (step 0 repeats the previous unroll's last), the core state
 before step 0 and the version of the parameters that acted (layout in `specs.py`). The

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import gin
 
-# Experiment files `include` each other relative to this folder ('atari/shallow.gin').
+# Experiment files `include` each other relative to this folder ('atari/experts_shallow.gin').
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -53,7 +53,7 @@ def parse_config(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
 @contextlib.contextmanager
 def _experiments_dir_off_sys_path():
     """A script run from experiments/ puts that folder on sys.path; gin's package-resource
-    reader would then import 'atari/' of `include 'atari/shallow.gin'` as a namespace
+    reader would then import 'atari/' of `include 'atari/experts_shallow.gin'` as a namespace
     package and crash. Hide the folder while parsing."""
     hidden = [p for p in sys.path if p and pathlib.Path(p).resolve() == EXPERIMENTS_DIR]
     sys.path[:] = [p for p in sys.path if p not in hidden]

@@ -1,7 +1,7 @@
 """Evaluates a checkpoint under the paper's protocol and prints the scores table.
 
     python -m impala_tf.evaluate --logdir=DIR [--num_episodes=30]
-    python -m impala_tf.evaluate --checkpoint=DIR/checkpoints/ckpt-1000 --gin_file=atari/shallow.gin
+    python -m impala_tf.evaluate --checkpoint=DIR/checkpoints/ckpt-1000 --gin_file=atari/experts_shallow.gin
 
 With `--logdir` the latest checkpoint and, unless `--gin_file` is given, the run's
 `operative_config.gin` are used. Writes `evaluation.csv` and `evaluation.json` next to the

@@ -2,7 +2,7 @@
 with the environment's shapes (no environment, no actors): does the experiment build,
 compile and step, and how long does an update take?
 
-    python -m impala_tf.learner_smoke --gin_file=experiments/atari/shallow.gin --num_updates=20
+    python -m impala_tf.learner_smoke --gin_file=experiments/atari/experts_shallow.gin --num_updates=20
 
 The numbers it trains on are noise, so its losses say nothing about learning.
 """
@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_multi_string("gin_file", ["atari/shallow.gin"], "Experiment gin files.")
+    flags.DEFINE_multi_string("gin_file", ["atari/experts_shallow.gin"], "Experiment gin files.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. 'Agent.use_lstm=False'.")
     flags.DEFINE_enum("env", "atari", sorted(ENV_SHAPES), "Which environment's shapes to use.")
     flags.DEFINE_integer("num_updates", 20, "Learner updates to run.")

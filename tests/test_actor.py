@@ -117,7 +117,7 @@ def test_core_state_carries_across_unrolls(rounds):
 def test_the_actor_runs_on_dmlab(tmp_path, monkeypatch):
     """On the fake deepmind_lab: frames, instruction tokens and the 9 actions travel."""
     monkeypatch.setitem(sys.modules, "deepmind_lab", fake_deepmind_lab)
-    config.parse_config(["dmlab/deep.gin"], [
+    config.parse_config(["dmlab/single_task_deep.gin"], [
         "RunConfig.unroll_length = 4", "Agent.torso = 'shallow'", "Agent.lstm_size = 8",
         "Actor.num_envs = 2", "make_dmlab.level = 'language_select_described_object'"])
     try:

@@ -34,8 +34,9 @@ def fake_lab(monkeypatch):
 
 def test_the_paper_experiments_exist():
     names = {str(p.relative_to(config.EXPERIMENTS_DIR)) for p in GIN_FILES}
-    assert {"atari/shallow.gin", "atari/deep.gin", "dmlab/deep.gin",
-            "dmlab/dmlab30.gin"} <= names
+    assert {"catch.gin", "atari/pong_shallow.gin", "atari/experts_shallow.gin",
+            "atari/experts_deep.gin", "dmlab/single_task_deep.gin",
+            "dmlab/dmlab30_deep.gin"} <= names
 
 
 @pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: str(p.relative_to(config.EXPERIMENTS_DIR)))
@@ -53,7 +54,7 @@ def test_gin_file_parses_and_builds(path, fake_lab):
 
 
 def test_paper_values_reach_the_objects(fake_lab):
-    config.parse_config(["atari/shallow.gin"])
+    config.parse_config(["atari/experts_shallow.gin"])
     assert make_environment(1).game == "pong"
     evaluation_env = make_environment(2, mode="eval")  # the paper's protocol: 1-30 no-ops
     evaluation_env.reset()
@@ -65,7 +66,7 @@ def test_paper_values_reach_the_objects(fake_lab):
     assert float(step.current_learning_rate()) == pytest.approx(0.0006)
     assert step.optimizer.epsilon == 0.01 and step.optimizer.rho == 0.99
 
-    config.parse_config(["dmlab/dmlab30.gin"])
+    config.parse_config(["dmlab/dmlab30_deep.gin"])
     assert make_environment(1, actor_index=4).levels == ["rooms_keys_doors_puzzle"]
     run = RunConfig()
     assert run.unroll_length == 100 and run.total_environment_frames == 1e10
@@ -79,14 +80,14 @@ def test_paper_values_reach_the_objects(fake_lab):
 
 
 def test_deep_atari_overrides_only_the_torso():
-    config.parse_config(["atari/deep.gin"])
+    config.parse_config(["atari/experts_deep.gin"])
     agent = builders.build_agent(ATARI_SPEC, 6)
     assert agent.torso_name == "deep"
     assert builders.build_train_step(agent).entropy_cost == 0.01
 
 
 def test_bindings_override_files():
-    config.parse_config(["atari/shallow.gin"], ["TrainStep.entropy_cost = 0.05",
+    config.parse_config(["atari/experts_shallow.gin"], ["TrainStep.entropy_cost = 0.05",
                                                 "AtariBatchedEnv.game = 'breakout'"])
     assert make_environment(1).game == "breakout"
     step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
@@ -99,7 +100,7 @@ def test_bindings_override_files():
 ])
 def test_a_typo_names_the_bad_key(binding, name):
     with pytest.raises(ValueError, match=name):
-        config.parse_config(["atari/shallow.gin"], [binding])
+        config.parse_config(["atari/experts_shallow.gin"], [binding])
 
 
 def test_missing_gin_file_is_named():
@@ -108,7 +109,7 @@ def test_missing_gin_file_is_named():
 
 
 def test_operative_config_is_written(tmp_path):
-    config.parse_config(["atari/shallow.gin"])
+    config.parse_config(["atari/experts_shallow.gin"])
     builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
     path = config.write_operative_config(str(tmp_path))
     assert "TrainStep.entropy_cost = 0.01" in open(path).read()
