@@ -288,4 +288,6 @@ class _Window:
             record["episode_return_per_level"] = {
                 lvl: float(np.mean([e.episode_return for e in episodes if e.level == lvl]))
                 for lvl in levels}
+            record["episodes_per_level"] = {
+                lvl: sum(e.level == lvl for e in episodes) for lvl in levels}
         return record

@@ -38,7 +38,7 @@ def _learner(logdir, **kwargs):
     return Learner(SPEC, 3, str(logdir), run_config=RUN, **kwargs)
 
 
-def _random_unroll(learner, rng, version=0, **overrides):
+def _random_unroll(learner, rng, version=0, episodes=(), **overrides):
     fields = {}
     for name, (dtype, shape) in codec.spec_from_tensor_specs(learner.wire_spec).items():
         if name == "action":
@@ -50,7 +50,8 @@ def _random_unroll(learner, rng, version=0, **overrides):
         else:
             fields[name] = rng.normal(size=shape).astype(dtype)
     fields.update(overrides)
-    meta = {"policy_version": version, "actor_id": 0, "episodes": [[1.0, 9, "catch"]]}
+    meta = {"policy_version": version, "actor_id": 0,
+            "episodes": [list(e) for e in episodes] or [[1.0, 9, "catch"]]}
     return codec.encode(codec.UNROLL_MAGIC, fields, meta)
 
 
@@ -81,6 +82,25 @@ def test_a_malformed_unroll_is_rejected_while_training_goes_on(tmp_path):
     assert "NaN" in next(iter(learner.service.counters.rejected_reasons))
     assert record["rejected_unrolls"] == 1 and np.isfinite(record["total_loss"])
     assert learner.parameters.version == 6
+
+
+def test_multi_task_metrics_give_each_level_its_mean_and_count(tmp_path):
+    learner = _learner(tmp_path)
+    client = LearnerClient(learner.address, backoff_seconds=0.05)
+    rng = np.random.default_rng(1)
+    # 4 unrolls (one batch): 3 episodes of level a (returns 1, 2, 6), 1 of level b (-4).
+    episodes = [[[1.0, 9, "a"], [2.0, 9, "a"]], [[6.0, 9, "a"]], [[-4.0, 9, "b"]], []]
+    for e in episodes:
+        client.send_unroll(_random_unroll(learner, rng, episodes=e or [[0.5, 9, "c"]]))
+    try:
+        record = learner.run(max_steps=1)
+    finally:
+        learner.close()
+        client.close()
+    assert record["episodes"] == 5
+    assert record["episode_return_mean"] == pytest.approx((1 + 2 + 6 - 4 + 0.5) / 5)
+    assert record["episode_return_per_level"] == pytest.approx({"a": 3.0, "b": -4.0, "c": 0.5})
+    assert record["episodes_per_level"] == {"a": 3, "b": 1, "c": 1}
 
 
 def _synthetic_source(seed=0):
