@@ -1,6 +1,6 @@
 """One training command: the learner plus actor processes, or either half on its own.
 
-    python -m impala_tf.train --gin_file=atari/shallow.gin --logdir=/tmp/pong
+    python -m impala_tf.train --gin_file=atari/experts_shallow.gin --logdir=/tmp/pong
     python -m impala_tf.train --role=learner --gin_file=F --logdir=DIR --bind=0.0.0.0:8470
     python -m impala_tf.train --role=actor --gin_file=F --learner_address=HOST:8470 --actor_index=3
 
@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List
+from typing import Callable, List, Optional
 
 import gin
 from absl import app, flags
@@ -40,6 +40,9 @@ def define_flags() -> None:
     flags.DEFINE_string("bind", "127.0.0.1:0", "Learner: host:port to listen on.")
     flags.DEFINE_string("learner_address", None, "Actor: host:port of the learner.")
     flags.DEFINE_integer("actor_index", 0, "Actor: this actor's number.")
+    flags.DEFINE_float("max_frames", None, "Stop (with a checkpoint) after this many frames; "
+                       "unlike RunConfig.total_environment_frames it leaves the lr schedule be.")
+    flags.DEFINE_float("max_minutes", None, "Stop (with a checkpoint) after this wall time.")
 
 
 @gin.configurable
@@ -92,13 +95,23 @@ def _format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """One terminal line per log interval: frames, frames/s, recent return, lag, ETA."""
+    """One terminal line per log interval: frames, frames/s, recent return, lag, ETA.
 
-    def __init__(self, total_frames: float):
-        self.total = total_frames
+    With `stop` and a `max_frames` or `max_minutes` budget, calls `stop()` once the budget is
+    spent (checked at each log line)."""
+
+    def __init__(self, total_frames: float, max_frames: Optional[float] = None,
+                 max_minutes: Optional[float] = None, stop: Optional[Callable[[], None]] = None):
+        self.total = min(total_frames, max_frames) if max_frames else total_frames
+        self.max_frames, self.stop = max_frames, stop
+        self.deadline = time.time() + 60.0 * max_minutes if max_minutes else None
         self.last_return = None
 
     def __call__(self, record: dict) -> None:
+        if self.stop is not None and (
+                (self.max_frames and record["env_frames"] >= self.max_frames)
+                or (self.deadline and time.time() >= self.deadline)):
+            self.stop()
         if record.get("episode_return_mean") is not None:
             self.last_return = record["episode_return_mean"]
         fps = record["fps"]
@@ -141,7 +154,9 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
         if launcher is not None:
             launcher.start(learner.address, FLAGS.gin_file, FLAGS.gin_bindings, logdir)
             print(f"started {launcher.num_actors} actor processes", flush=True)
-        record = learner.run(progress=Progress(RunConfig().total_environment_frames))
+        record = learner.run(progress=Progress(
+            RunConfig().total_environment_frames, FLAGS.max_frames, FLAGS.max_minutes,
+            stop=learner.stop))
         print(f"done: {learner.env_frames:,d} frames, {learner.learner_step} steps; "
               f"checkpoint in {os.path.join(logdir, 'checkpoints')}", flush=True)
         return record

@@ -13,9 +13,9 @@ import time
 FRAME_BUDGET = 300_000  # Catch learns in ~100k frames; the budget leaves room for noise
 
 
-def _train(logdir, *bindings, **popen):
+def _train(logdir, *bindings, flags=(), **popen):
     command = [sys.executable, "-m", "impala_tf.train", "--gin_file=catch.gin",
-               f"--logdir={logdir}", "--gin_bindings=Learner.log_every_seconds = 2"]
+               f"--logdir={logdir}", "--gin_bindings=Learner.log_every_seconds = 2", *flags]
     command += [f"--gin_bindings={b}" for b in bindings]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -99,12 +99,17 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes(tmp_path):
     frames_at_stop = _metrics(logdir)[-1]["env_frames"]
     assert frames_at_stop > 0
 
-    resumed = _train(logdir, f"RunConfig.total_environment_frames = {frames_at_stop + 3200}")
+    # --max_frames stops the resumed run without shortening the lr schedule (1e9 frames).
+    resumed = _train(logdir, "RunConfig.total_environment_frames = 1e9",
+                     flags=[f"--max_frames={frames_at_stop + 3200}"])
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-4000:]
     match = re.search(r"resumed from \S+: step (\d+), ([\d,]+) frames", out)
     assert match and int(match.group(2).replace(",", "")) == frames_at_stop
-    assert _metrics(logdir)[-1]["env_frames"] >= frames_at_stop + 3200
+    assert "done:" in out
+    last = _metrics(logdir)[-1]
+    assert last["env_frames"] >= frames_at_stop + 3200
+    assert last["learning_rate"] > 0.0099  # 0.01 decayed over 1e9 frames, not over the budget
 
 
 def test_the_halves_run_apart(tmp_path):

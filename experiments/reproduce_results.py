@@ -1,0 +1,78 @@
+"""Reproduces one row of the README's results table with one command.
+
+    python experiments/reproduce_results.py ROW [--logdir_root=logs/results] [--no_eval]
+    python experiments/reproduce_results.py --list
+
+Trains the row's experiment (`python -m impala_tf.train`, learner plus actor processes on this
+machine) up to the row's frame budget, evaluates the final checkpoint under the paper's
+protocol (`python -m impala_tf.evaluate`), and prints the row: frames, wall time, frames/s,
+mean return over the last 100 training episodes. `python -m impala_tf.plot` draws the curves.
+A run interrupted part way resumes from its checkpoint when the command is run again.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# row -> (gin file, extra gin bindings, frame budget, Atari game for the paper's score)
+ROWS = {
+    "catch": ("catch.gin", [], 3e5, None),
+    "pong_paper": ("atari/pong_shallow.gin", [], 1e7, "pong"),
+    "pong_b8_eps1e-5": ("atari/pong_shallow.gin",
+                        ["RunConfig.batch_size = 8", "make_optimizer.epsilon = 1e-5"], 1e7,
+                        "pong"),
+    "breakout_b8_eps1e-5": ("atari/pong_shallow.gin",
+                            ["AtariBatchedEnv.game = 'breakout'", "RunConfig.batch_size = 8",
+                             "make_optimizer.epsilon = 1e-5"], 1e7, "breakout"),
+}
+
+
+def paper_figure(game) -> str:
+    """The paper's shallow-experts score for `game` (Table C.1), as table text."""
+    if game is None:
+        return "not in the paper (optimum 1.0)"
+    from impala_tf.scores import paper_atari_scores
+    return f"{paper_atari_scores()[game]['impala_shallow_experts']:g} after 200M frames"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("row", nargs="?", choices=sorted(ROWS))
+    parser.add_argument("--list", action="store_true", help="List the rows and exit.")
+    parser.add_argument("--logdir_root", default=os.path.join(REPO, "logs", "results"))
+    parser.add_argument("--max_frames", type=float, default=None,
+                        help="Override the row's frame budget.")
+    parser.add_argument("--no_eval", action="store_true", help="Skip the evaluation.")
+    args = parser.parse_args()
+    if args.list or not args.row:
+        for name, (gin_file, bindings, frames, game) in ROWS.items():
+            print(f"{name:22s} {gin_file} {' '.join(bindings)}; {frames:.0e} frames; "
+                  f"paper: {paper_figure(game)}")
+        return
+    gin_file, bindings, frames, game = ROWS[args.row]
+    frames = args.max_frames or frames
+    logdir = os.path.join(args.logdir_root, args.row)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "impala_tf.train", f"--gin_file={gin_file}",
+               f"--logdir={logdir}", f"--max_frames={frames}"]
+    command += [f"--gin_bindings={b}" for b in bindings]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=REPO, env=env)
+    if not args.no_eval:
+        # The run's operative config carries the row's bindings.
+        subprocess.run([sys.executable, "-m", "impala_tf.evaluate", f"--logdir={logdir}"],
+                       check=True, cwd=REPO, env=env)
+
+    from impala_tf import plot
+    s = plot.summary(plot.load_run(logdir, args.row))
+    print(f"| {args.row} | {s['frames']:,} | {s['wall_hours']:.2f} h | "
+          f"{s['frames_per_second']:,.0f} | {s['final_return']:+.2f} "
+          f"(last {s['final_episodes']} episodes) | {paper_figure(game)} |")
+
+
+if __name__ == "__main__":
+    main()
