@@ -6,6 +6,7 @@ its actors stream to; `run()` trains until the run's frame budget is spent or `s
 """
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -27,6 +28,10 @@ from impala_tf.specs import unroll_wire_spec
 
 # Stats summed over replicas (the loss terms when the loss is a sum); the rest are averaged.
 _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
+
+
+class NonFiniteUpdatesError(RuntimeError):
+    """Too many updates in a row had NaN/Inf gradients."""
 
 
 def parameter_fields(agent) -> Dict[str, np.ndarray]:
@@ -81,6 +86,9 @@ class Learner:
         used instead of the actors' stream.
       is_chief: whether this worker writes checkpoints and metrics.
       jit_compile: XLA-compile the whole step (the TPU path; shapes are static).
+      max_consecutive_nonfinite_updates: updates whose gradients held NaN/Inf are skipped
+        (weights and optimiser state untouched), counted and logged; this many in a row
+        stop training with `NonFiniteUpdatesError` (the last checkpoint holds finite weights).
     """
 
     def __init__(
@@ -100,8 +108,12 @@ class Learner:
         batch_source: Optional[Callable[[], Optional[ReadyBatch]]] = None,
         is_chief: bool = True,
         jit_compile: bool = False,
+        max_consecutive_nonfinite_updates: int = 100,
     ):
         self.logdir = logdir
+        self.max_consecutive_nonfinite_updates = max(1, int(max_consecutive_nonfinite_updates))
+        self.nonfinite_updates = 0
+        self._consecutive_nonfinite = 0
         self.strategy = strategy or tf.distribute.get_strategy()
         self.run_config = run_config or RunConfig()
         self.is_chief = is_chief
@@ -206,12 +218,17 @@ class Learner:
             # Policy lag: updates made since the parameters that acted were published.
             lags = self.learner_step - ready.policy_versions
             stats = self._distributed_step(split_for_replicas(self.strategy, ready.batch))
-            self.checkpointer.learner_step.assign_add(1)
             self.checkpointer.env_frames.assign_add(self.frames_per_update)
             steps_done += 1
-            if self.learner_step % self._publish_every == 0:
-                self.publish()
-            window.add(stats, lags)
+            if float(stats["nonfinite_update"]) > 0:
+                window.skipped += 1
+                self._on_nonfinite_update(stats)
+            else:
+                self._consecutive_nonfinite = 0
+                self.checkpointer.learner_step.assign_add(1)
+                if self.learner_step % self._publish_every == 0:
+                    self.publish()
+                window.add(stats, lags)
             now = time.time()
             if now - last_log >= self._log_every:
                 record = self._log(window, progress)
@@ -223,6 +240,22 @@ class Learner:
             record = self._log(window, progress)
         self.save()
         return record
+
+    def _on_nonfinite_update(self, stats) -> None:
+        """A skipped update: counted and logged; too many in a row end the run."""
+        self.nonfinite_updates += 1
+        self._consecutive_nonfinite += 1
+        logging.warning(
+            "Skipped a non-finite update (loss %s, gradient norm %s): %d in a row, %d in all.",
+            float(stats["total_loss"]), float(stats["grad_norm"]),
+            self._consecutive_nonfinite, self.nonfinite_updates)
+        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite_updates:
+            self.save()
+            raise NonFiniteUpdatesError(
+                f"{self._consecutive_nonfinite} updates in a row had non-finite gradients "
+                f"(last loss {float(stats['total_loss'])}); training stopped with the weights "
+                f"of learner step {self.learner_step}, which are finite. Look at the rewards "
+                "(clipping), the learning rate and the last metrics.jsonl lines.")
 
     def save(self) -> Optional[str]:
         return self.checkpointer.save()
@@ -255,13 +288,15 @@ class _Window:
         self.start_time = time.time()
         self.start_frames = env_frames
         self.steps = 0
+        self.skipped = 0
         self.sums: Dict[str, float] = {}
         self.lags: List[float] = []
 
     def add(self, stats: Mapping[str, tf.Tensor], lags: np.ndarray) -> None:
         self.steps += 1
         for name, value in stats.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            if name != "nonfinite_update":  # counted as `skipped` instead
+                self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.lags.extend(np.asarray(lags, np.float64).tolist())
 
     def record(self, learner: Learner, episodes: List[EpisodeStats]) -> dict:
@@ -281,6 +316,8 @@ class _Window:
             "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
             "rejected_unrolls": learner.service.counters.rejected,
             "accepted_unrolls": learner.service.counters.accepted,
+            "skipped_nonfinite_updates": self.skipped,
+            "nonfinite_updates": learner.nonfinite_updates,
         }
         record.update({k: v / self.steps for k, v in self.sums.items()} if self.steps else {})
         levels = sorted({e.level for e in episodes})

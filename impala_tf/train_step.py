@@ -161,15 +161,50 @@ class TrainStep:
         return gradients, stats
 
     def apply_gradients(self, gradients) -> Dict[str, tf.Tensor]:
-        """Clips by global norm and applies one optimiser step; returns norm and lr."""
+        """Clips by global norm and applies one optimiser step; returns norm, lr and
+        `nonfinite_update`: 1.0 where a gradient held NaN/Inf (a non-finite loss gives
+        those too) and the step was skipped, so the weights and the optimiser's state (its
+        slots and its step count) stay as they were."""
         grad_norm = tf.linalg.global_norm(gradients)
+        finite = tf.math.is_finite(grad_norm)
         if self.max_grad_norm is not None:
+            # On a skipped step the clipped gradients are NaN; they are not applied.
             gradients, _ = tf.clip_by_global_norm(
                 gradients, self.max_grad_norm, use_norm=grad_norm
             )
         learning_rate = self.current_learning_rate()
-        self.optimizer.apply_gradients(zip(gradients, self.agent.trainable_variables))
-        return {"grad_norm": grad_norm, "learning_rate": learning_rate}
+        self._apply_if(finite, gradients)
+        return {"grad_norm": grad_norm, "learning_rate": learning_rate,
+                "nonfinite_update": 1.0 - tf.cast(finite, tf.float32)}
+
+    def _apply_if(self, finite, gradients) -> None:
+        """Applies the gradients where `finite` (the same on every replica: the gradients are
+        all-reduced). Strategies that synchronise through `merge_call` (Mirrored) cannot take
+        a `cond` in replica context around the optimiser, so it is taken in cross-replica
+        context there, as Keras' LossScaleOptimizer does."""
+        variables = self.agent.trainable_variables
+
+        def apply(grads):
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return tf.constant(True)
+
+        def skip():
+            return tf.constant(False)
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, lambda: apply(gradients), skip)
+            return
+
+        def cross_replica(distribution, finite, gradients):
+            finite = distribution.experimental_local_results(finite)[0]
+            tf.cond(
+                finite,
+                lambda: distribution.experimental_local_results(
+                    distribution.extended.call_for_each_replica(apply, args=(gradients,)))[0],
+                skip,
+            )
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, gradients))
 
     def current_learning_rate(self) -> tf.Tensor:
         lr = self.optimizer.learning_rate

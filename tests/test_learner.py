@@ -13,7 +13,7 @@ import tensorflow as tf
 from impala_tf import config
 from impala_tf.batcher import ReadyBatch
 from impala_tf.distribute import make_strategy
-from impala_tf.learner import Learner
+from impala_tf.learner import Learner, NonFiniteUpdatesError
 from impala_tf.networks import Agent
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
@@ -198,3 +198,24 @@ def test_policy_lag_counts_updates_since_the_acting_parameters(tmp_path):
     learner = _learner(tmp_path, batch_source=source, log_every_seconds=1000.0)
     record = learner.run(max_steps=3)
     assert record["policy_lag_mean"] == pytest.approx(1.0)
+
+
+def test_nonfinite_updates_are_skipped_and_a_run_of_them_stops_training(tmp_path):
+    """Mirrored over 2 logical CPUs: the skip decision is taken once for both replicas."""
+    _, batch = _synthetic_source()
+    poisoned = batch._replace(trajectory=batch.trajectory._replace(
+        behaviour_logits=tf.fill(tf.shape(batch.trajectory.behaviour_logits), float("nan"))))
+    sequence = iter([batch, poisoned, batch] + [poisoned] * 10)
+    source = lambda: ReadyBatch(next(sequence), np.zeros(RUN.batch_size, np.int64))  # noqa: E731
+    learner = _learner(tmp_path, batch_source=source, max_consecutive_nonfinite_updates=3,
+                       strategy=make_strategy("mirrored", num_cpu_devices=2))
+    with pytest.raises(NonFiniteUpdatesError, match="3 updates in a row"):
+        learner.run(max_steps=20)
+    assert learner.learner_step == 2 and learner.nonfinite_updates == 4
+    for weight in learner.agent.get_weights():
+        assert np.all(np.isfinite(weight))
+    assert learner.parameters.version == 2  # nothing published for the skipped updates
+    restored = _learner(tmp_path, batch_source=source)  # the checkpoint taken on the way out
+    assert restored.restored_from and restored.learner_step == 2
+    for a, b in zip(learner.agent.get_weights(), restored.agent.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -184,3 +184,28 @@ def test_xla_update_matches_the_graph_update():
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _train_step(_agent(use_lstm=False), **kwargs)
+
+
+def _state(step):
+    return ([w.copy() for w in step.agent.get_weights()],
+            [np.array(v.numpy()) for v in step.optimizer.variables])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_nonfinite_update_is_skipped_and_changes_nothing(jit_compile):
+    agent = _agent()
+    step = _train_step(agent, jit_compile=jit_compile, reward_clipping="none")
+    clean = _trajectory(5, 3)
+    poisoned = clean._replace(reward=tf.tensor_scatter_nd_update(
+        clean.reward, [[2, 1]], [float("nan")]))
+    weights, slots = _state(step)
+    stats = step(LearnerBatch(poisoned, agent.initial_state(3)))
+    assert float(stats["nonfinite_update"]) == 1.0
+    assert not np.isfinite(float(stats["grad_norm"]))
+    after_weights, after_slots = _state(step)
+    for a, b in zip(weights + slots, after_weights + after_slots):
+        np.testing.assert_array_equal(a, b)  # weights, RMSProp slots and step count
+    stats = step(LearnerBatch(clean, agent.initial_state(3)))
+    assert float(stats["nonfinite_update"]) == 0.0
+    assert int(step.optimizer.iterations.numpy()) == 1
+    assert max(np.abs(a - b).max() for a, b in zip(weights, agent.get_weights())) > 0
