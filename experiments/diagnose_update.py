@@ -144,6 +144,18 @@ def main(argv):
     print(f"cosine(pg grad of half 0, half 1) = {cosine(*pg_halves, agent.trainable_variables):+.3f}")
     print(f"cosine(pg grad, entropy grad)     = {cosine(grads['pg'], grads['entropy'], agent.trainable_variables):+.3f}")
 
+    frames = tf.reshape(batch.trajectory.observation["frame"],
+                        [-1] + batch.trajectory.observation["frame"].shape[2:].as_list())
+    features = agent.torso(frames).numpy()
+    print(f"torso output: {100 * np.mean(features > 0):.1f}% of values > 0; "
+          f"{100 * np.mean((features > 0).any(axis=0)):.1f}% of the {features.shape[1]} units "
+          f"are > 0 on some step of the batch")
+    print("per variable: shape, RMS of the total gradient, median RMSProp mean square")
+    for variable, gradient, velocity in zip(agent.trainable_variables, grads["total"],
+                                            train_step.optimizer._velocities):
+        rms = 0.0 if gradient is None else float(tf.sqrt(tf.reduce_mean(tf.square(gradient))))
+        print(f"  {variable.path:55s} {str(tuple(variable.shape)):18s} {rms:9.2e} "
+              f"{float(np.median(velocity.numpy())):9.2e}")
     optimizer = train_step.optimizer
     epsilon = float(optimizer.epsilon)
     ms = np.concatenate([v.numpy().ravel() for v in optimizer._velocities])
