@@ -6,6 +6,7 @@ or parameter; a bad value fails when the object is built, naming the parameter.
 """
 
 import contextlib
+import importlib
 import logging
 import os
 import pathlib
@@ -18,19 +19,32 @@ import gin
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 
+_CONFIGURABLE_MODULES = (
+    "impala_tf.actor",
+    "impala_tf.distribute",
+    "impala_tf.envs.factory",
+    "impala_tf.learner",
+    "impala_tf.networks",
+    "impala_tf.optimizers",
+    "impala_tf.run_config",
+    "impala_tf.train",
+    "impala_tf.train_step",
+)
+
+
 def register_configurables() -> None:
-    """Imports every module that defines a gin configurable."""
-    # Every process registers everything, so a config written for one role parses in all.
-    # pylint: disable=import-outside-toplevel,unused-import
-    import impala_tf.actor  # noqa: F401
-    import impala_tf.distribute  # noqa: F401
-    import impala_tf.envs.factory  # noqa: F401
-    import impala_tf.learner  # noqa: F401
-    import impala_tf.networks  # noqa: F401
-    import impala_tf.optimizers  # noqa: F401
-    import impala_tf.run_config  # noqa: F401
-    import impala_tf.train  # noqa: F401
-    import impala_tf.train_step  # noqa: F401
+    """Imports every module that defines a gin configurable.
+
+    Every process registers everything, so a config written for one role parses in all. The
+    module running as `__main__` (`python -m impala_tf.train`) is not imported a second time:
+    its configurables are already registered under `__main__`, and a second copy would make
+    a binding such as `Launcher.num_actors` ambiguous.
+    """
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    running = main_spec.name if main_spec is not None else None
+    for name in _CONFIGURABLE_MODULES:
+        if name != running:
+            importlib.import_module(name)
 
 
 def parse_config(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:

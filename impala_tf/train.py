@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, List, Optional
 
@@ -47,34 +48,95 @@ def define_flags() -> None:
 
 @gin.configurable
 class Launcher:
-    """Spawns and watches local actor processes.
+    """Spawns local actor processes, restarts the ones that die, and stops them all.
+
+    A watcher thread polls the processes; an actor that exits while the run goes on is
+    restarted after a backoff that doubles with each quick death (from `restart_backoff_seconds`
+    up to `max_restart_backoff_seconds`) and resets once it has lived `stable_after_seconds`.
+    The learner keeps training with the actors it has meanwhile.
 
     Args:
       num_actors: actor processes to run on this machine.
+      restart_backoff_seconds, max_restart_backoff_seconds, stable_after_seconds: see above.
     """
 
-    def __init__(self, num_actors: int = 2):
+    def __init__(self, num_actors: int = 2, restart_backoff_seconds: float = 1.0,
+                 max_restart_backoff_seconds: float = 60.0, stable_after_seconds: float = 60.0):
         self.num_actors = int(num_actors)
+        self.restart_backoff_seconds = float(restart_backoff_seconds)
+        self.max_restart_backoff_seconds = float(max_restart_backoff_seconds)
+        self.stable_after_seconds = float(stable_after_seconds)
         self.processes: List[subprocess.Popen] = []
+        self.restarts = [0] * self.num_actors
+        self._started_at: List[float] = []
+        self._backoff: List[float] = []
+        self._restart_at: List[Optional[float]] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: Optional[threading.Thread] = None
 
     def start(self, learner_address: str, gin_files, gin_bindings, logdir: str) -> None:
         os.makedirs(os.path.join(logdir, "actors"), exist_ok=True)
+        self._spawn_args = (learner_address, list(gin_files), list(gin_bindings), logdir)
         for i in range(self.num_actors):
-            command = [sys.executable, "-m", "impala_tf.actor",
-                       f"--learner_address={learner_address}", f"--actor_index={i}"]
-            command += [f"--gin_file={f}" for f in gin_files]
-            command += [f"--gin_bindings={b}" for b in gin_bindings]
-            log = open(os.path.join(logdir, "actors", f"actor_{i}.log"), "ab")
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-            self.processes.append(subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True))
+            self.processes.append(self._spawn(i))
+            self._started_at.append(time.time())
+            self._backoff.append(self.restart_backoff_seconds)
+            self._restart_at.append(None)
+        self._watcher = threading.Thread(target=self._watch, name="actor-watcher", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        learner_address, gin_files, gin_bindings, logdir = self._spawn_args
+        command = [sys.executable, "-m", "impala_tf.actor",
+                   f"--learner_address={learner_address}", f"--actor_index={i}"]
+        command += [f"--gin_file={f}" for f in gin_files]
+        command += [f"--gin_bindings={b}" for b in gin_bindings]
+        log = open(os.path.join(logdir, "actors", f"actor_{i}.log"), "ab")
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        try:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        finally:
+            log.close()  # the child holds its own copy
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                self.check()
+
+    def check(self, now: Optional[float] = None) -> None:
+        """Schedules a restart for each dead actor and performs the ones that are due."""
+        now = time.time() if now is None else now
+        for i, process in enumerate(self.processes):
+            if self._stopping.is_set():
+                return
+            if process.poll() is None:
+                if now - self._started_at[i] >= self.stable_after_seconds:
+                    self._backoff[i] = self.restart_backoff_seconds
+                continue
+            if self._restart_at[i] is None:
+                delay = self._backoff[i]
+                self._restart_at[i] = now + delay
+                self._backoff[i] = min(2 * delay, self.max_restart_backoff_seconds)
+                print(f"actor {i} (pid {process.pid}) exited with code {process.returncode}; "
+                      f"restarting it in {delay:.0f} s", flush=True)
+            elif now >= self._restart_at[i]:
+                self.processes[i] = self._spawn(i)
+                self._started_at[i] = now
+                self._restart_at[i] = None
+                self.restarts[i] += 1
+                print(f"actor {i} restarted (pid {self.processes[i].pid}, restart "
+                      f"{self.restarts[i]})", flush=True)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.processes)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL what is left after `timeout` seconds; reaps everything."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
         for p in self.processes:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

@@ -143,3 +143,42 @@ def test_the_halves_run_apart(tmp_path):
     assert learner.returncode == 0, "".join(lines) + out
     assert _metrics(logdir)[-1]["env_frames"] >= 16000
     assert _metrics(logdir)[-1]["accepted_unrolls"] > 0
+
+
+def test_a_killed_actor_is_restarted_and_training_goes_on(tmp_path):
+    logdir = str(tmp_path / "run")
+    process = _train(logdir, "RunConfig.total_environment_frames = 1e9",
+                     "Launcher.restart_backoff_seconds = 1.0")
+    lines, address, killed, frames_at_kill, frames_after = [], None, None, None, []
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            lines.append(line)
+            match = re.search(r"learner listening on (\S+);", line)
+            address = address or (match.group(1) if match else None)
+            frames = re.match(r"frames\s+([\d,]+) /", line)
+            frames = int(frames.group(1).replace(",", "")) if frames else None
+            if killed is None and frames and len(_actor_processes(address)) == 2:
+                killed = _actor_processes(address)[0]
+                frames_at_kill = frames
+                os.kill(killed, signal.SIGKILL)
+            elif killed is not None and frames is not None:
+                frames_after.append(frames)
+                if any("restarted" in x for x in lines) and len(frames_after) >= 3:
+                    break
+        text = "".join(lines)
+        assert killed is not None, text[-3000:]
+        assert re.search(r"actor \d \(pid %d\) exited with code -9; restarting it in 1 s" % killed,
+                         text), text[-3000:]
+        assert re.search(r"actor \d restarted \(pid \d+, restart 1\)", text), text[-3000:]
+        live = _actor_processes(address)
+        assert len(live) == 2 and killed not in live
+        assert frames_after[-1] > frames_at_kill  # the learner trained on meanwhile
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out[-3000:]
+    assert _actor_processes(address) == []

@@ -1,0 +1,89 @@
+"""The training command's pieces: the actor launcher's restart backoff and the run budget."""
+
+import time
+
+from impala_tf.train import Launcher, Progress
+
+
+class _FakeProcess:
+    count = 0
+
+    def __init__(self):
+        _FakeProcess.count += 1
+        self.pid = _FakeProcess.count
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+
+def _launcher(num_actors=2):
+    launcher = Launcher(num_actors, restart_backoff_seconds=1.0, max_restart_backoff_seconds=4.0,
+                        stable_after_seconds=30.0)
+    launcher._spawn = lambda i: _FakeProcess()
+    launcher.processes = [_FakeProcess() for _ in range(num_actors)]
+    launcher._started_at = [0.0] * num_actors
+    launcher._backoff = [1.0] * num_actors
+    launcher._restart_at = [None] * num_actors
+    return launcher
+
+
+def test_a_dead_actor_restarts_after_a_backoff_that_doubles_and_resets():
+    launcher = _launcher()
+    first = launcher.processes[0]
+    first.returncode = -9
+    launcher.check(now=10.0)                 # death seen: restart due at 11
+    assert launcher.processes[0] is first
+    launcher.check(now=10.5)
+    assert launcher.processes[0] is first
+    launcher.check(now=11.0)                 # restarted
+    second = launcher.processes[0]
+    assert second is not first and launcher.restarts == [1, 0]
+    delays = []
+    now = 11.0
+    for _ in range(4):                       # quick deaths: 2, 4, 4 (capped), 4 s
+        launcher.processes[0].returncode = 1
+        launcher.check(now=now)
+        due = launcher._restart_at[0]
+        delays.append(due - now)
+        launcher.check(now=due)
+        now = due
+    assert delays == [2.0, 4.0, 4.0, 4.0]
+    launcher.check(now=now + 30.0)           # lived 30 s: the backoff resets
+    launcher.processes[0].returncode = 1
+    launcher.check(now=now + 31.0)
+    assert launcher._restart_at[0] - (now + 31.0) == 1.0
+    assert launcher.processes[1].poll() is None and launcher.restarts[1] == 0
+
+
+def test_no_restart_once_stopping():
+    launcher = _launcher(1)
+    launcher._stopping.set()
+    launcher.processes[0].returncode = 1
+    launcher.check(now=5.0)
+    launcher.check(now=100.0)
+    assert launcher.restarts == [0] and launcher._restart_at == [None]
+
+
+def _record(frames):
+    return {"env_frames": frames, "fps": 100.0, "episodes": 0, "episode_return_mean": None}
+
+
+def test_progress_stops_the_run_at_its_frame_budget(capsys):
+    stops = []
+    progress = Progress(1e9, max_frames=1000, stop=lambda: stops.append(1))
+    progress(_record(500))
+    assert not stops
+    progress(_record(1200))
+    assert stops == [1]
+    assert "1,200 / 1,000" in capsys.readouterr().out  # the ETA counts down to the budget
+
+
+def test_progress_stops_the_run_after_its_wall_time():
+    stops = []
+    progress = Progress(1e9, max_minutes=1e-4, stop=lambda: stops.append(1))
+    progress(_record(10))
+    assert not stops
+    time.sleep(0.01)
+    progress(_record(20))
+    assert stops == [1]
