@@ -33,6 +33,8 @@ flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
 flags.DEFINE_string("logdir", None, "Restore the latest checkpoint from here (optional).")
 flags.DEFINE_integer("warmup_steps", 200, "Agent steps before the batch is collected.")
 flags.DEFINE_string("frame_png", None, "Save env 0's stacked frames to this PNG.")
+flags.DEFINE_integer("fixed_batch_updates", 0, "Then apply this many updates to the same batch, "
+                     "printing the live torso units and the losses every 25.")
 
 
 def collect_batch(env, policy, num_actions, unroll_length, warmup_steps):
@@ -96,6 +98,15 @@ def term_gradients(train_step, batch):
     return grads, stats
 
 
+def live_units(agent, batch) -> str:
+    """How much of the torso's ReLU output is ever non-zero on this batch."""
+    frame = batch.trajectory.observation["frame"]
+    features = agent.torso(tf.reshape(frame, [-1] + frame.shape[2:].as_list())).numpy()
+    return (f"{100 * np.mean(features > 0):.1f}% of values > 0; "
+            f"{100 * np.mean((features > 0).any(axis=0)):.1f}% of the {features.shape[1]} units "
+            "are > 0 on some step of the batch")
+
+
 def half(batch, part):
     b = batch.trajectory.action.shape[1] // 2
     sl = slice(0, b) if part == 0 else slice(b, None)
@@ -144,12 +155,7 @@ def main(argv):
     print(f"cosine(pg grad of half 0, half 1) = {cosine(*pg_halves, agent.trainable_variables):+.3f}")
     print(f"cosine(pg grad, entropy grad)     = {cosine(grads['pg'], grads['entropy'], agent.trainable_variables):+.3f}")
 
-    frames = tf.reshape(batch.trajectory.observation["frame"],
-                        [-1] + batch.trajectory.observation["frame"].shape[2:].as_list())
-    features = agent.torso(frames).numpy()
-    print(f"torso output: {100 * np.mean(features > 0):.1f}% of values > 0; "
-          f"{100 * np.mean((features > 0).any(axis=0)):.1f}% of the {features.shape[1]} units "
-          f"are > 0 on some step of the batch")
+    print(f"torso output: {live_units(agent, batch)}")
     print("per variable: shape, RMS of the total gradient, median RMSProp mean square")
     for variable, gradient, velocity in zip(agent.trainable_variables, grads["total"],
                                             train_step.optimizer._velocities):
@@ -173,6 +179,12 @@ def main(argv):
     step_norm = float(np.sqrt(sum(np.sum(np.square(s)) for s in steps)))
     print(f"one update: lr {lr:.2e}, step norm {step_norm:.3e}, "
           f"weight norm {np.linalg.norm(weights):.2f} (ratio {step_norm / np.linalg.norm(weights):.2e})")
+    for i in range(1, FLAGS.fixed_batch_updates + 1):
+        stats = train_step(batch)
+        if i % 25 == 0:
+            print(f"update {i:4d} on the fixed batch: baseline loss "
+                  f"{float(stats['baseline_loss']):9.3f}, entropy {float(stats['entropy']):.3f}, "
+                  f"grad norm {float(stats['grad_norm']):7.2f}; torso {live_units(agent, batch)}")
     env.close()
 
 

@@ -21,13 +21,18 @@ sys.path.insert(0, REPO)
 # row -> (gin file, extra gin bindings, frame budget, Atari game for the paper's score)
 ROWS = {
     "catch": ("catch.gin", [], 3e5, None),
+    # The paper's hyperparameters (Table G.1), unchanged.
     "pong_paper": ("atari/pong_shallow.gin", [], 1e7, "pong"),
+    # Diagnosis runs: RMSProp's epsilon (inside the square root, TF1 style) and batch size.
     "pong_b8_eps1e-5": ("atari/pong_shallow.gin",
                         ["RunConfig.batch_size = 8", "make_optimizer.epsilon = 1e-5"], 1e7,
                         "pong"),
-    "breakout_b8_eps1e-5": ("atari/pong_shallow.gin",
-                            ["AtariBatchedEnv.game = 'breakout'", "RunConfig.batch_size = 8",
-                             "make_optimizer.epsilon = 1e-5"], 1e7, "breakout"),
+    "pong_eps1e-4": ("atari/pong_shallow.gin", ["make_optimizer.epsilon = 1e-4"], 1e7, "pong"),
+    # A2C's well-tested Pong recipe run through this learner: T=5, B=16, mean loss, clip 0.5,
+    # lr 7e-4, RMSProp epsilon 1e-5, no LSTM.
+    "pong_a2c_like": ("atari/pong_shallow_a2c_like.gin", [], 1e7, "pong"),
+    "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
+                       "breakout"),
 }
 
 
@@ -68,7 +73,11 @@ def main() -> None:
                        check=True, cwd=REPO, env=env)
 
     from impala_tf import plot
-    s = plot.summary(plot.load_run(logdir, args.row))
+    run = plot.load_run(logdir, args.row)
+    s = plot.summary(run)
+    if game is None:
+        print(f"smoothed return (100 episodes) first >= 0.9 at "
+              f"{plot.frames_to_reach(run, 0.9)} frames")
     print(f"| {args.row} | {s['frames']:,} | {s['wall_hours']:.2f} h | "
           f"{s['frames_per_second']:,.0f} | {s['final_return']:+.2f} "
           f"(last {s['final_episodes']} episodes) | {paper_figure(game)} |")

@@ -99,6 +99,13 @@ def final_return(run: Run, num_episodes: int = 100) -> tuple:
     return (weighted / total if total else float("nan")), int(total)
 
 
+def frames_to_reach(run: Run, threshold: float, window_episodes: int = 100) -> Optional[int]:
+    """Frames at the first log window where the smoothed return reached `threshold`."""
+    smooth = smoothed(run.episodes, run.returns, window_episodes)
+    reached = np.flatnonzero(np.nan_to_num(smooth, nan=-np.inf) >= threshold)
+    return int(run.frames[reached[0]]) if len(reached) else None
+
+
 def summary(run: Run) -> dict:
     """Frames, wall time, mean return over the last 100 episodes, frames per second."""
     mean, count = final_return(run)

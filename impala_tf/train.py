@@ -6,8 +6,9 @@
 
 `--role=all` (the default) starts the learner in this process and spawns
 `Launcher.num_actors` actor processes on this machine (gRPC over loopback), prints progress
-(frames, frames/s, recent return, ETA) and stops at the configured total frames or on
-Ctrl-C / SIGTERM, with a final checkpoint and no actor process left behind. A run restarted
+(frames, frames/s, recent return, ETA), restarts an actor that dies (with backoff), and stops
+at the configured total frames, at `--max_frames` / `--max_minutes`, or on Ctrl-C / SIGTERM,
+with a final checkpoint and no actor process left behind. A run restarted
 with the same logdir resumes from its latest checkpoint.
 """
 
@@ -72,7 +73,6 @@ class Launcher:
         self._backoff: List[float] = []
         self._restart_at: List[Optional[float]] = []
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
         self._watcher: Optional[threading.Thread] = None
 
     def start(self, learner_address: str, gin_files, gin_bindings, logdir: str) -> None:
@@ -102,8 +102,7 @@ class Launcher:
 
     def _watch(self) -> None:
         while not self._stopping.wait(0.5):
-            with self._lock:
-                self.check()
+            self.check()
 
     def check(self, now: Optional[float] = None) -> None:
         """Schedules a restart for each dead actor and performs the ones that are due."""

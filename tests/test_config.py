@@ -113,3 +113,23 @@ def test_operative_config_is_written(tmp_path):
     builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
     path = config.write_operative_config(str(tmp_path))
     assert "TrainStep.entropy_cost = 0.01" in open(path).read()
+
+
+def _results_rows():
+    import importlib.util
+    path = config.EXPERIMENTS_DIR / "reproduce_results.py"
+    spec = importlib.util.spec_from_file_location("reproduce_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ROWS
+
+
+@pytest.mark.parametrize("row", sorted(_results_rows()))
+def test_each_results_row_parses_and_builds(row):
+    """Every row of the README's results table has a command that configures its run."""
+    gin_file, bindings, frames, game = _results_rows()[row]
+    config.parse_config([gin_file], bindings)
+    env = make_environment(1)
+    if game is not None:
+        assert env.game == game
+    assert frames >= 1e5

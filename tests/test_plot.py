@@ -59,6 +59,15 @@ def test_final_return_covers_at_least_the_last_100_episodes():
     assert mean == pytest.approx((70 * 3.0 + 50 * 2.0) / 120)
 
 
+def test_frames_to_reach_a_smoothed_return():
+    run = plot.Run("r", np.arange(4.0), np.array([10.0, 20, 30, 40]), np.array([100.0] * 4),
+                   np.array([0.0, 0.5, 0.95, 0.7]), {})
+    assert plot.frames_to_reach(run, 0.9) == 30
+    assert plot.frames_to_reach(run, 0.99) is None
+    # Smoothed over 200 episodes, window 3 averages to 0.725: 0.9 is never reached.
+    assert plot.frames_to_reach(run, 0.9, window_episodes=200) is None
+
+
 def test_summary_of_a_run(tmp_path):
     _write_run(tmp_path / "r", [(0, 0, 0, None), (1800, 1_000_000, 60, -20.0),
                                 (3600, 2_000_000, 60, -10.0)])
