@@ -68,35 +68,31 @@ def load_run(logdir: str, label: Optional[str] = None) -> Run:
                returns, levels_arrays)
 
 
+def _trailing_mean(episodes: np.ndarray, returns: np.ndarray, end: int,
+                   window_episodes: int) -> tuple:
+    """(episode-weighted mean return, episodes) of the windows ending at index `end`, going
+    back until they hold at least `window_episodes` episodes; windows without one count 0."""
+    total, weighted = 0.0, 0.0
+    for j in range(end, -1, -1):
+        if total >= window_episodes:
+            break
+        if not np.isnan(returns[j]):
+            total += episodes[j]
+            weighted += episodes[j] * returns[j]
+    return (weighted / total if total else float("nan")), int(total)
+
+
 def smoothed(episodes: np.ndarray, returns: np.ndarray, window_episodes: int) -> np.ndarray:
     """`[N]` episode-weighted mean return over the trailing windows that hold at least
     `window_episodes` episodes (fewer at the start); NaN until the first episode."""
-    out = np.full(len(returns), np.nan)
-    weights = np.where(np.isnan(returns), 0.0, episodes)
-    values = np.where(np.isnan(returns), 0.0, returns)
-    for i in range(len(returns)):
-        total, weighted, j = 0.0, 0.0, i
-        while j >= 0 and total < window_episodes:
-            total += weights[j]
-            weighted += weights[j] * values[j]
-            j -= 1
-        if total > 0:
-            out[i] = weighted / total
-    return out
+    return np.array([_trailing_mean(episodes, returns, i, window_episodes)[0]
+                     for i in range(len(returns))], np.float64)
 
 
 def final_return(run: Run, num_episodes: int = 100) -> tuple:
     """(mean return, episodes it covers) over the last windows holding >= `num_episodes`
     episodes (whole windows, so slightly more than `num_episodes` where they do not align)."""
-    total, weighted = 0.0, 0.0
-    for count, value in zip(run.episodes[::-1], run.returns[::-1]):
-        if np.isnan(value) or count == 0:
-            continue
-        total += count
-        weighted += count * value
-        if total >= num_episodes:
-            break
-    return (weighted / total if total else float("nan")), int(total)
+    return _trailing_mean(run.episodes, run.returns, len(run.returns) - 1, num_episodes)
 
 
 def frames_to_reach(run: Run, threshold: float, window_episodes: int = 100) -> Optional[int]:
