@@ -8,13 +8,22 @@ before step 0 and the version of the parameters that acted (layout in `specs.py`
 core state carries across unrolls and resets at episode starts (inside the agent).
 Parameters are refreshed from the learner before every `refresh_every_unrolls`-th unroll.
 Finished episodes ride along with the next unroll to the learner.
+
+When the learner goes away (a crash, a restart, a cut link) the actor keeps its environments
+and core state, and retries with backoff until the learner answers again: unrolls wait in the
+client's bounded outbox, parameter pulls are retried, and a restarted learner's parameters
+are loaded even if their version is older (see `server.ParameterStore`). SIGTERM / SIGINT end
+it promptly, whatever it is waiting for.
 """
 
 import logging
+import os
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 import gin
+import grpc
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -25,9 +34,13 @@ from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec
-from impala_tf.rpc.client import LearnerClient
+from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, LearnerClient
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import Trajectory, tensor_specs, unroll_fields
+
+
+class LearnerUnreachableError(RuntimeError):
+    """The learner did not answer for longer than `Actor.reconnect_timeout_seconds`."""
 
 
 class UnrollBuilder:
@@ -82,35 +95,82 @@ class Actor:
       seed: base seed; environment seeds are `seed + 1000 * actor_index + i`.
       refresh_every_unrolls: pull newer parameters before every N-th unroll (1: each).
       max_message_bytes: the largest message sent or received.
+      rpc_timeout_seconds: how long one parameter pull waits for an unreachable learner.
+      reconnect_backoff_seconds, max_reconnect_backoff_seconds: the delays between retries
+        while the learner is unreachable (doubling from the first to the second).
+      reconnect_timeout_seconds: give up (`LearnerUnreachableError`) after the learner has
+        been unreachable this long; None waits for ever (remote actors of a long run).
     """
 
     def __init__(self, learner_address: str, actor_index: int = 0, num_envs: int = 8,
                  seed: int = 0, refresh_every_unrolls: int = 1,
-                 max_message_bytes: int = 64 << 20, run_config: Optional[RunConfig] = None):
+                 max_message_bytes: int = 64 << 20, rpc_timeout_seconds: float = 10.0,
+                 reconnect_backoff_seconds: float = 0.5,
+                 max_reconnect_backoff_seconds: float = 10.0,
+                 reconnect_timeout_seconds: Optional[float] = None,
+                 run_config: Optional[RunConfig] = None):
         self.actor_index = int(actor_index)
         self.run_config = run_config or RunConfig()
         self.refresh_every_unrolls = max(1, int(refresh_every_unrolls))
+        self.rpc_timeout_seconds = float(rpc_timeout_seconds)
+        self.reconnect_timeout_seconds = reconnect_timeout_seconds
+        self._backoff = (reconnect_backoff_seconds, max_reconnect_backoff_seconds)
         base_seed = seed + 1000 * self.actor_index
         self.env = make_environment(num_envs, seed=base_seed, actor_index=self.actor_index)
         self.num_actions = self.env.action_spec().num_values
         self.agent = builders.build_agent(tensor_specs(self.env.observation_spec()),
                                           self.num_actions)
         self.policy = BatchedPolicy(self.agent, seed=base_seed)
-        self.client = LearnerClient(learner_address, max_message_bytes)
+        self.client = LearnerClient(learner_address, max_message_bytes,
+                                    backoff_seconds=reconnect_backoff_seconds,
+                                    max_backoff_seconds=max_reconnect_backoff_seconds)
         self.policy_version = -1
+        self.incarnation = 0  # of the learner whose parameters we hold (0: none yet)
+        self.reconnects = 0
         self.unrolls_sent = 0
         self.steps_taken = 0
         self._variables = list(self.agent.variables)
 
-    def refresh_parameters(self, timeout: float = 60.0) -> bool:
-        """Loads the learner's newest parameters if they are newer than ours."""
-        newer = self.client.get_parameters(self.policy_version, timeout=timeout)
+    def refresh_parameters(self, stop_event: Optional[threading.Event] = None) -> bool:
+        """Loads the learner's newest parameters if they are newer than ours (True if so).
+
+        While the learner is unreachable, retries with backoff until it answers, `stop_event`
+        is set (False) or `reconnect_timeout_seconds` have passed (`LearnerUnreachableError`).
+        """
+        stop_event = stop_event or threading.Event()
+        backoff = Backoff(*self._backoff)
+        down_since = None
+        while not stop_event.is_set():
+            try:
+                newer = self.client.get_parameters(
+                    self.policy_version, self.incarnation, timeout=self.rpc_timeout_seconds,
+                    stop_event=stop_event)
+                break
+            except grpc.RpcError as error:
+                if error.code() not in RETRYABLE_CODES:
+                    raise
+                now = time.monotonic()
+                down_since = down_since or now
+                if (self.reconnect_timeout_seconds is not None
+                        and now - down_since > self.reconnect_timeout_seconds):
+                    raise LearnerUnreachableError(
+                        f"the learner at {self.client.address} has not answered for "
+                        f"{now - down_since:.0f} s ({error.code().name})") from error
+                delay = backoff.next()
+                logging.warning("actor %d: learner %s unreachable (%s); retrying in %.1f s",
+                                self.actor_index, self.client.address, error.code().name, delay)
+                stop_event.wait(delay)
+        else:
+            return False
+        if down_since is not None:
+            self.reconnects += 1
+            logging.warning("actor %d: learner %s answers again after %.0f s",
+                            self.actor_index, self.client.address, time.monotonic() - down_since)
         if newer is None:
             return False
-        version, fields = newer
         # Matched by position: Keras makes layer names unique per process, so the learner's
         # variable paths may carry other suffixes than ours; the shapes must agree.
-        values = list(fields.values())
+        values = list(newer.fields.values())
         shapes_match = len(values) == len(self._variables) and all(
             tuple(v.shape) == tuple(w.shape) for v, w in zip(values, self._variables))
         if not shapes_match:
@@ -118,7 +178,10 @@ class Actor:
                                "are both running the same gin config?")
         for variable, value in zip(self._variables, values):
             variable.assign(value)
-        self.policy_version = version
+        if newer.incarnation != self.incarnation and self.incarnation:
+            logging.warning("actor %d: the learner was restarted; now at its step %d",
+                            self.actor_index, newer.version)
+        self.policy_version, self.incarnation = newer.version, newer.incarnation
         return True
 
     def run(self, stop_event: Optional[threading.Event] = None,
@@ -126,7 +189,9 @@ class Actor:
         """Acts until `stop_event` is set or `max_unrolls` rounds of K unrolls were sent."""
         stop_event = stop_event or threading.Event()
         k, T = self.env.num_envs, self.run_config.unroll_length
-        self.refresh_parameters()
+        self.refresh_parameters(stop_event)
+        if stop_event.is_set():
+            return
         builder = UnrollBuilder(k, T, self.num_actions)
         timestep = self.env.reset()
         state = self.policy.initial_state(k)
@@ -135,7 +200,9 @@ class Actor:
         rounds = 0
         while not stop_event.is_set() and (max_unrolls is None or rounds < max_unrolls):
             if rounds % self.refresh_every_unrolls == 0 and rounds > 0:
-                self.refresh_parameters()
+                self.refresh_parameters(stop_event)
+            if stop_event.is_set():
+                break
             version = self.policy_version
             initial_state = state
             builder.start(timestep, prev_actions, prev_logits)
@@ -171,15 +238,32 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
     flags.DEFINE_integer("actor_index", 0, "This actor's number.")
     flags.DEFINE_integer("max_unrolls", None, "Stop after this many rounds of unrolls.")
+    flags.DEFINE_integer("parent_pid", None, "Stop when this process is no longer our parent "
+                         "(set by the local launcher, so its actors die with it).")
+
+
+def _stop_when_orphaned(parent_pid: int, stop: threading.Event, poll_seconds: float = 1.0):
+    """Sets `stop` once `parent_pid` is no longer this process's parent (it died)."""
+    def watch():
+        while not stop.wait(poll_seconds):
+            if os.getppid() != parent_pid:
+                logging.warning("parent process %d is gone; stopping", parent_pid)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_actor_process(learner_address: str, actor_index: int,
-                      max_unrolls: Optional[int] = None) -> None:
-    """The body of an actor process (gin already parsed): runs until killed or done."""
+                      max_unrolls: Optional[int] = None,
+                      parent_pid: Optional[int] = None) -> None:
+    """The body of an actor process (gin already parsed): runs until SIGTERM / SIGINT,
+    `max_unrolls`, or the death of `parent_pid` (when given)."""
     import signal
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if parent_pid is not None:
+        _stop_when_orphaned(parent_pid, stop)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     actor = Actor(learner_address, actor_index=actor_index)
     try:
@@ -194,7 +278,8 @@ def main(argv) -> None:
         raise app.UsageError("--learner_address=HOST:PORT is required.")
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     logging.info("actor %d connecting to %s", FLAGS.actor_index, FLAGS.learner_address)
-    run_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_unrolls)
+    run_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_unrolls,
+                      FLAGS.parent_pid)
 
 
 if __name__ == "__main__":

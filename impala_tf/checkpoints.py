@@ -1,9 +1,14 @@
 """Checkpoints: the agent, the optimiser, the learner step and the environment frames, in
-LOGDIR/checkpoints, written by `tf.train.CheckpointManager` (the index file is updated only
-after a checkpoint's files are complete, so an interrupted save leaves the previous one
-usable)."""
+LOGDIR/checkpoints, written by `tf.train.CheckpointManager`: a save writes its files into
+`ckpt-N_temp/`, moves them into place, and only then rewrites the `checkpoint` index (an
+atomic rename), so a save interrupted at any point (kill -9, power loss) leaves the previous
+checkpoint usable. A `Checkpointer` removes such interrupted saves' leftovers when it starts.
+"""
 
+import glob
+import logging
 import os
+import shutil
 from typing import Optional
 
 import tensorflow as tf
@@ -20,6 +25,15 @@ def latest_checkpoint(logdir: str) -> Optional[str]:
     return tf.train.latest_checkpoint(checkpoint_dir(logdir))
 
 
+def remove_interrupted_saves(directory: str) -> int:
+    """Deletes the `ckpt-N_temp` folders that saves killed midway left; returns how many."""
+    leftovers = glob.glob(os.path.join(directory, "*_temp"))
+    for path in leftovers:
+        logging.warning("removing %s, left by an interrupted checkpoint save", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return len(leftovers)
+
+
 class Checkpointer:
     """Saves and restores the learner's state.
 
@@ -30,6 +44,7 @@ class Checkpointer:
     def __init__(self, logdir: str, agent, optimizer=None, max_to_keep: int = 3):
         self.learner_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="learner_step")
         self.env_frames = tf.Variable(0, dtype=tf.int64, trainable=False, name="env_frames")
+        remove_interrupted_saves(checkpoint_dir(logdir))
         objects = dict(agent=agent, learner_step=self.learner_step, env_frames=self.env_frames)
         if optimizer is not None:
             objects["optimizer"] = optimizer

@@ -215,8 +215,10 @@ class Learner:
                     record = self._log(window, progress)
                     last_log = time.time()
                 continue
-            # Policy lag: updates made since the parameters that acted were published.
-            lags = self.learner_step - ready.policy_versions
+            # Policy lag: updates made since the parameters that acted were published (an
+            # unroll acted by a previous learner process, before a restart, may carry a later
+            # version than this learner's step: counted as 0).
+            lags = np.maximum(self.learner_step - ready.policy_versions, 0)
             stats = self._distributed_step(split_for_replicas(self.strategy, ready.batch))
             self.checkpointer.env_frames.assign_add(self.frames_per_update)
             steps_done += 1

@@ -89,7 +89,8 @@ class Launcher:
     def _spawn(self, i: int) -> subprocess.Popen:
         learner_address, gin_files, gin_bindings, logdir = self._spawn_args
         command = [sys.executable, "-m", "impala_tf.actor",
-                   f"--learner_address={learner_address}", f"--actor_index={i}"]
+                   f"--learner_address={learner_address}", f"--actor_index={i}",
+                   f"--parent_pid={os.getpid()}"]
         command += [f"--gin_file={f}" for f in gin_files]
         command += [f"--gin_bindings={b}" for b in gin_bindings]
         log = open(os.path.join(logdir, "actors", f"actor_{i}.log"), "ab")

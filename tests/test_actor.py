@@ -1,8 +1,11 @@
 """The actor's unrolls, checked against Catch's dynamics: the layout (what led to each
 observation), step 0 repeating the previous unroll's last step, the core state carried
-across unrolls, the policy version."""
+across unrolls, the policy version; an actor that outlives its learner."""
 
+import socket
 import sys
+import threading
+import time
 
 import gin
 import numpy as np
@@ -137,3 +140,56 @@ def test_the_actor_runs_on_dmlab(tmp_path, monkeypatch):
     assert (fields["observation/instruction"] > 0).sum(axis=1).min() == 4  # 4 words each step
     assert fields["behaviour_logits"].shape == (5, 9)
     assert fields["action"].max() < 9
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_actor_waits_out_a_learner_restart_and_loads_the_new_parameters(tmp_path):
+    """The learner goes away and another takes its port, at the same version (0) but with
+    other weights: the actor keeps its environments, reconnects, and acts with the new ones."""
+    config.parse_config(["catch.gin"], ["RunConfig.unroll_length = 4", "Actor.num_envs = 2",
+                                        "Actor.reconnect_backoff_seconds = 0.1",
+                                        "Actor.max_reconnect_backoff_seconds = 0.5"])
+    address = f"127.0.0.1:{_free_port()}"
+    specs = tensor_specs(make_environment(1).observation_spec())
+    stop = threading.Event()
+    try:
+        first = Learner(specs, 3, str(tmp_path / "a"), server_address=address)
+        first.batcher.stop()
+        actor = Actor(address, actor_index=0)
+        env = actor.env
+        thread = threading.Thread(target=actor.run, args=(stop,))
+        thread.start()
+        for _ in range(4):
+            first.unrolls.get(timeout=30)
+        first.close()
+        time.sleep(1.0)  # the actor finds the learner gone
+        assert thread.is_alive()
+        second = Learner(specs, 3, str(tmp_path / "b"), server_address=address)
+        second.batcher.stop()
+        unroll = second.unrolls.get(timeout=60)
+        deadline = time.time() + 30
+        while actor.incarnation != second.parameters.incarnation and time.time() < deadline:
+            time.sleep(0.05)
+        assert actor.incarnation == second.parameters.incarnation != first.parameters.incarnation
+        assert actor.policy_version == 0 and unroll.actor_id == 0
+        for mine, theirs in zip(actor.agent.variables, second.agent.variables):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+        assert not np.array_equal(first.agent.variables[0].numpy(),
+                                  second.agent.variables[0].numpy())
+        assert actor.env is env and thread.is_alive()
+        steps = actor.steps_taken
+        second.unrolls.get(timeout=30)
+        second.unrolls.get(timeout=30)
+        assert actor.steps_taken > steps  # still acting
+    finally:
+        stop.set()
+        thread.join(30)
+        actor.close(flush=False)
+        second.close()
+        gin.clear_config()
+    assert not thread.is_alive()

@@ -1,4 +1,11 @@
-"""Checkpoint round trip: weights, optimiser state, learner step and frames come back."""
+"""Checkpoint round trip: weights, optimiser state, learner step and frames come back; a save
+killed midway leaves the previous checkpoint whole."""
+
+import glob
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +17,7 @@ from impala_tf.optimizers import make_optimizer
 from impala_tf.synthetic import synthetic_batch
 from impala_tf.train_step import TrainStep
 
+WRITER = os.path.join(os.path.dirname(__file__), "checkpoint_writer_process.py")
 SPEC = {"frame": tf.TensorSpec([24, 24, 1], tf.uint8)}
 
 
@@ -69,3 +77,47 @@ def test_every_agent_variable_is_in_the_checkpoint(tmp_path, torso):
     assert len(agent.variables) == len(other.variables)
     for a, b in zip(agent.variables, other.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def _saves_until_killed(logdir, when):
+    """Runs the writer process, kills it (SIGKILL) `when` ("mid-save": as soon as a save's
+    temporary folder appears; else after that many seconds past its second save) and returns
+    (what it printed on start, the last step it reported saved)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    writer = subprocess.Popen([sys.executable, WRITER, logdir], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        while sum(line.startswith("saved") for line in lines) < 2:
+            line = writer.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        directory = os.path.join(logdir, "checkpoints")
+        if when == "mid-save":
+            deadline = time.time() + 60
+            while not glob.glob(os.path.join(directory, "*_temp")) and time.time() < deadline:
+                time.sleep(0.001)
+            assert glob.glob(os.path.join(directory, "*_temp")), "no save caught in flight"
+        else:
+            time.sleep(when)
+    finally:
+        writer.kill()
+        out, _ = writer.communicate(timeout=30)
+    lines += out.splitlines(True)
+    restored = next(line for line in lines if line.startswith("restored"))
+    return restored, max(int(line.split()[1]) for line in lines if line.startswith("saved"))
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):
+    """SIGKILL a process in the middle of saving 40 MB checkpoints, five times: each restart
+    restores a checkpoint whose every value comes from one save (the writer checks), no older
+    than the last save it reported, and the interrupted saves' leftovers are removed."""
+    logdir = str(tmp_path)
+    last_saved = 0
+    for when in ("mid-save", "mid-save", "mid-save", 0.13, 0.31, 0.0):
+        restored, saved = _saves_until_killed(logdir, when)
+        # The save in flight at the kill may have completed before it could say so.
+        assert int(restored.split()[1]) in (last_saved, last_saved + 1), restored
+        assert saved >= int(restored.split()[1]) + 2
+        last_saved = saved
+    assert len(glob.glob(os.path.join(logdir, "checkpoints", "*_temp"))) <= 1  # today's only

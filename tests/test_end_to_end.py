@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -182,3 +183,89 @@ def test_a_killed_actor_is_restarted_and_training_goes_on(tmp_path):
         out, _ = process.communicate(timeout=120)
     assert process.returncode == 0, out[-3000:]
     assert _actor_processes(address) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_until(process, pattern, lines, timeout=300.0):
+    """Reads `process`'s output into `lines` until a line matches `pattern`; the match."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n" + "".join(lines)[-4000:])
+
+
+def test_a_killed_learner_resumes_and_a_remote_actor_reconnects(tmp_path):
+    """SIGKILL the learner (`--role=all`, 2 local actors) while a `--role=actor` process feeds
+    it too: the local actors exit with it, the remote one waits; a new learner on the same
+    port resumes from the last complete checkpoint and trains on that actor's unrolls."""
+    logdir = str(tmp_path / "run")
+    address = f"127.0.0.1:{_free_port()}"
+    ckpt_state = os.path.join(logdir, "checkpoints", "checkpoint")
+    bindings = ("RunConfig.total_environment_frames = 1e9",
+                "Learner.checkpoint_every_minutes = 0.02")
+    first = _train(logdir, *bindings, flags=[f"--bind={address}"])
+    lines = []
+    _read_until(first, r"started \d+ actor processes", lines)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    remote = subprocess.Popen(
+        [sys.executable, "-m", "impala_tf.train", "--role=actor", "--gin_file=catch.gin",
+         f"--learner_address={address}", "--actor_index=2",
+         "--gin_bindings=Actor.max_reconnect_backoff_seconds = 1.0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    second = None
+    try:
+        local_actors = _actor_processes(address)
+        assert len(local_actors) == 2
+        deadline = time.time() + 120
+        while time.time() < deadline and not (
+                os.path.exists(ckpt_state) and "ckpt-0\"" not in open(ckpt_state).read()):
+            time.sleep(0.2)
+        _read_until(first, r"^frames\s+[1-9]", lines)
+        first.kill()
+        first.communicate(timeout=30)
+        deadline = time.time() + 30
+        while _actor_processes(address) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _actor_processes(address) == []  # the local actors died with their learner
+        assert remote.poll() is None  # the remote one waits for a learner
+        checkpoint = re.search(r'^model_checkpoint_path: "(\S+)"', open(ckpt_state).read()).group(1)
+
+        second = subprocess.Popen(
+            [sys.executable, "-m", "impala_tf.train", "--role=learner", "--gin_file=catch.gin",
+             f"--logdir={logdir}", f"--bind={address}", "--gin_bindings=Learner.log_every_seconds = 2"]
+            + [f"--gin_bindings={b}" for b in bindings],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        lines = []
+        resumed = _read_until(second, r"resumed from (\S+): step (\d+), ([\d,]+) frames", lines)
+        assert os.path.basename(resumed.group(1)) == checkpoint
+        step, frames = int(resumed.group(2)), int(resumed.group(3).replace(",", ""))
+        assert step > 0 and frames > 0
+        while True:  # trains on: only the remote actor is there to feed it
+            line = _read_until(second, r"^frames\s+([\d,]+) /", lines).group(1)
+            if int(line.replace(",", "")) >= frames + 8000:
+                break
+        assert remote.poll() is None
+        second.send_signal(signal.SIGTERM)
+        out, _ = second.communicate(timeout=120)
+        assert second.returncode == 0, "".join(lines) + out
+        after = [r for r in _metrics(logdir) if r["env_frames"] > frames]
+        assert after and min(r["learner_steps"] for r in after) > step
+        assert after[-1]["accepted_unrolls"] > 0 and after[-1]["rejected_unrolls"] == 0
+    finally:
+        for process in (first, second, remote):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
+    remote.terminate()
+    assert remote.wait(30) is not None

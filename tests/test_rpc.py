@@ -2,6 +2,7 @@
 input rejected with INVALID_ARGUMENT and counted, back-pressure from a bounded queue."""
 
 import queue
+import socket
 import threading
 import time
 
@@ -63,12 +64,31 @@ def test_parameters_only_when_newer(server):
     client = LearnerClient(srv.address)
     assert client.get_parameters(-1) is None  # nothing published yet
     srv.service.parameters.publish(3, {"dense/kernel": np.ones((2, 2), np.float32)})
-    version, fields = client.get_parameters(-1)
-    assert version == 3
+    version, incarnation, fields = client.get_parameters(-1)
+    assert version == 3 and incarnation == srv.service.parameters.incarnation > 0
     np.testing.assert_array_equal(fields["dense/kernel"], np.ones((2, 2)))
-    assert client.get_parameters(3) is None
-    assert client.get_parameters(2)[0] == 3
+    assert client.get_parameters(3, incarnation) is None
+    assert client.get_parameters(2, incarnation).version == 3
+    # Parameters of version 9 from another learner process (one that was restarted from an
+    # older checkpoint since): this learner's version 3 replaces them.
+    assert client.get_parameters(9, incarnation + 1).version == 3
     client.close()
+
+
+def test_a_parameter_pull_waits_for_an_absent_learner_and_can_be_interrupted():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    client = LearnerClient(address)
+    with pytest.raises(grpc.RpcError) as error:
+        client.get_parameters(-1, timeout=0.5)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    assert client.get_parameters(-1, timeout=60.0, stop_event=stop) is None
+    assert time.monotonic() - started < 5.0  # not the 60 s deadline
+    client.close(flush=False)
 
 
 def test_malformed_unroll_is_rejected_and_the_stream_recovers(server):

@@ -6,21 +6,63 @@ actor). If the stream breaks (the learner rejected a message or went away) the t
 a new one after a backoff; the message in flight is lost, the rest are not. (gRPC may keep
 pulling from a dead call's request iterator, so each call gets its own iterator that stops
 and hands back what it took once its call is over.)
+
+`get_parameters` can be interrupted by a `threading.Event` (a SIGTERM must not wait out an
+RPC deadline), and the channel redials a learner that went away within
+`max_reconnect_backoff_ms`, so a restarted learner is found again quickly.
 """
 
 import logging
 import queue
 import threading
-import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional
 
 import grpc
 import numpy as np
 
 from impala_tf.rpc import codec
-from impala_tf.rpc.server import GET_PARAMETERS, STREAM_UNROLLS, VERSION, grpc_options
+from impala_tf.rpc.server import (GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
+                                  grpc_options)
 
 _CLOSE = object()
+
+# Errors that mean "the learner is not there (yet, or any more)": worth retrying.
+RETRYABLE_CODES = frozenset([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+
+
+class Parameters(NamedTuple):
+    """A parameters message: the learner step that made them, the learner process's
+    incarnation (see `server.ParameterStore`) and `name -> array` fields."""
+
+    version: int
+    incarnation: int
+    fields: Dict[str, np.ndarray]
+
+
+class Backoff:
+    """Retry delays that double from `initial` up to `maximum`; `reset` after a success."""
+
+    def __init__(self, initial: float, maximum: float):
+        self.initial, self.maximum = float(initial), float(maximum)
+        self._delay = self.initial
+
+    def next(self) -> float:
+        delay, self._delay = self._delay, min(2 * self._delay, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self.initial
+
+
+def channel_options(max_message_bytes: int, max_reconnect_seconds: float) -> list:
+    """`grpc_options` plus a cap on the channel's own redial backoff (gRPC's default grows
+    to two minutes, which a restarted learner would wait out)."""
+    backoff_ms = int(1000 * max_reconnect_seconds)
+    return grpc_options(max_message_bytes) + [
+        ("grpc.initial_reconnect_backoff_ms", min(500, backoff_ms)),
+        ("grpc.min_reconnect_backoff_ms", min(500, backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+    ]
 
 
 class _Call:
@@ -36,7 +78,8 @@ class LearnerClient:
     def __init__(self, address: str, max_message_bytes: int = 64 << 20, outbox_size: int = 4,
                  backoff_seconds: float = 0.5, max_backoff_seconds: float = 10.0):
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=grpc_options(max_message_bytes))
+        self._channel = grpc.insecure_channel(
+            address, options=channel_options(max_message_bytes, max_backoff_seconds))
         self._stream = self._channel.stream_unary(STREAM_UNROLLS)
         self._get_parameters = self._channel.unary_unary(GET_PARAMETERS)
         self._max_message_bytes = max_message_bytes
@@ -84,7 +127,7 @@ class LearnerClient:
             yield item
 
     def _run(self) -> None:
-        delay = self._backoff[0]
+        backoff = Backoff(*self._backoff)
         while not self._closed.is_set():
             call = _Call()
             try:
@@ -96,20 +139,28 @@ class LearnerClient:
                 self.last_error = error
                 if self._closed.is_set():
                     return
+                delay = backoff.next()
                 logging.warning("unroll stream to %s failed (%s: %s); retrying in %.1fs",
                                 self.address, error.code().name, error.details(), delay)
-                time.sleep(delay)
-                delay = min(2 * delay, self._backoff[1])
+                self._closed.wait(delay)
 
-    def get_parameters(self, version: int, timeout: float = 30.0
-                       ) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
-        """(version, name -> array) if the learner has parameters newer than `version`."""
-        payload = self._get_parameters(VERSION.pack(version), timeout=timeout,
-                                       wait_for_ready=True)
+    def get_parameters(self, version: int, incarnation: int = 0, timeout: float = 30.0,
+                       stop_event: Optional[threading.Event] = None) -> Optional[Parameters]:
+        """The learner's parameters if they are newer than `(version, incarnation)`, else None.
+
+        Waits up to `timeout` seconds for the learner (raising `grpc.RpcError` with
+        DEADLINE_EXCEEDED after it); returns None at once when `stop_event` is set."""
+        future = self._get_parameters.future(PARAMETERS_REQUEST.pack(version, incarnation),
+                                             timeout=timeout, wait_for_ready=True)
+        while stop_event is not None and not future.done():
+            if stop_event.wait(0.05):
+                future.cancel()
+                return None
+        payload = future.result()
         if not payload:
             return None
         fields, meta = codec.decode(payload, codec.PARAMS_MAGIC, self._max_message_bytes)
-        return int(meta["version"]), fields
+        return Parameters(int(meta["version"]), int(meta.get("incarnation", 0)), fields)
 
     def close(self, flush: bool = True, timeout: float = 5.0) -> None:
         """Ends the stream and closes the channel; with `flush`, sends what is queued first

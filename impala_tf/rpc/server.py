@@ -4,9 +4,11 @@
       Every unroll is decoded and validated against the spec before it enters the bounded
       queue; a malformed one ends the stream with INVALID_ARGUMENT and is counted, and the
       learner goes on. A full queue blocks the stream: actors get back-pressure.
-  /impala.Learner/GetParameters  (int64 version, little-endian -> parameters message)
-      Returns the newest parameters only when they are newer than the caller's version,
-      else an empty message.
+  /impala.Learner/GetParameters  (int64 version, int64 incarnation, little-endian
+                                  -> parameters message)
+      Returns the newest parameters when they are newer than the caller's version or come
+      from another incarnation of the learner (a learner restarted from a checkpoint may be
+      at an older step than the parameters an actor holds), else an empty message.
 
 Methods are registered as generic handlers over raw bytes (no protobuf code generation).
 """
@@ -14,6 +16,7 @@ Methods are registered as generic handlers over raw bytes (no protobuf code gene
 import collections
 import json
 import queue
+import secrets
 import struct
 import threading
 from concurrent import futures
@@ -28,7 +31,7 @@ from impala_tf.rpc import codec
 SERVICE = "impala.Learner"
 STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
 GET_PARAMETERS = f"/{SERVICE}/GetParameters"
-VERSION = struct.Struct("<q")
+PARAMETERS_REQUEST = struct.Struct("<qq")  # (version, incarnation) the caller holds
 MAX_EPISODES_PER_UNROLL = 1000
 MAX_LEVEL_NAME = 200
 
@@ -94,25 +97,34 @@ class UnrollValidator:
 
 
 class ParameterStore:
-    """The newest parameters, encoded once per publication."""
+    """The newest parameters, encoded once per publication.
+
+    `incarnation` is a random positive int63 drawn per store (per learner process); it rides in
+    each message's meta with the version, so an actor that held parameters from a learner that
+    has since been restarted reloads even if their version is higher than the new learner's."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._version = -1
         self._payload = b""
+        self.incarnation = secrets.randbits(62) + 1
 
     @property
     def version(self) -> int:
         return self._version
 
     def publish(self, version: int, fields: Mapping[str, np.ndarray]) -> None:
-        payload = codec.encode(codec.PARAMS_MAGIC, fields, {"version": int(version)})
+        payload = codec.encode(codec.PARAMS_MAGIC, fields,
+                               {"version": int(version), "incarnation": self.incarnation})
         with self._lock:
             self._version, self._payload = int(version), payload
 
-    def newer_than(self, version: int) -> bytes:
+    def newer_than(self, version: int, incarnation: int) -> bytes:
+        """The payload if it is newer than what a caller holding (version, incarnation) has."""
         with self._lock:
-            return self._payload if self._version > version else b""
+            newer = self._version > version or (incarnation != self.incarnation
+                                                 and self._version >= 0)
+            return self._payload if newer else b""
 
 
 class ServiceCounters:
@@ -174,11 +186,12 @@ class LearnerService:
         return json.dumps({"accepted": accepted}).encode()
 
     def get_parameters(self, request: bytes, context) -> bytes:
-        if len(request) != VERSION.size:
+        if len(request) != PARAMETERS_REQUEST.size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"expected an {VERSION.size}-byte version, got {len(request)} bytes")
-        (version,) = VERSION.unpack(request)
-        return self.parameters.newer_than(version)
+                          f"expected a {PARAMETERS_REQUEST.size}-byte (version, incarnation) "
+                          f"request, got {len(request)} bytes")
+        version, incarnation = PARAMETERS_REQUEST.unpack(request)
+        return self.parameters.newer_than(version, incarnation)
 
 
 class LearnerServer:
