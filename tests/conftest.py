@@ -6,6 +6,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property-based tests: a few hundred examples in the suite; `experiments/fuzz_wire.py` runs
+# the "fuzz" profile with HYPOTHESIS_EXAMPLES examples per test.
+settings.register_profile("fuzz", max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "20000")),
+                          deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)

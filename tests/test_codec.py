@@ -94,6 +94,7 @@ def _with_header(fields_header, payload=b""):
     ([["x", "<f4", [1.5]]], "bad shape"),
     ([["x", "<f4", [1]], ["x", "<f4", [1]]], "duplicate"),
     ([["x", "<f4"]], "malformed field"),
+    ([[f"x{i}", "|u1", []] for i in range(2000)], "at most 1024"),
 ])
 def test_hostile_headers_are_rejected(fields_header, message):
     with pytest.raises(codec.CodecError, match=message):

@@ -10,6 +10,7 @@ floats, value ranges). Every failure raises `CodecError` with a clear message.
 """
 
 import json
+import math
 import struct
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -19,6 +20,7 @@ UNROLL_MAGIC = b"IMU1"
 PARAMS_MAGIC = b"IMP1"
 _HEADER_LENGTH = struct.Struct("<I")
 MAX_HEADER_BYTES = 1 << 20
+MAX_FIELDS = 1024  # an unroll has a few dozen; parameters a few hundred
 ALLOWED_DTYPES = {
     np.dtype(t).str: np.dtype(t)
     for t in (np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_)
@@ -65,6 +67,8 @@ def decode(
         raise CodecError(f"malformed header: {error}") from None
     if not isinstance(field_list, list) or not isinstance(meta, dict):
         raise CodecError("malformed header: 'fields' must be a list and 'meta' an object")
+    if len(field_list) > MAX_FIELDS:
+        raise CodecError(f"{len(field_list)} fields; at most {MAX_FIELDS} are allowed")
     offset = prefix + header_length
     fields: Dict[str, np.ndarray] = {}
     for entry in field_list:
@@ -80,7 +84,12 @@ def decode(
         if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
                    for d in shape) or len(shape) > 8:
             raise CodecError(f"field {name!r}: bad shape {shape!r}")
-        num_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        # Python ints: no int64 overflow. Zero-size shapes count their other dimensions too
+        # (numpy refuses shapes like [0, 2**30, 2**30] whatever their size).
+        if math.prod(max(d, 1) for d in shape) * dtype.itemsize > len(view):
+            raise CodecError(f"field {name!r}: shape {shape!r} declares more bytes than the "
+                             f"whole message holds ({len(view)})")
+        num_bytes = math.prod(shape) * dtype.itemsize
         if offset + num_bytes > len(view):
             raise CodecError(
                 f"field {name!r}: declares {num_bytes} bytes but only {len(view) - offset} remain")
