@@ -26,6 +26,7 @@ _CONFIGURABLE_MODULES = (
     "impala_tf.learner",
     "impala_tf.networks",
     "impala_tf.optimizers",
+    "impala_tf.rpc.security",
     "impala_tf.run_config",
     "impala_tf.train",
     "impala_tf.train_step",

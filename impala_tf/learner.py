@@ -89,6 +89,8 @@ class Learner:
       max_consecutive_nonfinite_updates: updates whose gradients held NaN/Inf are skipped
         (weights and optimiser state untouched), counted and logged; this many in a row
         stop training with `NonFiniteUpdatesError` (the last checkpoint holds finite weights).
+      insecure: let the server bind a non-loopback address without TLS and a token
+        (`rpc.security`; `train --insecure`).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Learner:
         is_chief: bool = True,
         jit_compile: bool = False,
         max_consecutive_nonfinite_updates: int = 100,
+        insecure: bool = False,
     ):
         self.logdir = logdir
         self.max_consecutive_nonfinite_updates = max(1, int(max_consecutive_nonfinite_updates))
@@ -145,7 +148,7 @@ class Learner:
         self.server = None
         if batch_source is None:
             self.server = LearnerServer(self.service, server_address, max_message_bytes,
-                                        max_workers=rpc_threads).start()
+                                        max_workers=rpc_threads, insecure=insecure).start()
             local_batch = self.run_config.batch_size // max(1, self._num_workers())
             self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
                                    initial_state)
@@ -318,6 +321,8 @@ class _Window:
             "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
             "rejected_unrolls": learner.service.counters.rejected,
             "accepted_unrolls": learner.service.counters.accepted,
+            "broken_streams": learner.service.counters.broken_streams,
+            "unauthenticated_calls": learner.service.counters.unauthenticated,
             "skipped_nonfinite_updates": self.skipped,
             "nonfinite_updates": learner.nonfinite_updates,
         }

@@ -28,6 +28,7 @@ from impala_tf import config
 from impala_tf.distribute import make_strategy
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import Learner
+from impala_tf.rpc.security import SecurityError
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import tensor_specs
 
@@ -39,7 +40,10 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
     flags.DEFINE_string("logdir", None, "Run directory (checkpoints, metrics, summaries).")
     flags.DEFINE_enum("role", "all", ["all", "learner", "actor"], "What this process runs.")
-    flags.DEFINE_string("bind", "127.0.0.1:0", "Learner: host:port to listen on.")
+    flags.DEFINE_string("bind", "127.0.0.1:0", "Learner: host:port to listen on. Any address "
+                        "but loopback needs TLS and a token (Security.*), or --insecure.")
+    flags.DEFINE_bool("insecure", False, "Learner: allow a non-loopback --bind without TLS "
+                      "and a token (prints a warning).")
     flags.DEFINE_string("learner_address", None, "Actor: host:port of the learner.")
     flags.DEFINE_integer("actor_index", 0, "Actor: this actor's number.")
     flags.DEFINE_float("max_frames", None, "Stop (with a checkpoint) after this many frames; "
@@ -188,7 +192,7 @@ class Progress:
               f"ETA {_format_duration(left) if left != float('inf') else 'n/a'}", flush=True)
 
 
-def build_learner(logdir: str, server_address: str) -> Learner:
+def build_learner(logdir: str, server_address: str, insecure: bool = False) -> Learner:
     """The learner for the parsed gin config; the environment is built once for its specs."""
     strategy = make_strategy()
     probe = make_environment(1)
@@ -196,15 +200,14 @@ def build_learner(logdir: str, server_address: str) -> Learner:
     num_actions = probe.action_spec().num_values
     probe.close()
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
-                   server_address=server_address)
+                   server_address=server_address, insecure=insecure)
 
 
 def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
-    learner = build_learner(logdir, bind)
+    learner = build_learner(logdir, bind, FLAGS.insecure)
     if learner.restored_from:
         print(f"resumed from {learner.restored_from}: step {learner.learner_step}, "
               f"{learner.env_frames:,d} frames", flush=True)
-    print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
     launcher = Launcher() if spawn_actors else None
 
     def on_signal(signum, _frame):
@@ -212,6 +215,7 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
         learner.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
     try:
         if launcher is not None:
             launcher.start(learner.address, FLAGS.gin_file, FLAGS.gin_bindings, logdir)
@@ -241,7 +245,10 @@ def main(argv) -> None:
         return
     if not FLAGS.logdir:
         raise app.UsageError("--logdir is required.")
-    run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
+    try:
+        run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
+    except SecurityError as error:
+        raise app.UsageError(str(error)) from None
 
 
 if __name__ == "__main__":

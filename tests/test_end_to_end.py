@@ -269,3 +269,24 @@ def test_a_killed_learner_resumes_and_a_remote_actor_reconnects(tmp_path):
                 process.wait(30)
     remote.terminate()
     assert remote.wait(30) is not None
+
+
+def test_a_public_bind_needs_tls_and_a_token_or_an_explicit_insecure(tmp_path):
+    command = [sys.executable, "-m", "impala_tf.train", "--role=learner", "--gin_file=catch.gin",
+               f"--logdir={tmp_path}", "--bind=0.0.0.0:0"]
+    env = {k: v for k, v in os.environ.items() if k != "IMPALA_TF_TOKEN"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode != 0
+    assert "needs TLS" in refused.stderr and "--insecure" in refused.stderr
+    assert "learner listening" not in refused.stdout
+    allowed = subprocess.Popen(command + ["--insecure"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        _read_until(allowed, r"learner listening on 0\.0\.0\.0:\d+", lines)
+        assert any("WARNING: the learner listens on 0.0.0.0" in line for line in lines)
+    finally:
+        allowed.send_signal(signal.SIGTERM)
+        allowed.communicate(timeout=120)
+    assert allowed.returncode == 0

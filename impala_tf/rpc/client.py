@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 
 from impala_tf.rpc import codec
+from impala_tf.rpc.security import Security
 from impala_tf.rpc.server import (GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
                                   grpc_options)
 
@@ -73,13 +74,17 @@ class _Call:
 
 
 class LearnerClient:
-    """Connects an actor to the learner at `address` (`host:port`)."""
+    """Connects an actor to the learner at `address` (`host:port`), over TLS and with the
+    shared token when `security` (default: the gin-configured `Security()`) says so."""
 
     def __init__(self, address: str, max_message_bytes: int = 64 << 20, outbox_size: int = 4,
-                 backoff_seconds: float = 0.5, max_backoff_seconds: float = 10.0):
+                 backoff_seconds: float = 0.5, max_backoff_seconds: float = 10.0,
+                 security: Optional[Security] = None):
         self.address = address
-        self._channel = grpc.insecure_channel(
-            address, options=channel_options(max_message_bytes, max_backoff_seconds))
+        security = security or Security()
+        self._channel = security.channel(
+            address, channel_options(max_message_bytes, max_backoff_seconds))
+        self._metadata = security.call_metadata()
         self._stream = self._channel.stream_unary(STREAM_UNROLLS)
         self._get_parameters = self._channel.unary_unary(GET_PARAMETERS)
         self._max_message_bytes = max_message_bytes
@@ -131,7 +136,8 @@ class LearnerClient:
         while not self._closed.is_set():
             call = _Call()
             try:
-                self._stream(self._requests(call), wait_for_ready=True)
+                self._stream(self._requests(call), wait_for_ready=True,
+                             metadata=self._metadata)
                 return  # the outbox was closed
             except grpc.RpcError as error:
                 call.over = True
@@ -151,7 +157,8 @@ class LearnerClient:
         Waits up to `timeout` seconds for the learner (raising `grpc.RpcError` with
         DEADLINE_EXCEEDED after it); returns None at once when `stop_event` is set."""
         future = self._get_parameters.future(PARAMETERS_REQUEST.pack(version, incarnation),
-                                             timeout=timeout, wait_for_ready=True)
+                                             timeout=timeout, wait_for_ready=True,
+                                             metadata=self._metadata)
         while stop_event is not None and not future.done():
             if stop_event.wait(0.05):
                 future.cancel()

@@ -3,7 +3,11 @@
   /impala.Learner/StreamUnrolls  (client stream of unroll messages -> JSON summary)
       Every unroll is decoded and validated against the spec before it enters the bounded
       queue; a malformed one ends the stream with INVALID_ARGUMENT and is counted, and the
-      learner goes on. A full queue blocks the stream: actors get back-pressure.
+      learner goes on. A message above the size limit is refused by gRPC itself with
+      RESOURCE_EXHAUSTED before it is read; it breaks the stream, as a cancelled call or a
+      dropped connection does, and broken streams are counted too (a call refused before
+      its handler started, e.g. on its very first message, only gRPC sees). A full queue
+      blocks the stream: actors get back-pressure.
   /impala.Learner/GetParameters  (int64 version, int64 incarnation, little-endian
                                   -> parameters message)
       Returns the newest parameters when they are newer than the caller's version or come
@@ -27,6 +31,7 @@ import numpy as np
 
 from impala_tf.envs.base import EpisodeStats
 from impala_tf.rpc import codec
+from impala_tf.rpc.security import Security, check_bind
 
 SERVICE = "impala.Learner"
 STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
@@ -128,13 +133,16 @@ class ParameterStore:
 
 
 class ServiceCounters:
-    """Thread-safe counts of accepted and rejected unrolls (by reason) and the episodes
-    reported since the last `pop_episodes`."""
+    """Thread-safe counts of accepted and rejected unrolls (by reason), of streams broken by
+    the transport (an oversize message, a cancelled call, a dropped connection), and the
+    episodes reported since the last `pop_episodes`."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.accepted = 0
         self.rejected = 0
+        self.broken_streams = 0
+        self.unauthenticated = 0
         self.rejected_reasons = collections.Counter()
         self._episodes: List[EpisodeStats] = []
 
@@ -147,6 +155,14 @@ class ServiceCounters:
         with self._lock:
             self.rejected += 1
             self.rejected_reasons[reason[:160]] += 1
+
+    def deny(self) -> None:
+        with self._lock:
+            self.unauthenticated += 1
+
+    def broken(self) -> None:
+        with self._lock:
+            self.broken_streams += 1
 
     def pop_episodes(self) -> List[EpisodeStats]:
         with self._lock:
@@ -167,7 +183,15 @@ class LearnerService:
 
     def stream_unrolls(self, request_iterator, context) -> bytes:
         accepted = 0
-        for data in request_iterator:
+        requests = iter(request_iterator)
+        while True:
+            try:
+                data = next(requests)
+            except StopIteration:
+                break
+            except grpc.RpcError:  # gRPC ended the call: oversize message, cancel, disconnect
+                self.counters.broken()
+                return b""
             try:
                 unroll, episodes = self.validator(data)
             except codec.CodecError as error:
@@ -202,14 +226,21 @@ class LearnerServer:
       address: `host:port` to bind (port 0 picks a free one).
       max_message_bytes: the largest message accepted or sent.
       max_workers: threads serving RPCs (one per concurrent actor stream, plus a few).
+      security: TLS and token settings (`security.Security`); a non-loopback `address`
+        needs both unless `insecure`.
+      insecure: allow a non-loopback bind without them (with a warning).
     """
 
     def __init__(self, service: LearnerService, address: str, max_message_bytes: int,
-                 max_workers: int = 64):
+                 max_workers: int = 64, security: Optional[Security] = None,
+                 insecure: bool = False):
         self.service = service
+        security = security or Security()
+        check_bind(address, security, insecure)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="learner-rpc"),
             options=grpc_options(max_message_bytes),
+            interceptors=security.interceptors(on_denied=service.counters.deny),
         )
         handlers = {
             "StreamUnrolls": grpc.stream_unary_rpc_method_handler(service.stream_unrolls),
@@ -218,7 +249,10 @@ class LearnerServer:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),))
         host = address.rsplit(":", 1)[0]
-        self.port = self._server.add_insecure_port(address)
+        if security.server_tls:
+            self.port = self._server.add_secure_port(address, security.server_credentials())
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"Could not bind the learner's gRPC server to {address}.")
         self.address = f"{host}:{self.port}"

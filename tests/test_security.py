@@ -1,0 +1,228 @@
+"""Transport security on a real gRPC server: a non-loopback bind needs TLS and a token (or
+--insecure, warned); the token is checked on every RPC (UNAUTHENTICATED, counted); TLS
+refuses plaintext clients and clients that do not trust the learner's certificate; with a
+client CA, clients without a certificate are refused. Nothing on the network path unpickles
+or evaluates data. Certificates are made with the openssl command line."""
+
+import ast
+import glob
+import os
+import queue
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from impala_tf.rpc import codec
+from impala_tf.rpc.client import LearnerClient
+from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bind,
+                                    is_loopback)
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator
+
+SPEC = {"action": (np.dtype(np.int32), (3,)), "reward": (np.dtype(np.float32), (3,))}
+TOKEN = "s3cret-token-0123456789"
+RPC_DIR = os.path.join(os.path.dirname(__file__), "..", "impala_tf", "rpc")
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _key_and_request(name, cn, cwd):
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=cwd)
+
+
+def _ca(name, cwd):
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+             "-subj", f"/CN={name}", cwd=cwd)
+
+
+def _sign(name, ca, extensions, cwd):
+    with open(os.path.join(cwd, f"{name}.ext"), "w") as f:
+        f.write(extensions)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+             cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, the learner's certificate for 127.0.0.1/localhost, an actor's certificate, and
+    an unrelated CA."""
+    d = str(tmp_path_factory.mktemp("pki"))
+    _ca("ca", d)
+    _ca("other_ca", d)
+    _key_and_request("learner", "learner", d)
+    _sign("learner", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n", d)
+    _key_and_request("actor", "actor", d)
+    _sign("actor", "ca", "extendedKeyUsage=clientAuth\n", d)
+    with open(os.path.join(d, "token"), "w") as f:
+        f.write(TOKEN + "\n")
+    return lambda name: os.path.join(d, name)
+
+
+@pytest.fixture(autouse=True)
+def _no_token_in_env(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+
+
+def _unroll(i):
+    fields = {"action": np.array([0, 1, 2], np.int32), "reward": np.full(3, i, np.float32)}
+    return codec.encode(codec.UNROLL_MAGIC, fields, {"policy_version": i, "actor_id": 0})
+
+
+class _Learner:
+    def __init__(self, security, address="0.0.0.0:0", insecure=False):
+        self.unrolls = queue.Queue(maxsize=8)
+        self.stop_event = threading.Event()
+        self.service = LearnerService(UnrollValidator(SPEC, 3, 1 << 20), self.unrolls,
+                                      ParameterStore(), self.stop_event)
+        self.service.parameters.publish(5, {"w": np.arange(4, dtype=np.float32)})
+        self.server = LearnerServer(self.service, address, 1 << 20, security=security,
+                                    insecure=insecure).start()
+        self.address = f"127.0.0.1:{self.server.port}"
+
+    def close(self):
+        self.stop_event.set()
+        self.server.stop(0)
+
+
+# A client whose TLS handshake fails waits for a channel that never becomes ready.
+REFUSED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def _pull(address, security):
+    """One parameter pull; its status code."""
+    client = LearnerClient(address, security=security)
+    try:
+        client.get_parameters(-1, timeout=2.0)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()
+    finally:
+        client.close(flush=False)
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1:8470", True), ("127.3.2.1:1", True), ("[::1]:8470", True),
+    ("localhost:8470", True), ("0.0.0.0:8470", False), ("10.1.2.3:8470", False),
+    ("[::]:8470", False), ("learner.example:8470", False),
+])
+def test_which_addresses_are_loopback(address, loopback):
+    assert is_loopback(address) == loopback
+
+
+def test_a_non_loopback_bind_needs_tls_and_a_token_or_insecure(pki, capsys):
+    with pytest.raises(SecurityError, match=r"TLS .* and a shared token .*--insecure"):
+        check_bind("0.0.0.0:0", Security(), insecure=False)
+    with pytest.raises(SecurityError, match="a shared token"):
+        check_bind("0.0.0.0:0", Security(server_cert=pki("learner.pem"),
+                                         server_key=pki("learner.key")), insecure=False)
+    with pytest.raises(SecurityError, match="TLS"):
+        check_bind("0.0.0.0:0", Security(token_file=pki("token")), insecure=False)
+    check_bind("0.0.0.0:0", Security(server_cert=pki("learner.pem"),
+                                     server_key=pki("learner.key"),
+                                     token_file=pki("token")), insecure=False)
+    check_bind("127.0.0.1:0", Security(), insecure=False)
+    assert "WARNING" not in capsys.readouterr().err
+    # --insecure: allowed, with a warning, and served in plaintext without a token.
+    learner = _Learner(Security(), insecure=True)
+    try:
+        assert "WARNING" in capsys.readouterr().err
+        assert _pull(learner.address, Security()) == grpc.StatusCode.OK
+    finally:
+        learner.close()
+    with pytest.raises(SecurityError, match="at least 16"):
+        Security(token_file=_short_token_file(pki))
+
+
+def _short_token_file(pki):
+    path = pki("short_token")
+    with open(path, "w") as f:
+        f.write("short")
+    return path
+
+
+def test_tls_and_the_token_on_every_call(pki):
+    server = Security(server_cert=pki("learner.pem"), server_key=pki("learner.key"),
+                      token_file=pki("token"))
+    learner = _Learner(server)  # binds 0.0.0.0: allowed with TLS and a token
+    good = Security(ca_cert=pki("ca.pem"), token_file=pki("token"))
+    try:
+        client = LearnerClient(learner.address, security=good)
+        assert client.get_parameters(-1, timeout=10.0).version == 5
+        client.send_unroll(_unroll(3))
+        assert learner.unrolls.get(timeout=10).policy_version == 3
+        client.close()
+        assert learner.service.counters.unauthenticated == 0
+
+        # A wrong token and no token: UNAUTHENTICATED on both RPCs, each call counted.
+        with open(pki("wrong_token"), "w") as f:
+            f.write("not-the-token-but-long-enough")
+        wrong = Security(ca_cert=pki("ca.pem"), token_file=pki("wrong_token"))
+        assert _pull(learner.address, wrong) == grpc.StatusCode.UNAUTHENTICATED
+        assert _pull(learner.address, Security(ca_cert=pki("ca.pem"))) == \
+            grpc.StatusCode.UNAUTHENTICATED
+        streamer = LearnerClient(learner.address, security=wrong, backoff_seconds=0.05)
+        streamer.send_unroll(_unroll(4))
+        deadline = time.time() + 10
+        while streamer.last_error is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert streamer.last_error.code() == grpc.StatusCode.UNAUTHENTICATED
+        streamer.close(flush=False)
+        assert learner.unrolls.empty()
+        assert learner.service.counters.unauthenticated >= 3
+        assert learner.service.counters.accepted == 1
+
+        # TLS: a plaintext client, and one that trusts another CA, never get through.
+        assert _pull(learner.address, Security(token_file=pki("token"))) in REFUSED
+        assert _pull(learner.address, Security(ca_cert=pki("other_ca.pem"),
+                                               token_file=pki("token"))) in REFUSED
+        assert learner.service.counters.accepted == 1 and learner.unrolls.empty()
+    finally:
+        learner.close()
+
+
+def test_client_certificates_when_the_learner_asks_for_them(pki):
+    server = Security(server_cert=pki("learner.pem"), server_key=pki("learner.key"),
+                      client_ca=pki("ca.pem"), token_file=pki("token"))
+    learner = _Learner(server)
+    try:
+        without = Security(ca_cert=pki("ca.pem"), token_file=pki("token"))
+        assert _pull(learner.address, without) in REFUSED
+        with_cert = Security(ca_cert=pki("ca.pem"), client_cert=pki("actor.pem"),
+                             client_key=pki("actor.key"), token_file=pki("token"))
+        assert _pull(learner.address, with_cert) == grpc.StatusCode.OK
+    finally:
+        learner.close()
+
+
+def test_the_token_comes_from_the_environment_too(pki, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert Security().token == TOKEN
+    assert Security(token_file=pki("token")).token == TOKEN
+
+
+def test_nothing_on_the_network_path_unpickles_or_evaluates():
+    """No module of impala_tf/rpc imports a deserialiser of code or objects, or calls
+    eval/exec; numpy arrays are built with frombuffer from allowed dtypes only."""
+    banned_modules = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle", "yaml"}
+    files = sorted(glob.glob(os.path.join(RPC_DIR, "*.py")))
+    assert len(files) >= 4
+    for path in files:
+        tree = ast.parse(open(path).read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & banned_modules, path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in banned_modules, path
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in {"eval", "exec", "compile", "__import__"}, path
+            elif isinstance(node, ast.keyword):
+                assert node.arg != "allow_pickle", path
+    assert all(np.dtype(d).kind != "O" for d in codec.ALLOWED_DTYPES.values())
