@@ -321,6 +321,7 @@ class _Window:
             "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
             "rejected_unrolls": learner.service.counters.rejected,
             "accepted_unrolls": learner.service.counters.accepted,
+            "accepted_unrolls_by_actor": learner.service.counters.by_actor(),
             "broken_streams": learner.service.counters.broken_streams,
             "unauthenticated_calls": learner.service.counters.unauthenticated,
             "skipped_nonfinite_updates": self.skipped,

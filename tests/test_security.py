@@ -8,13 +8,13 @@ import ast
 import glob
 import os
 import queue
-import subprocess
 import threading
 import time
 
 import grpc
 import numpy as np
 import pytest
+from pki import TOKEN, make_pki
 
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
@@ -23,47 +23,12 @@ from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bi
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator
 
 SPEC = {"action": (np.dtype(np.int32), (3,)), "reward": (np.dtype(np.float32), (3,))}
-TOKEN = "s3cret-token-0123456789"
 RPC_DIR = os.path.join(os.path.dirname(__file__), "..", "impala_tf", "rpc")
-
-
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _key_and_request(name, cn, cwd):
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=cwd)
-
-
-def _ca(name, cwd):
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-             "-subj", f"/CN={name}", cwd=cwd)
-
-
-def _sign(name, ca, extensions, cwd):
-    with open(os.path.join(cwd, f"{name}.ext"), "w") as f:
-        f.write(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-             cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """A CA, the learner's certificate for 127.0.0.1/localhost, an actor's certificate, and
-    an unrelated CA."""
-    d = str(tmp_path_factory.mktemp("pki"))
-    _ca("ca", d)
-    _ca("other_ca", d)
-    _key_and_request("learner", "learner", d)
-    _sign("learner", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n", d)
-    _key_and_request("actor", "actor", d)
-    _sign("actor", "ca", "extendedKeyUsage=clientAuth\n", d)
-    with open(os.path.join(d, "token"), "w") as f:
-        f.write(TOKEN + "\n")
-    return lambda name: os.path.join(d, name)
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
 @pytest.fixture(autouse=True)

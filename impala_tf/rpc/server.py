@@ -140,21 +140,28 @@ class ServiceCounters:
     def __init__(self):
         self._lock = threading.Lock()
         self.accepted = 0
+        self.accepted_by_actor: Dict[int, int] = collections.Counter()
         self.rejected = 0
         self.broken_streams = 0
         self.unauthenticated = 0
         self.rejected_reasons = collections.Counter()
         self._episodes: List[EpisodeStats] = []
 
-    def accept(self, episodes: Sequence[EpisodeStats]) -> None:
+    def accept(self, episodes: Sequence[EpisodeStats], actor_id: int = -1) -> None:
         with self._lock:
             self.accepted += 1
+            self.accepted_by_actor[actor_id] += 1
             self._episodes.extend(episodes)
 
     def reject(self, reason: str) -> None:
         with self._lock:
             self.rejected += 1
             self.rejected_reasons[reason[:160]] += 1
+
+    def by_actor(self) -> Dict[str, int]:
+        """Accepted unrolls per actor id (JSON-friendly keys), a consistent snapshot."""
+        with self._lock:
+            return {str(k): v for k, v in sorted(self.accepted_by_actor.items())}
 
     def deny(self) -> None:
         with self._lock:
@@ -205,7 +212,7 @@ class LearnerService:
                     break
                 except queue.Full:
                     continue
-            self.counters.accept(episodes)
+            self.counters.accept(episodes, unroll.actor_id)
             accepted += 1
         return json.dumps({"accepted": accepted}).encode()
 
