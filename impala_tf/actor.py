@@ -130,6 +130,7 @@ class Actor:
         self.unrolls_sent = 0
         self.steps_taken = 0
         self._variables = list(self.agent.variables)
+        self._builder: Optional[UnrollBuilder] = None  # `act`'s state between calls
 
     def refresh_parameters(self, stop_event: Optional[threading.Event] = None) -> bool:
         """Loads the learner's newest parameters if they are newer than ours (True if so).
@@ -184,41 +185,45 @@ class Actor:
         self.policy_version, self.incarnation = newer.version, newer.incarnation
         return True
 
+    def act(self) -> List[bytes]:
+        """Steps the K environments for one unroll (T steps, batched inference each step) and
+        returns the K encoded unroll messages. The environments, core state and last step
+        carry over to the next call."""
+        k = self.env.num_envs
+        if self._builder is None:  # first call: start the episodes
+            self._builder = UnrollBuilder(k, self.run_config.unroll_length, self.num_actions)
+            self._timestep = self.env.reset()
+            self._state = self.policy.initial_state(k)
+            self._prev_actions = np.zeros(k, np.int32)
+            self._prev_logits = np.zeros([k, self.num_actions], np.float32)
+        builder, version, initial_state = self._builder, self.policy_version, self._state
+        builder.start(self._timestep, self._prev_actions, self._prev_logits)
+        while not builder.full:
+            step, self._state = self.policy(self._prev_actions, self._timestep, self._state)
+            self._timestep = self.env.step(step.actions)
+            builder.append(self._timestep, step.actions, step.policy_logits)
+            self._prev_actions, self._prev_logits = step.actions, step.policy_logits
+            self.steps_taken += k
+        episodes = [[e.episode_return, e.episode_frames, e.level]
+                    for e in self.env.pop_finished_episodes()]
+        return [codec.encode(codec.UNROLL_MAGIC, fields,
+                             {"policy_version": max(version, 0), "actor_id": self.actor_index,
+                              "episodes": episodes if i == 0 else []})
+                for i, fields in enumerate(builder.unrolls(initial_state))]
+
     def run(self, stop_event: Optional[threading.Event] = None,
             max_unrolls: Optional[int] = None) -> None:
         """Acts until `stop_event` is set or `max_unrolls` rounds of K unrolls were sent."""
         stop_event = stop_event or threading.Event()
-        k, T = self.env.num_envs, self.run_config.unroll_length
         self.refresh_parameters(stop_event)
-        if stop_event.is_set():
-            return
-        builder = UnrollBuilder(k, T, self.num_actions)
-        timestep = self.env.reset()
-        state = self.policy.initial_state(k)
-        prev_actions = np.zeros(k, np.int32)
-        prev_logits = np.zeros([k, self.num_actions], np.float32)
         rounds = 0
         while not stop_event.is_set() and (max_unrolls is None or rounds < max_unrolls):
             if rounds % self.refresh_every_unrolls == 0 and rounds > 0:
                 self.refresh_parameters(stop_event)
             if stop_event.is_set():
                 break
-            version = self.policy_version
-            initial_state = state
-            builder.start(timestep, prev_actions, prev_logits)
-            while not builder.full:
-                step, state = self.policy(prev_actions, timestep, state)
-                timestep = self.env.step(step.actions)
-                builder.append(timestep, step.actions, step.policy_logits)
-                prev_actions, prev_logits = step.actions, step.policy_logits
-                self.steps_taken += k
-            episodes = [[e.episode_return, e.episode_frames, e.level]
-                        for e in self.env.pop_finished_episodes()]
-            for i, fields in enumerate(builder.unrolls(initial_state)):
-                meta = {"policy_version": max(version, 0), "actor_id": self.actor_index,
-                        "episodes": episodes if i == 0 else []}
-                if not self.client.send_unroll(
-                        codec.encode(codec.UNROLL_MAGIC, fields, meta), stop_event):
+            for message in self.act():
+                if not self.client.send_unroll(message, stop_event):
                     return
                 self.unrolls_sent += 1
             rounds += 1

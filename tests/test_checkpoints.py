@@ -66,10 +66,12 @@ def test_evaluation_restores_only_the_agent(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("torso", ["shallow", "deep", "mlp"])
+@pytest.mark.parametrize("torso", ["shallow", "deep", "nature", "mlp"])
 def test_every_agent_variable_is_in_the_checkpoint(tmp_path, torso):
     """Layers kept in Python lists escape tf.train.Checkpoint: guard every architecture."""
     spec = dict(SPEC, instruction=tf.TensorSpec([6], tf.int32))
+    if torso == "nature":  # three valid convolutions need at least 36x36
+        spec["frame"] = tf.TensorSpec([36, 36, 1], tf.uint8)
     agent = Agent(3, spec, torso=torso, lstm_size=8)
     Checkpointer(str(tmp_path), agent).save()
     other = Agent(3, spec, torso=torso, lstm_size=8)  # another random initialisation

@@ -7,6 +7,7 @@ import tensorflow as tf
 from impala_tf.networks import (
     Agent, AgentInput, DeepTorso, InstructionEncoder, ShallowTorso, sample_actions,
     tokenize_instruction)
+from impala_tf.networks.torsos import NatureTorso
 
 SMALL_FRAME = tf.TensorSpec([24, 24, 2], tf.uint8)
 
@@ -42,6 +43,20 @@ def test_shallow_torso_matches_figure_3():
     assert (conv2.filters, conv2.kernel_size, conv2.strides) == (32, (4, 4), (2, 2))
     # 84 -> 20 -> 9 spatially: fc sees 9 * 9 * 32 inputs.
     assert torso.fc.kernel.shape == (9 * 9 * 32, 256)
+
+
+def test_nature_torso_is_the_dqn_network():
+    torso = NatureTorso()
+    out = torso(tf.zeros([2, 84, 84, 4], tf.uint8))
+    assert out.shape == (2, 512)
+    convs = [torso.conv1, torso.conv2, torso.conv3]
+    assert [(c.filters, c.kernel_size, c.strides) for c in convs] == [
+        (32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)), (64, (3, 3), (1, 1))]
+    # 84 -> 20 -> 9 -> 7 spatially: fc sees 7 * 7 * 64 = 3136 inputs (as in DQN).
+    assert torso.fc.kernel.shape == (3136, 512)
+    params = (32 * 8 * 8 * 4 + 32) + (64 * 4 * 4 * 32 + 64) + (64 * 3 * 3 * 64 + 64) \
+        + (3136 * 512 + 512)
+    assert torso.count_params() == params == 1_684_128  # DQN's 1.68M torso parameters
 
 
 def test_deep_torso_matches_figure_3():

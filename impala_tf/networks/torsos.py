@@ -1,5 +1,6 @@
-"""The paper's visual torsos (Fig. 3): shallow and deep (ResNet); and a small MLP torso for
-tiny test games (Catch).
+"""The paper's visual torsos (Fig. 3): shallow and deep (ResNet); the DQN ("Nature") torso
+that other IMPALA implementations (e.g. TorchBeast's MonoBeast) use for Atari; and a small
+MLP torso for tiny test games (Catch).
 
 All take uint8 frames `[N, H, W, C]` and scale them to [0, 1] inside the model, and return
 float32 `[N, fc_size]` features after a ReLU.
@@ -30,6 +31,24 @@ class ShallowTorso(keras.layers.Layer):
 
     def call(self, frame):
         x = self.conv2(self.conv1(_scale_frame(frame)))
+        return self.fc(self.flatten(x))
+
+
+@keras_configurable
+class NatureTorso(keras.layers.Layer):
+    """The DQN network of Mnih et al. (2015): conv 32 8x8 stride 4, conv 64 4x4 stride 2,
+    conv 64 3x3 stride 1 (valid padding, ReLU), fully connected 512."""
+
+    def __init__(self, fc_size: int = 512, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = keras.layers.Conv2D(32, 8, strides=4, padding="valid", activation="relu")
+        self.conv2 = keras.layers.Conv2D(64, 4, strides=2, padding="valid", activation="relu")
+        self.conv3 = keras.layers.Conv2D(64, 3, strides=1, padding="valid", activation="relu")
+        self.flatten = keras.layers.Flatten()
+        self.fc = keras.layers.Dense(fc_size, activation="relu")
+
+    def call(self, frame):
+        x = self.conv3(self.conv2(self.conv1(_scale_frame(frame))))
         return self.fc(self.flatten(x))
 
 
@@ -103,11 +122,11 @@ class MLPTorso(keras.layers.Layer):
         return x
 
 
-TORSOS = {"shallow": ShallowTorso, "deep": DeepTorso, "mlp": MLPTorso}
+TORSOS = {"shallow": ShallowTorso, "deep": DeepTorso, "nature": NatureTorso, "mlp": MLPTorso}
 
 
 def make_torso(name: str) -> keras.layers.Layer:
-    """Builds the torso registered under `name` (`shallow`, `deep` or `mlp`)."""
+    """Builds the torso registered under `name` (`shallow`, `deep`, `nature` or `mlp`)."""
     try:
         return TORSOS[name]()
     except KeyError:

@@ -1,0 +1,503 @@
+"""Throughput benchmark: each stage of the data path alone, the whole system, and the bound.
+
+    python -m impala_tf.benchmark --gin_file=atari/pong_shallow.gin [--seconds 20]
+        [--json FILE] [--stages env,actor,learner,vtrace,transport,end_to_end] [--scaling]
+
+Every stage runs in its own process, with the thread settings it has in training, for
+`--seconds` after a warm-up, and reports frames/s (a frame is an emulator frame: 4 per agent
+step with action repeat 4) and the CPU it used (core-seconds per frame, from getrusage):
+
+  env         the K environments of one actor, random actions;
+  actor       one actor's loop (environments, batched inference, unroll encoding), no learner;
+  learner     the learner's update loop on synthetic batches, per strategy (default; mirrored
+              over 2 logical CPU devices);
+  vtrace      `from_importance_weights` alone, T=20 and T=100, B=32, eager / tf.function / XLA
+              (microseconds per call);
+  transport   the codec alone, then unrolls through the gRPC service on loopback (unrolls/s,
+              MB/s; sender and receiver share this one process);
+  end_to_end  `python -m impala_tf.train` with its actor processes (frames/s over the
+              measured window, policy lag, queue fill, CPU cores used by each process).
+
+The bound is the frames/s this machine could reach if its cores did nothing but step the
+environments, run the actors' inference and learn, each at its measured cost per frame:
+cores / (env + inference + learning core-seconds per frame); end-to-end is reported as a
+fraction of it. `--scaling` adds end-to-end runs with 1, 2, 4 and 8 actor processes, with
+the learner on 1 and on 2 (mirrored) logical devices. Nothing is asserted: the figures are
+this machine's, today.
+"""
+
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+STAGES = ("env", "actor", "learner", "vtrace", "transport", "end_to_end")
+
+
+def define_flags() -> None:
+    flags.DEFINE_multi_string("gin_file", ["atari/pong_shallow.gin"], "Experiment gin files.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    flags.DEFINE_float("seconds", 20.0, "Measured time per stage (after its warm-up).")
+    flags.DEFINE_string("stages", ",".join(STAGES), "Comma-separated stages to run.")
+    flags.DEFINE_bool("scaling", False, "Also end-to-end with 1/2/4/8 actors x 1/2 devices.")
+    flags.DEFINE_string("json", None, "Write all figures to this file.")
+    # Internal: run one stage in this process and write its figures to --stage_out.
+    flags.DEFINE_string("stage", None, "(internal) the stage this process runs.")
+    flags.DEFINE_string("stage_out", None, "(internal) where that stage writes its JSON.")
+    flags.DEFINE_string("strategy", "default", "(internal) learner stage: default|mirrored.")
+    flags.DEFINE_integer("num_actors", None, "(internal) end_to_end: actor processes.")
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+class Meter:
+    """Wall and CPU time over a measured window."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = _cpu_seconds() - self.cpu
+
+
+def _until(seconds: float, step) -> int:
+    """Calls `step()` until `seconds` have passed; returns how many calls."""
+    calls, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        step()
+        calls += 1
+    return calls
+
+
+# -- stages, each run in its own process ----------------------------------------------------
+def _actor_num_envs() -> int:
+    """`Actor.num_envs` as the gin config sets it (or its default)."""
+    import inspect
+
+    import gin
+
+    from impala_tf.actor import Actor
+    try:
+        return int(gin.query_parameter("Actor.num_envs"))
+    except ValueError:
+        return int(inspect.signature(Actor.__init__).parameters["num_envs"].default)
+
+
+def stage_env(seconds: float) -> Dict:
+    import numpy as np
+
+    from impala_tf.envs.factory import make_environment
+    num_envs = _actor_num_envs()
+    env = make_environment(num_envs, seed=0)
+    n = env.action_spec().num_values
+    rng = np.random.default_rng(0)
+    env.reset()
+    for _ in range(20):
+        env.step(rng.integers(0, n, num_envs).astype(np.int32))
+    with Meter() as m:
+        steps = _until(seconds, lambda: env.step(rng.integers(0, n, num_envs).astype(np.int32)))
+    frames = steps * num_envs * env.frames_per_step
+    env.close()
+    return {"num_envs": num_envs, "frames_per_s": frames / m.wall,
+            "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall}
+
+
+def stage_actor(seconds: float) -> Dict:
+    import tensorflow as tf
+    tf.config.threading.set_inter_op_parallelism_threads(1)  # as in an actor process
+    from impala_tf.actor import Actor
+    actor = Actor("127.0.0.1:1", actor_index=0)  # no learner: parameters stay initial
+    frames_per_step = actor.env.frames_per_step
+    for _ in range(2):
+        actor.act()
+    sizes = []
+    steps_before = actor.steps_taken
+    with Meter() as m:
+        _until(seconds, lambda: sizes.extend(len(x) for x in actor.act()))
+    frames = (actor.steps_taken - steps_before) * frames_per_step
+    actor.close(flush=False)
+    return {"num_envs": actor.env.num_envs, "frames_per_s": frames / m.wall,
+            "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall,
+            "unroll_bytes": sum(sizes) / max(1, len(sizes))}
+
+
+def stage_learner(seconds: float, strategy_kind: str) -> Dict:
+    import numpy as np
+
+    from impala_tf.batcher import ReadyBatch
+    from impala_tf.distribute import make_strategy
+    from impala_tf.envs.factory import make_environment
+    from impala_tf.learner import Learner
+    from impala_tf.networks import Agent  # noqa: F401
+    from impala_tf import builders
+    from impala_tf.run_config import RunConfig
+    from impala_tf.specs import tensor_specs
+    from impala_tf.synthetic import synthetic_batch
+    strategy = make_strategy(strategy_kind)
+    probe = make_environment(1)
+    spec, num_actions = tensor_specs(probe.observation_spec()), probe.action_spec().num_values
+    probe.close()
+    run = RunConfig()
+    template = builders.build_agent(spec, num_actions)
+    batch = synthetic_batch(template, spec, run.unroll_length, run.batch_size)
+    ready = ReadyBatch(batch, np.zeros(run.batch_size, np.int64))
+    with tempfile.TemporaryDirectory() as logdir:
+        learner = Learner(spec, num_actions, logdir, strategy=strategy, batch_source=lambda: ready,
+                          log_every_seconds=1e9, checkpoint_every_minutes=1e9)
+        # The real loop (`Learner.run`: step, bookkeeping, publication; one log and one
+        # checkpoint at its end), for about `seconds`, timed after tracing.
+        started = time.perf_counter()
+        learner.run(max_steps=2)
+        started = time.perf_counter()
+        learner.run(max_steps=2)
+        steps = max(2, int(seconds / ((time.perf_counter() - started) / 2)))
+        with Meter() as m:
+            learner.run(max_steps=steps)
+        learner.close()
+    frames = steps * run.frames_per_update
+    return {"strategy": strategy_kind, "replicas": strategy.num_replicas_in_sync,
+            "batch_size": run.batch_size, "unroll_length": run.unroll_length,
+            "seconds_per_update": m.wall / steps, "frames_per_s": frames / m.wall,
+            "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall}
+
+
+def stage_vtrace(seconds: float) -> Dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from impala_tf import vtrace
+    results = {}
+    per_case = max(1.0, seconds / 6)
+    for T in (20, 100):
+        rng = np.random.default_rng(0)
+        args = [tf.constant(rng.normal(size=(T, 32)).astype(np.float32) * 0.3),
+                tf.constant(np.full((T, 32), 0.99, np.float32)),
+                tf.constant(rng.normal(size=(T, 32)).astype(np.float32)),
+                tf.constant(rng.normal(size=(T, 32)).astype(np.float32)),
+                tf.constant(rng.normal(size=(32,)).astype(np.float32))]
+        modes = {"eager": vtrace.from_importance_weights,
+                 "tf.function": tf.function(vtrace.from_importance_weights),
+                 "xla": tf.function(vtrace.from_importance_weights, jit_compile=True)}
+        for mode, fn in modes.items():
+            fn(*args).vs.numpy()
+            calls = [0]
+
+            def call():
+                fn(*args).vs.numpy()
+                calls[0] += 1
+
+            with Meter() as m:
+                _until(per_case, call)
+            results[f"T={T} {mode}"] = 1e6 * m.wall / calls[0]
+    return {"microseconds_per_call": results, "batch_size": 32}
+
+
+def stage_transport(seconds: float) -> Dict:
+    import queue as queue_lib
+
+    from impala_tf.actor import Actor
+    from impala_tf.learner import Learner
+    from impala_tf.rpc import codec
+    from impala_tf.rpc.client import LearnerClient
+    from impala_tf.specs import tensor_specs
+    actor = Actor("127.0.0.1:1", actor_index=0)
+    messages = actor.act()
+    spec = tensor_specs(actor.env.observation_spec())
+    num_actions = actor.num_actions
+    actor.close(flush=False)
+    size = sum(len(x) for x in messages) / len(messages)
+    with tempfile.TemporaryDirectory() as logdir:
+        learner = Learner(spec, num_actions, logdir, queue_capacity=64)
+        learner.batcher.stop()  # this stage drains the queue itself
+        validator = learner.service.validator
+        # The codec alone: encode (from the decoded fields) and decode + validate.
+        fields, meta = codec.decode(messages[0], codec.UNROLL_MAGIC)
+        fields = {k: v.copy() for k, v in fields.items()}
+        with Meter() as enc:
+            n_enc = _until(seconds / 4, lambda: codec.encode(codec.UNROLL_MAGIC, fields, meta))
+        with Meter() as dec:
+            n_dec = _until(seconds / 4, lambda: validator(messages[0]))
+        # gRPC on loopback, through the real client and service into the learner's queue.
+        received = [0]
+        stop = threading.Event()
+
+        def drain():
+            while not stop.is_set():
+                try:
+                    learner.unrolls.get(timeout=0.1)
+                    received[0] += 1
+                except queue_lib.Empty:
+                    pass
+
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+        client = LearnerClient(learner.address, outbox_size=16)
+        for message in messages:  # warm-up
+            client.send_unroll(message)
+        time.sleep(0.5)
+        start_count = received[0]
+        with Meter() as m:
+            i = [0]
+
+            def send():
+                client.send_unroll(messages[i[0] % len(messages)])
+                i[0] += 1
+
+            _until(seconds / 2, send)
+            count = received[0] - start_count
+        stop.set()
+        client.close(flush=False)
+        learner.close()
+    return {"unroll_bytes": size,
+            "encode_mb_per_s": n_enc * size / enc.wall / 1e6,
+            "decode_validate_mb_per_s": n_dec * size / dec.wall / 1e6,
+            "grpc_unrolls_per_s": count / m.wall, "grpc_mb_per_s": count * size / m.wall / 1e6,
+            "grpc_core_s_per_unroll": m.cpu / max(count, 1)}
+
+
+def _proc_cpu_seconds(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _children(pid: int) -> List[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _records(logdir: str) -> List[Dict]:
+    try:
+        with open(os.path.join(logdir, "metrics.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int] = None,
+               mirrored: bool = False, warmup_records: int = 2) -> Dict:
+    """Trains with `python -m impala_tf.train` and measures a window of `seconds` after the
+    learner has logged `warmup_records` records with progress."""
+    with tempfile.TemporaryDirectory() as logdir:
+        command = [sys.executable, "-m", "impala_tf.train", f"--logdir={logdir}",
+                   "--gin_bindings=Learner.log_every_seconds = 2",
+                   "--gin_bindings=RunConfig.total_environment_frames = 1e12"]
+        command += [f"--gin_file={f}" for f in gin_files]
+        command += [f"--gin_bindings={b}" for b in gin_bindings]
+        if num_actors is not None:
+            command.append(f"--gin_bindings=Launcher.num_actors = {num_actors}")
+        if mirrored:
+            command += ["--gin_bindings=make_strategy.kind = 'mirrored'",
+                        "--gin_bindings=make_strategy.num_cpu_devices = 2"]
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   env=env)
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and process.poll() is None:
+                if sum(r["env_frames"] > 0 for r in _records(logdir)) >= warmup_records:
+                    break
+                time.sleep(0.5)
+            if process.poll() is not None:
+                raise RuntimeError("training exited: " + process.stderr.read().decode()[-2000:])
+            pids = [process.pid] + _children(process.pid)
+            cpu0 = {p: _proc_cpu_seconds(p) for p in pids}
+            first = _records(logdir)[-1]
+            t0 = time.time()
+            time.sleep(seconds)
+            cpu1 = {p: _proc_cpu_seconds(p) for p in pids}
+            wall = time.time() - t0
+            window = [r for r in _records(logdir) if r["time"] > first["time"]]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    if not window:
+        raise RuntimeError("no metrics were logged during the measured window")
+    last = window[-1]
+    lags = [r["policy_lag_mean"] for r in window if r.get("policy_lag_mean") is not None]
+    used = {p: (cpu1[p] - cpu0[p]) / wall for p in pids
+            if cpu0.get(p) is not None and cpu1.get(p) is not None}
+    return {
+        "num_actors": len(pids) - 1, "learner_devices": 2 if mirrored else 1,
+        "frames_per_s": (last["env_frames"] - first["env_frames"]) / (last["time"] - first["time"]),
+        "policy_lag_mean": sum(lags) / len(lags) if lags else None,
+        "queue_fill_mean": sum(r["queue_fill"] for r in window) / len(window),
+        "learner_cores_used": used.get(pids[0]),
+        "actor_cores_used": [used.get(p) for p in pids[1:]],
+        "total_cores_used": sum(used.values()),
+    }
+
+
+# -- the parent: runs each stage in a child process and prints the table ------------------
+def _run_stage(stage: str, extra=()) -> Dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    command = [sys.executable, "-m", "impala_tf.benchmark", f"--stage={stage}",
+               f"--stage_out={out}", f"--seconds={FLAGS.seconds}", *extra]
+    command += [f"--gin_file={g}" for g in FLAGS.gin_file]
+    command += [f"--gin_bindings={b}" for b in FLAGS.gin_bindings]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        if result.returncode != 0:
+            raise RuntimeError(f"stage {stage} failed:\n{result.stderr[-3000:]}")
+        with open(out) as f:
+            return json.load(f)
+    finally:
+        os.unlink(out)
+
+
+def bound(env: Dict, actor: Dict, learner: Dict, num_cores: int) -> Dict:
+    """Frames/s if the cores did only env stepping, inference and learning."""
+    inference = max(0.0, actor["core_s_per_frame"] - env["core_s_per_frame"])
+    per_frame = env["core_s_per_frame"] + inference + learner["core_s_per_frame"]
+    return {"cores": num_cores, "env_core_s_per_frame": env["core_s_per_frame"],
+            "inference_core_s_per_frame": inference,
+            "learning_core_s_per_frame": learner["core_s_per_frame"],
+            "frames_per_s": num_cores / per_frame}
+
+
+def _fmt(x, spec=",.0f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def print_table(results: Dict) -> None:
+    print(f"\n# impala_tf benchmark, {results['date']}, {results['machine']}")
+    print(f"# {results['command']}\n")
+    print(f"{'stage':34s} {'frames/s':>10s} {'core-us/frame':>14s} {'cores used':>11s}  notes")
+
+    def row(name, r, notes=""):
+        print(f"{name:34s} {_fmt(r.get('frames_per_s')):>10s} "
+              f"{_fmt(1e6 * r['core_s_per_frame'] if 'core_s_per_frame' in r else None, '.1f'):>14s} "
+              f"{_fmt(r.get('cores_used'), '.2f'):>11s}  {notes}")
+
+    s = results["stages"]
+    if "env" in s:
+        row(f"env ({s['env']['num_envs']} envs, random actions)", s["env"])
+    if "actor" in s:
+        row("actor (envs + inference + encode)", s["actor"],
+            f"{s['actor']['unroll_bytes'] / 1e3:,.0f} kB per unroll")
+    for r in s.get("learner", []):
+        row(f"learner, {r['strategy']} ({r['replicas']} replica{'s' * (r['replicas'] > 1)})", r,
+            f"T={r['unroll_length']} B={r['batch_size']}: {r['seconds_per_update']:.3f} s/update")
+    if "vtrace" in s:
+        print("\nV-trace alone, B=32 (us per call): " + ", ".join(
+            f"{k} {v:,.0f}" for k, v in s["vtrace"]["microseconds_per_call"].items()))
+    if "transport" in s:
+        t = s["transport"]
+        print(f"transport ({t['unroll_bytes'] / 1e3:,.0f} kB unrolls): encode "
+              f"{t['encode_mb_per_s']:,.0f} MB/s, decode+validate "
+              f"{t['decode_validate_mb_per_s']:,.0f} MB/s, gRPC loopback "
+              f"{t['grpc_unrolls_per_s']:,.0f} unrolls/s = {t['grpc_mb_per_s']:,.0f} MB/s")
+    if "bound" in results:
+        b = results["bound"]
+        print(f"\nbound on {b['cores']} cores: {b['frames_per_s']:,.0f} frames/s "
+              f"(per frame: env {1e6 * b['env_core_s_per_frame']:.1f} us, inference "
+              f"{1e6 * b['inference_core_s_per_frame']:.1f} us, learning "
+              f"{1e6 * b['learning_core_s_per_frame']:.1f} us of CPU)")
+    for r in s.get("end_to_end", []):
+        ratio = (f"{r['frames_per_s'] / results['bound']['frames_per_s']:.0%} of the bound"
+                 if "bound" in results else "")
+        print(f"end-to-end, {r['num_actors']} actors, learner on {r['learner_devices']} "
+              f"device(s): {r['frames_per_s']:,.0f} frames/s {ratio}; lag "
+              f"{_fmt(r['policy_lag_mean'], '.1f')}, queue fill {r['queue_fill_mean']:.2f}, "
+              f"cores: learner {_fmt(r['learner_cores_used'], '.2f')}, actors "
+              f"{', '.join(_fmt(a, '.2f') for a in r['actor_cores_used'])} "
+              f"(total {r['total_cores_used']:.2f})")
+
+
+def run_all() -> Dict:
+    stages = [s for s in FLAGS.stages.split(",") if s]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise app.UsageError(f"Unknown stages {unknown}; expected some of {list(STAGES)}.")
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"),
+               "machine": f"{platform.node()}, {cores()} cores, {platform.machine()}",
+               "command": " ".join(["python -m impala_tf.benchmark"] + sys.argv[1:]),
+               "seconds": FLAGS.seconds, "stages": {}}
+    s = results["stages"]
+    for stage in stages:
+        print(f"running {stage} ...", flush=True)
+        if stage == "learner":
+            s["learner"] = [_run_stage("learner", [f"--strategy={k}"])
+                            for k in ("default", "mirrored")]
+        elif stage == "end_to_end":
+            s["end_to_end"] = [end_to_end(FLAGS.seconds, FLAGS.gin_file, FLAGS.gin_bindings)]
+        else:
+            s[stage] = _run_stage(stage)
+    if all(k in s for k in ("env", "actor", "learner")):
+        results["bound"] = bound(s["env"], s["actor"], s["learner"][0], cores())
+    if FLAGS.scaling:
+        print("running end-to-end scaling ...", flush=True)
+        s.setdefault("end_to_end", [])
+        for mirrored in (False, True):
+            for n in (1, 2, 4, 8):
+                print(f"  {n} actors, learner on {2 if mirrored else 1} device(s)", flush=True)
+                s["end_to_end"].append(end_to_end(FLAGS.seconds, FLAGS.gin_file,
+                                                  FLAGS.gin_bindings, num_actors=n,
+                                                  mirrored=mirrored))
+    return results
+
+
+def main(argv) -> None:
+    del argv
+    import impala_tf  # noqa: F401  (sets the Keras backend)
+    from impala_tf import config
+    if FLAGS.stage:  # a child: one stage
+        if FLAGS.stage == "learner" and FLAGS.strategy == "mirrored":
+            from impala_tf.distribute import configure_devices
+            configure_devices(2)
+        config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+        if FLAGS.stage == "learner":
+            figures = stage_learner(FLAGS.seconds, FLAGS.strategy)
+        else:
+            figures = globals()[f"stage_{FLAGS.stage}"](FLAGS.seconds)
+        with open(FLAGS.stage_out, "w") as f:
+            json.dump(figures, f)
+        return
+    config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)  # fail early on a bad config
+    results = run_all()
+    print_table(results)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nfigures written to {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

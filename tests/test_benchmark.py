@@ -1,0 +1,55 @@
+"""The benchmark: its bound is the stated arithmetic, and a short run on Catch produces
+consistent figures for every stage (figures are not judged: this machine is shared)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from impala_tf.benchmark import bound
+
+
+def test_the_bound_is_cores_over_the_cpu_cost_of_a_frame():
+    env = {"core_s_per_frame": 100e-6}
+    actor = {"core_s_per_frame": 250e-6}  # inference = 150 us on top of the env
+    learner = {"core_s_per_frame": 250e-6}
+    b = bound(env, actor, learner, num_cores=2)
+    assert b["inference_core_s_per_frame"] == pytest.approx(150e-6)
+    assert b["frames_per_s"] == pytest.approx(2 / 500e-6)  # 4,000 frames/s
+    # An actor measured cheaper than its envs (noise) costs no inference, not negative.
+    assert bound(env, {"core_s_per_frame": 90e-6}, learner, 1)["frames_per_s"] == \
+        pytest.approx(1 / 350e-6)
+
+
+def test_a_short_run_on_catch_reports_every_stage(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.benchmark", "--gin_file=catch.gin", "--seconds=1",
+         "--stages=env,actor,learner,vtrace,transport", f"--json={out}"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    stages = figures["stages"]
+    for name in ("env", "actor"):
+        assert stages[name]["num_envs"] == 8 and stages[name]["frames_per_s"] > 0
+    # The actor steps the same envs and also runs the policy: it costs more CPU per frame.
+    assert stages["actor"]["core_s_per_frame"] > stages["env"]["core_s_per_frame"]
+    assert [r["replicas"] for r in stages["learner"]] == [1, 2]
+    for r in stages["learner"]:
+        assert r["frames_per_s"] == pytest.approx(
+            r["batch_size"] * r["unroll_length"] / r["seconds_per_update"], rel=1e-6)
+    assert set(stages["vtrace"]["microseconds_per_call"]) == {
+        f"T={t} {m}" for t in (20, 100) for m in ("eager", "tf.function", "xla")}
+    transport = stages["transport"]
+    assert transport["grpc_unrolls_per_s"] > 0
+    assert transport["grpc_mb_per_s"] == pytest.approx(
+        transport["grpc_unrolls_per_s"] * transport["unroll_bytes"] / 1e6, rel=1e-6)
+    b = figures["bound"]
+    assert b["frames_per_s"] == pytest.approx(b["cores"] / (
+        b["env_core_s_per_frame"] + b["inference_core_s_per_frame"]
+        + b["learning_core_s_per_frame"]), rel=1e-6)
+    assert b["learning_core_s_per_frame"] == stages["learner"][0]["core_s_per_frame"]
+    assert "bound on" in result.stdout and "learner, mirrored (2 replicas)" in result.stdout
