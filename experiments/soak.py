@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import List, Optional
 
@@ -81,20 +82,23 @@ def main() -> int:
     start = time.time()
     warmup = min(0.25 * args.minutes * 60, 600.0)
     samples = []
+    # SIGINT or SIGTERM end the run early (with the summary). Installed explicitly: a shell
+    # that starts this in the background has SIGINT ignored, so no KeyboardInterrupt.
+    stopping = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stopping.set())
     print(f"{'minutes':>8} {'frames':>12} {'learner MB':>11} {'actors MB':>10}", flush=True)
-    try:
-        while learner.poll() is None:
-            time.sleep(args.every)
-            learner_rss = rss_mb(learner.pid)
-            if learner_rss is None:
-                break
-            actors = [rss_mb(p) for p in children(learner.pid)]
-            elapsed = time.time() - start
-            samples.append((elapsed, learner_rss))
-            print(f"{elapsed / 60:8.1f} {last_frames(args.logdir):12,d} {learner_rss:11.1f} "
-                  f"{sum(a for a in actors if a):10.1f}", flush=True)
-    except KeyboardInterrupt:
-        learner.send_signal(signal.SIGINT)
+    while learner.poll() is None and not stopping.wait(args.every):
+        learner_rss = rss_mb(learner.pid)
+        if learner_rss is None:
+            break
+        actors = [rss_mb(p) for p in children(learner.pid)]
+        elapsed = time.time() - start
+        samples.append((elapsed, learner_rss))
+        print(f"{elapsed / 60:8.1f} {last_frames(args.logdir):12,d} {learner_rss:11.1f} "
+              f"{sum(a for a in actors if a):10.1f}", flush=True)
+    if learner.poll() is None:
+        learner.send_signal(signal.SIGTERM)  # a checkpoint, then its actors stop
     learner.wait()
     steady = [s for s in samples if s[0] >= warmup]
     if len(steady) < 2:
@@ -107,9 +111,14 @@ def main() -> int:
     slope = (sum((t - mean_t) * (m - mean_m) for t, m in steady)
              / max(sum((t - mean_t) ** 2 for t, _ in steady), 1e-9))
     per_hour = slope * 3600
+    residuals = [m - (mean_m + slope * (t - mean_t)) for t, m in steady]
+    sxx = max(sum((t - mean_t) ** 2 for t, _ in steady), 1e-9)
+    se_per_hour = (3600 * (sum(r * r for r in residuals) / max(len(steady) - 2, 1) / sxx) ** 0.5
+                   if len(steady) > 2 else float("nan"))
     print(f"learner RSS from {t0 / 60:.1f} to {t1 / 60:.1f} min: {m0:.1f} -> {m1:.1f} MB "
-          f"({m1 - m0:+.1f} MB; fitted trend {per_hour:+.1f} MB/hour); "
-          f"peak {max(m for _, m in samples):.1f} MB")
+          f"({m1 - m0:+.1f} MB); fitted trend {per_hour:+.1f} +- {2 * se_per_hour:.1f} MB/hour "
+          f"(2 standard errors); range {min(m for _, m in steady):.1f}-"
+          f"{max(m for _, m in steady):.1f} MB")
     return 0 if per_hour <= args.max_growth_mb_per_hour else 1
 
 

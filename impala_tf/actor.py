@@ -247,6 +247,15 @@ def define_flags() -> None:
                          "(set by the local launcher, so its actors die with it).")
 
 
+@gin.configurable
+def configure_actor_threads(inter_op_threads: int = 1, intra_op_threads: int = 0) -> None:
+    """TensorFlow's thread pools in an actor process (0: TensorFlow's choice, one thread per
+    core). An actor runs one small op graph at a time, and shares the machine's cores with
+    the other actors and the learner."""
+    tf.config.threading.set_inter_op_parallelism_threads(int(inter_op_threads))
+    tf.config.threading.set_intra_op_parallelism_threads(int(intra_op_threads))
+
+
 def _stop_when_orphaned(parent_pid: int, stop: threading.Event, poll_seconds: float = 1.0):
     """Sets `stop` once `parent_pid` is no longer this process's parent (it died)."""
     def watch():
@@ -269,7 +278,7 @@ def run_actor_process(learner_address: str, actor_index: int,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if parent_pid is not None:
         _stop_when_orphaned(parent_pid, stop)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    configure_actor_threads()
     actor = Actor(learner_address, actor_index=actor_index)
     try:
         actor.run(stop, max_unrolls=max_unrolls)

@@ -122,9 +122,8 @@ def stage_env(seconds: float) -> Dict:
 
 
 def stage_actor(seconds: float) -> Dict:
-    import tensorflow as tf
-    tf.config.threading.set_inter_op_parallelism_threads(1)  # as in an actor process
-    from impala_tf.actor import Actor
+    from impala_tf.actor import Actor, configure_actor_threads
+    configure_actor_threads()  # as in an actor process
     actor = Actor("127.0.0.1:1", actor_index=0)  # no learner: parameters stay initial
     frames_per_step = actor.env.frames_per_step
     for _ in range(2):
