@@ -47,8 +47,9 @@ def make_strategy(
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
+        # Physical, not logical: listing logical devices would start the runtime, after
+        # which the CPU can no longer be split.
+        if tf.config.list_physical_devices("GPU"):
             return tf.distribute.MirroredStrategy()
         configure_devices(num_cpu_devices)
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:num_cpu_devices]

@@ -2,6 +2,9 @@
 default, resumes from checkpoints, publishes versioned parameters, writes its metrics."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -219,3 +222,14 @@ def test_nonfinite_updates_are_skipped_and_a_run_of_them_stops_training(tmp_path
     assert restored.restored_from and restored.learner_step == 2
     for a, b in zip(learner.agent.get_weights(), restored.agent.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_fresh_process_gets_a_mirrored_strategy_over_logical_cpus():
+    """The training entry point builds the strategy in a process whose runtime has not
+    started: make_strategy itself must split the CPU before it lists devices."""
+    code = ("import impala_tf\nfrom impala_tf.distribute import make_strategy\n"
+            "print('replicas', make_strategy('mirrored', num_cpu_devices=2).num_replicas_in_sync)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "replicas 2" in result.stdout
