@@ -20,9 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from impala_tf.benchmark import children  # noqa: E402
 
 
 def rss_mb(pid: int) -> Optional[float]:
@@ -35,22 +38,6 @@ def rss_mb(pid: int) -> Optional[float]:
     except OSError:
         return None
     return None
-
-
-def children(pid: int) -> List[int]:
-    """PIDs whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
 
 
 def last_frames(logdir: str) -> int:
@@ -108,11 +95,10 @@ def main() -> int:
     # Least-squares slope over the steady samples: less noisy than the two end points.
     mean_t = sum(t for t, _ in steady) / len(steady)
     mean_m = sum(m for _, m in steady) / len(steady)
-    slope = (sum((t - mean_t) * (m - mean_m) for t, m in steady)
-             / max(sum((t - mean_t) ** 2 for t, _ in steady), 1e-9))
+    sxx = max(sum((t - mean_t) ** 2 for t, _ in steady), 1e-9)
+    slope = sum((t - mean_t) * (m - mean_m) for t, m in steady) / sxx
     per_hour = slope * 3600
     residuals = [m - (mean_m + slope * (t - mean_t)) for t, m in steady]
-    sxx = max(sum((t - mean_t) ** 2 for t, _ in steady), 1e-9)
     se_per_hour = (3600 * (sum(r * r for r in residuals) / max(len(steady) - 2, 1) / sxx) ** 0.5
                    if len(steady) > 2 else float("nan"))
     print(f"learner RSS from {t0 / 60:.1f} to {t1 / 60:.1f} min: {m0:.1f} -> {m1:.1f} MB "

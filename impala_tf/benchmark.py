@@ -146,7 +146,6 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
     from impala_tf.distribute import make_strategy
     from impala_tf.envs.factory import make_environment
     from impala_tf.learner import Learner
-    from impala_tf.networks import Agent  # noqa: F401
     from impala_tf import builders
     from impala_tf.run_config import RunConfig
     from impala_tf.specs import tensor_specs
@@ -164,7 +163,6 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
                           log_every_seconds=1e9, checkpoint_every_minutes=1e9)
         # The real loop (`Learner.run`: step, bookkeeping, publication; one log and one
         # checkpoint at its end), for about `seconds`, timed after tracing.
-        started = time.perf_counter()
         learner.run(max_steps=2)
         started = time.perf_counter()
         learner.run(max_steps=2)
@@ -282,7 +280,8 @@ def _proc_cpu_seconds(pid: int) -> Optional[float]:
         return None
 
 
-def _children(pid: int) -> List[int]:
+def children(pid: int) -> List[int]:
+    """PIDs whose parent is `pid` (from /proc)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -329,7 +328,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
                 time.sleep(0.5)
             if process.poll() is not None:
                 raise RuntimeError("training exited: " + process.stderr.read().decode()[-2000:])
-            pids = [process.pid] + _children(process.pid)
+            pids = [process.pid] + children(process.pid)
             cpu0 = {p: _proc_cpu_seconds(p) for p in pids}
             first = _records(logdir)[-1]
             t0 = time.time()
