@@ -31,6 +31,9 @@ ROWS = {
     # A2C's well-tested Pong recipe run through this learner: T=5, B=16, mean loss, clip 0.5,
     # lr 7e-4, RMSProp epsilon 1e-5, no LSTM.
     "pong_a2c_like": ("atari/pong_shallow_a2c_like.gin", [], 1e7, "pong"),
+    # The same recipe as PyTorch ports run it: Nature torso, torch.optim.RMSprop (epsilon
+    # outside the square root, mean square from 0), value-loss weight as A2C's.
+    "pong_nature_a2c": ("atari/pong_nature_a2c.gin", [], 1e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }

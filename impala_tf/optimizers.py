@@ -5,6 +5,12 @@
 which makes the first updates ~1/sqrt(epsilon) times larger. The update is
     ms <- decay * ms + (1 - decay) * g^2;  mom <- momentum * mom + lr * g / sqrt(ms + epsilon)
     theta <- theta - mom
+
+`epsilon_outside_sqrt=True` gives PyTorch's form instead, `g / (sqrt(ms) + epsilon)`, the one
+TorchBeast's MonoBeast and most PyTorch A2C/IMPALA ports use (with their `epsilon` and
+`initial_mean_square=0`). The two forms differ a lot when gradients are small: with per-weight
+mean squares far below epsilon, TF1's step is lr * g / sqrt(epsilon) (plain SGD), PyTorch's
+lr * g / epsilon, 1/sqrt(epsilon) times larger for the same epsilon.
 """
 
 import gin
@@ -48,9 +54,18 @@ class TF1RMSprop(keras.optimizers.RMSprop):
     global batch (Keras would sum them again, after a per-replica clipping).
     """
 
-    def __init__(self, *args, initial_mean_square: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        initial_mean_square: float = 1.0,
+        epsilon_outside_sqrt: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if kwargs.get("centered"):
+            raise ValueError("TF1RMSprop does not support centered=True.")
         self.initial_mean_square = float(initial_mean_square)
+        self.epsilon_outside_sqrt = bool(epsilon_outside_sqrt)
 
     def build(self, var_list):
         if self.built:
@@ -60,12 +75,28 @@ class TF1RMSprop(keras.optimizers.RMSprop):
             if velocity is not None:
                 velocity.assign(tf.fill(velocity.shape, self.initial_mean_square))
 
+    def update_step(self, gradient, variable, learning_rate):
+        if not self.epsilon_outside_sqrt:
+            return super().update_step(gradient, variable, learning_rate)
+        lr = tf.cast(learning_rate, variable.dtype)
+        gradient = tf.cast(gradient, variable.dtype)
+        index = self._get_variable_index(variable)
+        velocity = self._velocities[index]
+        self.assign(velocity, self.rho * velocity + (1.0 - self.rho) * tf.square(gradient))
+        increment = lr * gradient / (tf.sqrt(velocity) + self.epsilon)
+        if self.momentum > 0:
+            momentum = self._momentums[index]
+            self.assign(momentum, self.momentum * momentum + increment)
+            increment = momentum
+        self.assign_sub(variable, increment)
+
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return list(grads_and_vars)
 
     def get_config(self):
         config = super().get_config()
         config["initial_mean_square"] = self.initial_mean_square
+        config["epsilon_outside_sqrt"] = self.epsilon_outside_sqrt
         return config
 
 
@@ -78,8 +109,12 @@ def make_optimizer(
     momentum: float = 0.0,
     epsilon: float = 0.01,
     initial_mean_square: float = 1.0,
+    epsilon_outside_sqrt: bool = False,
 ) -> TF1RMSprop:
     """RMSProp (paper Table G.1 defaults) with `LinearDecay` over the run's frames.
+
+    The defaults are TF1's RMSProp as the paper used it; `epsilon_outside_sqrt=True` with
+    `initial_mean_square=0` is PyTorch's `torch.optim.RMSprop`.
 
     Gradient clipping is done by `TrainStep` (global norm), not by the optimiser.
     """
@@ -90,4 +125,5 @@ def make_optimizer(
         momentum=momentum,
         epsilon=epsilon,
         initial_mean_square=initial_mean_square,
+        epsilon_outside_sqrt=epsilon_outside_sqrt,
     )
