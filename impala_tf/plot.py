@@ -21,7 +21,7 @@ class Run(NamedTuple):
 
     Attributes:
       label: the name shown in the legend.
-      seconds: wall time since the first record.
+      seconds: wall time since the first record, pauses left out (`running_seconds`).
       frames: environment frames at the end of each window.
       episodes: episodes finished in each window.
       returns: mean episode return of each window (NaN where no episode finished).
@@ -34,6 +34,18 @@ class Run(NamedTuple):
     episodes: np.ndarray
     returns: np.ndarray
     levels: Dict[str, tuple]
+
+
+def running_seconds(times: Sequence[float]) -> np.ndarray:
+    """Wall time since the first record, `[N]` float64, with the pauses of a stopped and
+    resumed run left out: a gap between records longer than 60 s and than 10x the median
+    gap counts as one median gap (records come every `Learner.log_every_seconds`)."""
+    times = np.asarray(times, np.float64)
+    gaps = np.diff(times)
+    if gaps.size:
+        typical = float(np.median(gaps))
+        gaps = np.where(gaps > max(60.0, 10.0 * typical), typical, gaps)
+    return np.concatenate([[0.0], np.cumsum(gaps)])
 
 
 def load_run(logdir: str, label: Optional[str] = None) -> Run:
@@ -50,8 +62,7 @@ def load_run(logdir: str, label: Optional[str] = None) -> Run:
                 continue
     if not records:
         raise ValueError(f"{path} holds no records yet.")
-    t0 = records[0]["time"]
-    seconds = np.array([r["time"] - t0 for r in records], np.float64)
+    seconds = running_seconds([r["time"] for r in records])
     frames = np.array([r["env_frames"] for r in records], np.float64)
     episodes = np.array([r.get("episodes", 0) for r in records], np.float64)
     returns = np.array([np.nan if r.get("episode_return_mean") is None

@@ -35,6 +35,16 @@ def test_load_run_reads_windows_and_skips_a_torn_line(tmp_path):
     assert np.isnan(run.returns[0]) and run.returns[2] == 0.5
 
 
+def test_wall_time_leaves_out_the_pause_of_a_resumed_run(tmp_path):
+    """Records every 10 s; the run stopped after 30 s and resumed 4 hours later."""
+    times = [0, 10, 20, 30] + [30 + 4 * 3600 + t for t in (0, 10, 20)]
+    _write_run(tmp_path / "a", [(t, 100 * i, 0, None) for i, t in enumerate(times)])
+    np.testing.assert_array_equal(plot.load_run(str(tmp_path / "a")).seconds,
+                                  [0, 10, 20, 30, 40, 50, 60])
+    # Slow but steady logging is not a pause.
+    np.testing.assert_array_equal(plot.running_seconds([0, 100, 250, 400]), [0, 100, 250, 400])
+
+
 def test_load_run_names_a_dir_without_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match="training run"):
         plot.load_run(str(tmp_path))
