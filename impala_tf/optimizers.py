@@ -62,8 +62,8 @@ class TF1RMSprop(keras.optimizers.RMSprop):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if kwargs.get("centered"):
-            raise ValueError("TF1RMSprop does not support centered=True.")
+        if epsilon_outside_sqrt and kwargs.get("centered"):
+            raise ValueError("epsilon_outside_sqrt=True does not support centered=True.")
         self.initial_mean_square = float(initial_mean_square)
         self.epsilon_outside_sqrt = bool(epsilon_outside_sqrt)
 

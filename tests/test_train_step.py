@@ -162,22 +162,30 @@ def test_epsilon_outside_the_root_is_pytorchs_rmsprop(momentum):
     variable = tf.Variable(np.array([0.5, -1.0, 2.0, 0.0], np.float32))
     rng = np.random.default_rng(3)
     theta, v, b = variable.numpy().astype(np.float64), np.zeros(4), np.zeros(4)
-    for scale in [1.0, 1e-4, 10.0]:  # mean squares far above, near and below epsilon**2
+    for scale in [1.0, 1e-4, 10.0]:  # sqrt(mean square) above, below and above epsilon
         g = rng.normal(size=4) * scale
         optimizer.apply_gradients([(tf.constant(g, tf.float32), variable)])
         v = 0.99 * v + 0.01 * g ** 2
         b = momentum * b + g / (np.sqrt(v) + eps)
         theta = theta - lr * b
         np.testing.assert_allclose(variable.numpy(), theta, rtol=1e-4, atol=1e-6)
-    # The TF1 form with the same epsilon takes a much smaller step on a tiny gradient.
-    tf1 = make_optimizer(1e12, 1, learning_rate=lr, epsilon=eps, initial_mean_square=0.0)
-    for opt in (tf1, make_optimizer(1e12, 1, learning_rate=lr, epsilon=eps,
-                                    initial_mean_square=0.0, epsilon_outside_sqrt=True)):
+
+
+def test_epsilon_placement_sets_the_step_on_tiny_gradients():
+    """With the same epsilon, TF1's form steps lr * g / sqrt(ms + eps) and PyTorch's
+    lr * g / (sqrt(ms) + eps): on a gradient far below epsilon, 1/sqrt(eps) times larger."""
+    lr, eps, g = 0.01, 1e-3, 1e-5
+
+    def first_step(**kwargs):
+        optimizer = make_optimizer(1e12, 1, learning_rate=lr, epsilon=eps,
+                                   initial_mean_square=0.0, **kwargs)
         w = tf.Variable([0.0])
-        opt.apply_gradients([(tf.constant([1e-5]), w)])
-        opt.step_taken = -float(w.numpy()[0])
-    assert tf1.step_taken == pytest.approx(lr * 1e-5 / np.sqrt(1e-7 + eps), rel=1e-3)
-    assert opt.step_taken == pytest.approx(lr * 1e-5 / (np.sqrt(1e-12) + eps), rel=1e-3)
+        optimizer.apply_gradients([(tf.constant([g]), w)])
+        return -float(w.numpy()[0])
+
+    assert first_step() == pytest.approx(lr * g / np.sqrt(0.01 * g ** 2 + eps), rel=1e-3)
+    assert first_step(epsilon_outside_sqrt=True) == pytest.approx(
+        lr * g / (np.sqrt(0.01 * g ** 2) + eps), rel=1e-3)
 
 
 def test_learning_rate_decays_linearly_to_zero():
