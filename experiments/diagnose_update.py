@@ -173,12 +173,13 @@ def main(argv):
     norm = global_norm(total)
     scale = min(1.0, train_step.max_grad_norm / norm) if train_step.max_grad_norm else 1.0
     lr = float(train_step.current_learning_rate())
-    if getattr(optimizer, "epsilon_outside_sqrt", False):  # PyTorch's form
-        steps = [lr * scale * g / (np.sqrt(v.numpy()) + epsilon)
-                 for g, v in zip(total, optimizer._velocities)]
-    else:
-        steps = [lr * scale * g / np.sqrt(v.numpy() + epsilon)
-                 for g, v in zip(total, optimizer._velocities)]
+    outside = getattr(optimizer, "epsilon_outside_sqrt", False)  # PyTorch's form
+
+    def denominator(ms):
+        return np.sqrt(ms) + epsilon if outside else np.sqrt(ms + epsilon)
+
+    steps = [lr * scale * g / denominator(v.numpy())
+             for g, v in zip(total, optimizer._velocities)]
     weights = np.concatenate([w.numpy().ravel() for w in agent.trainable_variables])
     step_norm = float(np.sqrt(sum(np.sum(np.square(s)) for s in steps)))
     print(f"one update: lr {lr:.2e}, step norm {step_norm:.3e}, "
