@@ -34,6 +34,11 @@ ROWS = {
     # The same recipe as PyTorch ports run it: Nature torso, torch.optim.RMSprop (epsilon
     # outside the square root, mean square from 0), value-loss weight as A2C's.
     "pong_nature_a2c": ("atari/pong_nature_a2c.gin", [], 1e7, "pong"),
+    # ... and as OpenAI Baselines runs it: the same with TF1's RMSProp (epsilon inside the
+    # square root, mean square from 1), which keeps the torso alive.
+    "pong_nature_tf1": ("atari/pong_nature_a2c.gin",
+                        ["make_optimizer.epsilon_outside_sqrt = False",
+                         "make_optimizer.initial_mean_square = 1.0"], 1e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }
