@@ -28,7 +28,7 @@ from impala_tf import config
 from impala_tf.distribute import make_strategy
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import Learner
-from impala_tf.rpc.security import SecurityError
+from impala_tf.rpc.security import SecurityError, local_dial_address
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import tensor_specs
 
@@ -218,7 +218,8 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
     print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
     try:
         if launcher is not None:
-            launcher.start(learner.address, FLAGS.gin_file, FLAGS.gin_bindings, logdir)
+            launcher.start(local_dial_address(learner.address), FLAGS.gin_file,
+                           FLAGS.gin_bindings, logdir)
             print(f"started {launcher.num_actors} actor processes", flush=True)
         record = learner.run(progress=Progress(
             RunConfig().total_environment_frames, FLAGS.max_frames, FLAGS.max_minutes,

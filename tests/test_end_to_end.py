@@ -18,7 +18,7 @@ def _train(logdir, *bindings, flags=(), **popen):
     command = [sys.executable, "-m", "impala_tf.train", "--gin_file=catch.gin",
                f"--logdir={logdir}", "--gin_bindings=Learner.log_every_seconds = 2", *flags]
     command += [f"--gin_bindings={b}" for b in bindings]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env = dict(popen.pop("env", os.environ), CUDA_VISIBLE_DEVICES="")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, **popen)
 
@@ -290,3 +290,28 @@ def test_a_public_bind_needs_tls_and_a_token_or_an_explicit_insecure(tmp_path):
         allowed.send_signal(signal.SIGTERM)
         allowed.communicate(timeout=120)
     assert allowed.returncode == 0
+
+
+def test_role_all_on_a_public_bind_with_tls_has_its_local_actors_dial_loopback(tmp_path):
+    """`--role=all --bind=0.0.0.0:0` with TLS: the spawned actors dial 127.0.0.1 (named in the
+    learner's certificate), not the wildcard 0.0.0.0 that no certificate names, and train."""
+    from pki import TOKEN, make_pki
+    pki = make_pki(str(tmp_path))
+    logdir = str(tmp_path / "run")
+    env = dict(os.environ, IMPALA_TF_TOKEN=TOKEN)
+    process = _train(logdir, f"Security.server_cert = '{pki('learner.pem')}'",
+                     f"Security.server_key = '{pki('learner.key')}'",
+                     f"Security.ca_cert = '{pki('ca.pem')}'",
+                     "Actor.max_reconnect_backoff_seconds = 1.0",
+                     flags=["--bind=0.0.0.0:0", "--max_frames=3000"], env=env)
+    try:
+        out, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, out[-4000:]
+    assert re.search(r"learner listening on 0\.0\.0\.0:\d+", out) and "done:" in out
+    last = _metrics(logdir)[-1]
+    assert last["env_frames"] >= 3000 and last["unauthenticated_calls"] == 0
+    assert sorted(last["accepted_unrolls_by_actor"]) == ["0", "1"]

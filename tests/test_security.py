@@ -19,7 +19,7 @@ from pki import TOKEN, make_pki
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bind,
-                                    is_loopback)
+                                    is_loopback, local_dial_address)
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator
 
 SPEC = {"action": (np.dtype(np.int32), (3,)), "reward": (np.dtype(np.float32), (3,))}
@@ -80,6 +80,15 @@ def _pull(address, security):
 ])
 def test_which_addresses_are_loopback(address, loopback):
     assert is_loopback(address) == loopback
+
+
+@pytest.mark.parametrize("bound, dialled", [
+    ("0.0.0.0:8470", "127.0.0.1:8470"), ("[::]:8470", "[::1]:8470"),
+    ("10.1.2.3:8470", "10.1.2.3:8470"), ("127.0.0.1:0", "127.0.0.1:0"),
+    ("[fe80::1]:5", "[fe80::1]:5"), ("learner.example:8470", "learner.example:8470"),
+])
+def test_local_processes_dial_loopback_for_a_wildcard_bind(bound, dialled):
+    assert local_dial_address(bound) == dialled
 
 
 def test_a_non_loopback_bind_needs_tls_and_a_token_or_insecure(pki, capsys):

@@ -116,6 +116,21 @@ def is_loopback(address: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
+def local_dial_address(address: str) -> str:
+    """The address a process on this machine dials to reach a server bound at `address`.
+
+    A wildcard host (`0.0.0.0`, `::`) is not an address to dial, and no certificate names it:
+    it becomes the loopback of its family (`127.0.0.1`, `[::1]`); any other is kept."""
+    host, port = address.rsplit(":", 1)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return address  # a host name
+    if not ip.is_unspecified:
+        return address
+    return f"127.0.0.1:{port}" if ip.version == 4 else f"[::1]:{port}"
+
+
 def check_bind(address: str, security: Security, insecure: bool) -> None:
     """Refuses a non-loopback bind without TLS and a token, unless `insecure` (warned)."""
     if is_loopback(address) or (security.server_tls and security.token):
