@@ -152,14 +152,22 @@ class Actor:
                     raise
                 now = time.monotonic()
                 down_since = down_since or now
+                why = error.code().name
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # The waiting call hides the cause (a learner not up yet looks like a TLS
+                    # handshake our CA refuses); a fail-fast call names it.
+                    cause = self.client.connection_error(
+                        self.policy_version, self.incarnation,
+                        timeout=min(5.0, self.rpc_timeout_seconds))
+                    why += f"; {cause}" if cause else ""
                 if (self.reconnect_timeout_seconds is not None
                         and now - down_since > self.reconnect_timeout_seconds):
                     raise LearnerUnreachableError(
                         f"the learner at {self.client.address} has not answered for "
-                        f"{now - down_since:.0f} s ({error.code().name})") from error
+                        f"{now - down_since:.0f} s ({why})") from error
                 delay = backoff.next()
                 logging.warning("actor %d: learner %s unreachable (%s); retrying in %.1f s",
-                                self.actor_index, self.client.address, error.code().name, delay)
+                                self.actor_index, self.client.address, why, delay)
                 stop_event.wait(delay)
         else:
             return False

@@ -6,16 +6,20 @@ or evaluates data. Certificates are made with the openssl command line."""
 
 import ast
 import glob
+import logging
 import os
 import queue
 import threading
 import time
 
+import gin
 import grpc
 import numpy as np
 import pytest
 from pki import TOKEN, make_pki
 
+from impala_tf import config
+from impala_tf.actor import Actor, LearnerUnreachableError
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bind,
@@ -173,6 +177,34 @@ def test_client_certificates_when_the_learner_asks_for_them(pki):
                              client_key=pki("actor.key"), token_file=pki("token"))
         assert _pull(learner.address, with_cert) == grpc.StatusCode.OK
     finally:
+        learner.close()
+
+
+def test_an_actor_that_distrusts_the_learner_says_why_and_gives_up_when_told(pki, caplog):
+    """A waiting pull only times out (DEADLINE_EXCEEDED); the actor's warning and its
+    LearnerUnreachableError name the cause, here the TLS handshake its CA refuses. With the
+    right CA the same learner answers and the probe finds nothing wrong."""
+    learner = _Learner(Security(server_cert=pki("learner.pem"), server_key=pki("learner.key"),
+                                token_file=pki("token")))
+    try:
+        config.parse_config(["catch.gin"], [
+            f"Security.ca_cert = '{pki('other_ca.pem')}'",
+            f"Security.token_file = '{pki('token')}'", "Actor.num_envs = 1",
+            "Actor.rpc_timeout_seconds = 1.0", "Actor.reconnect_backoff_seconds = 0.1",
+            "Actor.max_reconnect_backoff_seconds = 0.2", "Actor.reconnect_timeout_seconds = 2.0"])
+        actor = Actor(learner.address)
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(LearnerUnreachableError, match="CERTIFICATE_VERIFY_FAILED"):
+                actor.refresh_parameters()
+        assert "unreachable (DEADLINE_EXCEEDED; UNAVAILABLE" in caplog.text
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+        actor.close(flush=False)
+        trusting = LearnerClient(learner.address, security=Security(
+            ca_cert=pki("ca.pem"), token_file=pki("token")))
+        assert trusting.connection_error(-1) is None
+        trusting.close()
+    finally:
+        gin.clear_config()
         learner.close()
 
 

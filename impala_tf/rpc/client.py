@@ -169,6 +169,20 @@ class LearnerClient:
         fields, meta = codec.decode(payload, codec.PARAMS_MAGIC, self._max_message_bytes)
         return Parameters(int(meta["version"]), int(meta.get("incarnation", 0)), fields)
 
+    def connection_error(self, version: int, incarnation: int = 0,
+                         timeout: float = 5.0) -> Optional[str]:
+        """Why the learner cannot be reached now, or None if it answers: one parameter pull
+        that fails fast instead of waiting for the channel, so its error carries the
+        transport's last one (refused connection, unknown host, failed TLS handshake, ...)
+        where a waiting call that times out says only DEADLINE_EXCEEDED. For diagnosis;
+        `(version, incarnation)` are the caller's, so an answer carries no parameters it has."""
+        try:
+            self._get_parameters(PARAMETERS_REQUEST.pack(version, incarnation), timeout=timeout,
+                                 metadata=self._metadata)
+        except grpc.RpcError as error:
+            return f"{error.code().name}: {error.details()}"
+        return None
+
     def close(self, flush: bool = True, timeout: float = 5.0) -> None:
         """Ends the stream and closes the channel; with `flush`, sends what is queued first
         (waiting at most `timeout` seconds)."""
