@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import gin
 import numpy as np
@@ -28,6 +28,15 @@ from impala_tf.specs import unroll_wire_spec
 
 # Stats summed over replicas (the loss terms when the loss is a sum); the rest are averaged.
 _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
+
+
+def _xla_plan(strategy: tf.distribute.Strategy, jit_compile: bool) -> Tuple[bool, bool]:
+    """(XLA-compile the whole step, XLA-compile each replica's gradients) for `strategy`."""
+    if not jit_compile or isinstance(strategy, tf.distribute.TPUStrategy):
+        return False, False
+    if strategy.num_replicas_in_sync == 1:
+        return True, False
+    return False, True
 
 
 class NonFiniteUpdatesError(RuntimeError):
@@ -85,7 +94,11 @@ class Learner:
       batch_source: for tests and benchmarks: a callable returning a `ReadyBatch` (or None)
         used instead of the actors' stream.
       is_chief: whether this worker writes checkpoints and metrics.
-      jit_compile: XLA-compile the whole step (the TPU path; shapes are static).
+      jit_compile: XLA-compile the step (shapes are static). With one replica, the whole
+        step; with several (Mirrored, MultiWorkerMirrored) each replica's loss and gradients,
+        the all-reduce and the optimiser staying outside XLA, which cannot compile variables
+        spread over devices nor a cross-replica sync; under TPUStrategy the TPU compiles the
+        whole step anyway and the flag changes nothing.
       max_consecutive_nonfinite_updates: updates whose gradients held NaN/Inf are skipped
         (weights and optimiser state untouched), counted and logged; this many in a row
         stop training with `NonFiniteUpdatesError` (the last checkpoint holds finite weights).
@@ -156,7 +169,10 @@ class Learner:
         else:
             self.batcher = None
             self._next_batch = batch_source
-        self._distributed_step = tf.function(self._step_on_replicas, jit_compile=jit_compile)
+        whole_step_xla, replica_xla = _xla_plan(self.strategy, jit_compile)
+        self._local_gradients = (tf.function(self.train_step.local_gradients, jit_compile=True)
+                                 if replica_xla else None)
+        self._distributed_step = tf.function(self._step_on_replicas, jit_compile=whole_step_xla)
         self.publish()
         self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
         if is_chief:
@@ -183,7 +199,8 @@ class Learner:
 
     # -- training --------------------------------------------------------------------------------
     def _step_on_replicas(self, distributed_batch):
-        per_replica = self.strategy.run(self.train_step.update, args=(distributed_batch,))
+        per_replica = self.strategy.run(self.train_step.update, args=(distributed_batch,),
+                                        kwargs={"local_gradients": self._local_gradients})
         reduced = {}
         for name, value in per_replica.items():
             summed = name in _SUMMED_STATS and self.train_step.loss_reduction == "sum"

@@ -144,14 +144,20 @@ class TrainStep:
         }
         return total_loss, stats
 
-    def compute_gradients(self, batch: LearnerBatch):
+    def local_gradients(self, batch: LearnerBatch):
+        """(gradients of this replica's loss for `agent.trainable_variables`, stats): no
+        cross-replica communication, so it can be XLA-compiled by itself under any strategy."""
+        with tf.GradientTape() as tape:
+            total_loss, stats = self.compute_loss(batch)
+        return tape.gradient(total_loss, self.agent.trainable_variables), stats
+
+    def compute_gradients(self, batch: LearnerBatch, local_gradients=None):
         """(gradients for `agent.trainable_variables`, stats) without applying them.
 
         Inside `strategy.run` with several replicas the gradients are all-reduced (summed;
-        averaged for `loss_reduction='mean'`), so they are the global batch's gradients."""
-        with tf.GradientTape() as tape:
-            total_loss, stats = self.compute_loss(batch)
-        gradients = tape.gradient(total_loss, self.agent.trainable_variables)
+        averaged for `loss_reduction='mean'`), so they are the global batch's gradients.
+        `local_gradients` replaces `self.local_gradients` (e.g. by an XLA-compiled copy)."""
+        gradients, stats = (local_gradients or self.local_gradients)(batch)
         replica_context = tf.distribute.get_replica_context()
         num_replicas = replica_context.num_replicas_in_sync if replica_context else 1
         if num_replicas > 1:
@@ -210,9 +216,10 @@ class TrainStep:
         lr = self.optimizer.learning_rate
         return tf.convert_to_tensor(lr() if callable(lr) else lr, dtype=tf.float32)
 
-    def update(self, batch: LearnerBatch) -> Dict[str, tf.Tensor]:
-        """One update, uncompiled: for `strategy.run` inside the learner's `tf.function`."""
-        gradients, stats = self.compute_gradients(batch)
+    def update(self, batch: LearnerBatch, local_gradients=None) -> Dict[str, tf.Tensor]:
+        """One update, uncompiled: for `strategy.run` inside the learner's `tf.function`
+        (`local_gradients` as in `compute_gradients`)."""
+        gradients, stats = self.compute_gradients(batch, local_gradients)
         stats.update(self.apply_gradients(gradients))
         return stats
 
