@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import gin
 import grpc
@@ -105,15 +105,20 @@ class Security:
         return ((AUTHORIZATION, f"Bearer {self._token}"),) if self._token else None
 
 
+def _host_ip(address: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+    """The IP address of `host:port` (or `[v6]:port`); None where the host is a name."""
+    try:
+        return ipaddress.ip_address(address.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+
+
 def is_loopback(address: str) -> bool:
     """Whether `host:port` (or `[v6]:port`) names this machine's loopback interface only."""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
+    if address.rsplit(":", 1)[0] == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
+    ip = _host_ip(address)
+    return ip is not None and ip.is_loopback  # a host name may resolve to any interface
 
 
 def local_dial_address(address: str) -> str:
@@ -121,13 +126,10 @@ def local_dial_address(address: str) -> str:
 
     A wildcard host (`0.0.0.0`, `::`) is not an address to dial, and no certificate names it:
     it becomes the loopback of its family (`127.0.0.1`, `[::1]`); any other is kept."""
-    host, port = address.rsplit(":", 1)
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return address  # a host name
-    if not ip.is_unspecified:
+    ip = _host_ip(address)
+    if ip is None or not ip.is_unspecified:
         return address
+    port = address.rsplit(":", 1)[1]
     return f"127.0.0.1:{port}" if ip.version == 4 else f"[::1]:{port}"
 
 
