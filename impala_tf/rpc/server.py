@@ -177,6 +177,21 @@ class ServiceCounters:
         return episodes
 
 
+def _ended_by_transport(context, grace_seconds: float = 0.2) -> bool:
+    """After a stream's requests ran out: whether gRPC ended the call (a refused oversize
+    message, a cancel, a dropped connection) rather than the client closing its side.
+
+    gRPC's request iterator may report either as the end of the requests, and the call's
+    cancellation may land just after; so this waits up to `grace_seconds` for the call to
+    end without a status from us (at once when it does). A stream that ends normally pays
+    the wait once, when its actor shuts down."""
+    ended = threading.Event()
+    if not context.add_callback(ended.set):  # the call has already terminated
+        return True
+    ended.wait(grace_seconds)
+    return not context.is_active()
+
+
 class LearnerService:
     """The two RPCs; see the module docstring."""
 
@@ -195,6 +210,9 @@ class LearnerService:
             try:
                 data = next(requests)
             except StopIteration:
+                if _ended_by_transport(context):
+                    self.counters.broken()
+                    return b""
                 break
             except grpc.RpcError:  # gRPC ended the call: oversize message, cancel, disconnect
                 self.counters.broken()
