@@ -39,6 +39,10 @@ ROWS = {
     "pong_nature_tf1": ("atari/pong_nature_a2c.gin",
                         ["make_optimizer.epsilon_outside_sqrt = False",
                          "make_optimizer.initial_mean_square = 1.0"], 1e7, "pong"),
+    # The shallow A2C run again with OpenAI Baselines' initialisation (orthogonal kernels, gain
+    # sqrt(2) ahead of ReLUs, 0.01 on the policy logits) instead of Keras' glorot_uniform.
+    "pong_a2c_orthogonal": ("atari/pong_shallow_a2c_like.gin",
+                            ["initializers.scheme = 'orthogonal'"], 1e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }

@@ -1,5 +1,6 @@
 """The paper's networks: architecture, step/unroll equivalence, resets, instruction encoder."""
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -216,3 +217,57 @@ def test_sample_actions_follows_the_logits():
     actions = sample_actions(tf.tile(logits, [50, 1]))
     assert actions.dtype == tf.int32
     np.testing.assert_array_equal(actions.numpy(), np.tile([1, 0], 50))
+
+
+def _kernels(agent):
+    """name -> kernel as a `[fan_in, units]` matrix, for every conv and dense kernel."""
+    return {v.path: v.numpy().reshape(-1, v.shape[-1]) for v in agent.trainable_variables
+            if v.path.endswith("kernel") and "core" not in v.path}
+
+
+def _agent_under(scheme):
+    gin.parse_config(f"initializers.scheme = '{scheme}'")
+    try:
+        tf.keras.utils.set_random_seed(0)
+        return Agent(6, {"frame": tf.TensorSpec([84, 84, 4], tf.uint8)}, torso="nature",
+                     use_lstm=False)
+    finally:
+        gin.clear_config()
+
+
+def test_orthogonal_scheme_is_baselines_init():
+    """Gain sqrt(2) ahead of ReLUs, 0.01 on the policy logits, 1 on the baseline: every
+    kernel's columns are orthogonal with that norm."""
+    kernels = _kernels(_agent_under("orthogonal"))
+    assert len(kernels) == 6  # three convolutions, the torso's dense layer, two heads
+    for path, kernel in kernels.items():
+        gain = 0.01 if "policy_logits" in path else 1.0 if "baseline" in path else np.sqrt(2)
+        np.testing.assert_allclose(kernel.T @ kernel, gain ** 2 * np.eye(kernel.shape[1]),
+                                   atol=1e-5 * gain ** 2, err_msg=path)
+
+
+def test_sonnet_scheme_is_the_papers_truncated_normal():
+    """scalable_agent's Sonnet layers: a normal of stddev 1/sqrt(fan_in) cut at 2 stddevs,
+    whose spread is then 0.8796/sqrt(fan_in)."""
+    kernels = _kernels(_agent_under("sonnet"))
+    for path, kernel in kernels.items():
+        fan_in = kernel.shape[0]
+        assert np.abs(kernel).max() <= 2.0 / np.sqrt(fan_in), path
+        if kernel.size > 5000:
+            assert np.std(kernel) * np.sqrt(fan_in) == pytest.approx(0.8796, rel=0.05), path
+
+
+def test_glorot_stays_the_default_and_a_bad_scheme_is_named():
+    """Keras' glorot_uniform, the same draws as an agent built with no binding at all."""
+    kernels = _agent_under("glorot").trainable_variables
+    tf.keras.utils.set_random_seed(0)
+    implicit = Agent(6, {"frame": tf.TensorSpec([84, 84, 4], tf.uint8)}, torso="nature",
+                     use_lstm=False).trainable_variables
+    for kernel, same in zip(kernels, implicit):
+        np.testing.assert_array_equal(kernel.numpy(), same.numpy(), err_msg=kernel.path)
+        if kernel.path.endswith("kernel"):
+            receptive_field = int(np.prod(kernel.shape[:-2]))
+            fan_in, fan_out = receptive_field * kernel.shape[-2], receptive_field * kernel.shape[-1]
+            assert np.abs(kernel.numpy()).max() <= np.sqrt(6.0 / (fan_in + fan_out))
+    with pytest.raises(ValueError, match="'orthgonal' is not a scheme"):
+        _agent_under("orthgonal")

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from impala_tf.gin_utils import keras_configurable
+from impala_tf.networks.initializers import kernel_initializer
 from impala_tf.networks.instruction import InstructionEncoder
 from impala_tf.networks.lstm import LSTMState, ResettableLSTM
 from impala_tf.networks.torsos import make_torso
@@ -93,8 +94,11 @@ class Agent(keras.Model):
             InstructionEncoder() if "instruction" in observation_spec else None
         )
         self.core = ResettableLSTM(lstm_size, name="core") if self.use_lstm else None
-        self.policy_head = keras.layers.Dense(self.num_actions, name="policy_logits")
-        self.baseline_head = keras.layers.Dense(1, name="baseline")
+        self.policy_head = keras.layers.Dense(
+            self.num_actions, kernel_initializer=kernel_initializer("policy"),
+            name="policy_logits")
+        self.baseline_head = keras.layers.Dense(
+            1, kernel_initializer=kernel_initializer("baseline"), name="baseline")
         self._create_variables()
 
     # -- state ------------------------------------------------------------------------------

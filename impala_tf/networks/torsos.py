@@ -12,10 +12,22 @@ import keras
 import tensorflow as tf
 
 from impala_tf.gin_utils import keras_configurable
+from impala_tf.networks.initializers import kernel_initializer
 
 
 def _scale_frame(frame: tf.Tensor) -> tf.Tensor:
     return tf.cast(frame, tf.float32) / 255.0
+
+
+def _conv(filters: int, kernel_size: int, **kwargs) -> keras.layers.Conv2D:
+    """A convolution whose output goes through a ReLU (here or in the next layer)."""
+    return keras.layers.Conv2D(filters, kernel_size, kernel_initializer=kernel_initializer("relu"),
+                               **kwargs)
+
+
+def _dense(units: int, **kwargs) -> keras.layers.Dense:
+    """A dense layer with a ReLU."""
+    return keras.layers.Dense(units, kernel_initializer=kernel_initializer("relu"), **kwargs)
 
 
 @keras_configurable
@@ -24,10 +36,10 @@ class ShallowTorso(keras.layers.Layer):
 
     def __init__(self, fc_size: int = 256, **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = keras.layers.Conv2D(16, 8, strides=4, padding="valid", activation="relu")
-        self.conv2 = keras.layers.Conv2D(32, 4, strides=2, padding="valid", activation="relu")
+        self.conv1 = _conv(16, 8, strides=4, padding="valid", activation="relu")
+        self.conv2 = _conv(32, 4, strides=2, padding="valid", activation="relu")
         self.flatten = keras.layers.Flatten()
-        self.fc = keras.layers.Dense(fc_size, activation="relu")
+        self.fc = _dense(fc_size, activation="relu")
 
     def call(self, frame):
         x = self.conv2(self.conv1(_scale_frame(frame)))
@@ -41,11 +53,11 @@ class NatureTorso(keras.layers.Layer):
 
     def __init__(self, fc_size: int = 512, **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = keras.layers.Conv2D(32, 8, strides=4, padding="valid", activation="relu")
-        self.conv2 = keras.layers.Conv2D(64, 4, strides=2, padding="valid", activation="relu")
-        self.conv3 = keras.layers.Conv2D(64, 3, strides=1, padding="valid", activation="relu")
+        self.conv1 = _conv(32, 8, strides=4, padding="valid", activation="relu")
+        self.conv2 = _conv(64, 4, strides=2, padding="valid", activation="relu")
+        self.conv3 = _conv(64, 3, strides=1, padding="valid", activation="relu")
         self.flatten = keras.layers.Flatten()
-        self.fc = keras.layers.Dense(fc_size, activation="relu")
+        self.fc = _dense(fc_size, activation="relu")
 
     def call(self, frame):
         x = self.conv3(self.conv2(self.conv1(_scale_frame(frame))))
@@ -57,8 +69,8 @@ class ResidualBlock(keras.layers.Layer):
 
     def __init__(self, channels: int, **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = keras.layers.Conv2D(channels, 3, padding="same")
-        self.conv2 = keras.layers.Conv2D(channels, 3, padding="same")
+        self.conv1 = _conv(channels, 3, padding="same")
+        self.conv2 = _conv(channels, 3, padding="same")
 
     def call(self, x):
         y = self.conv1(tf.nn.relu(x))
@@ -84,7 +96,7 @@ class DeepTorso(keras.layers.Layer):
         self.layer_names = []
         for i, (channels, num_blocks) in enumerate(sections):
             stage = {
-                f"section{i}_conv": keras.layers.Conv2D(channels, 3, padding="same"),
+                f"section{i}_conv": _conv(channels, 3, padding="same"),
                 f"section{i}_pool": keras.layers.MaxPooling2D(
                     pool_size=3, strides=2, padding="same"),
             }
@@ -94,7 +106,7 @@ class DeepTorso(keras.layers.Layer):
                 setattr(self, name, layer)
                 self.layer_names.append(name)
         self.flatten = keras.layers.Flatten()
-        self.fc = keras.layers.Dense(fc_size, activation="relu")
+        self.fc = _dense(fc_size, activation="relu")
 
     def call(self, frame):
         x = _scale_frame(frame)
@@ -113,7 +125,7 @@ class MLPTorso(keras.layers.Layer):
         self.flatten = keras.layers.Flatten()
         self.num_hidden = len(hidden_sizes)
         for i, size in enumerate(hidden_sizes):  # attributes, so checkpoints track them
-            setattr(self, f"hidden{i}", keras.layers.Dense(size, activation="relu"))
+            setattr(self, f"hidden{i}", _dense(size, activation="relu"))
 
     def call(self, frame):
         x = self.flatten(_scale_frame(frame))
