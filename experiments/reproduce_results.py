@@ -43,6 +43,9 @@ ROWS = {
     # sqrt(2) ahead of ReLUs, 0.01 on the policy logits) instead of Keras' glorot_uniform.
     "pong_a2c_orthogonal": ("atari/pong_shallow_a2c_like.gin",
                             ["initializers.scheme = 'orthogonal'"], 1e7, "pong"),
+    # Sample reuse: each batch learnt from in two passes of four minibatches, with Adam and
+    # PPO's Atari settings (mean loss, clip 0.5, lambda 0.95), no LSTM.
+    "pong_reuse_adam": ("atari/pong_shallow_reuse.gin", [], 1e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }

@@ -42,7 +42,7 @@ def time_case(gin_file, env, jit_compile, updates):
     for _ in range(updates):
         float(step(batch)["total_loss"])
     per_update = (time.perf_counter() - start) / updates
-    return agent.count_params(), first, per_update, run.frames_per_update / per_update
+    return agent.count_params(), first, per_update, run.frames_per_batch / per_update
 
 
 def main():

@@ -3,12 +3,13 @@
 A background thread takes unrolls from the service's queue, stacks them with numpy (time
 stays the leading axis, the batch is axis 1; core states stack on axis 0), converts them to
 tensors and keeps `prefetch` batch(es) ready, so the train step never waits on Python
-stacking while actors keep up. `split_for_replicas` then hands each replica its slice.
+stacking while actors keep up. `minibatches` slices a batch for sample reuse, and
+`split_for_replicas` then hands each replica its slice.
 """
 
 import queue
 import threading
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -97,6 +98,31 @@ class Batcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def minibatches(batch: LearnerBatch, num_epochs: int, num_minibatches: int,
+                rng: np.random.Generator) -> Iterator[LearnerBatch]:
+    """`num_epochs` passes over `batch`, each in `num_minibatches` slices of whole unrolls
+    drawn without replacement in a fresh random order per pass: `[T+1, B / num_minibatches,
+    ...]` trajectories, `[B / num_minibatches, ...]` core states. One pass, one slice: the
+    batch itself."""
+    if num_minibatches == 1:
+        for _ in range(num_epochs):
+            yield batch
+        return
+    batch_size = int(batch.trajectory.action.shape[1])
+    if batch_size % num_minibatches:
+        raise ValueError(f"Batch size {batch_size} does not split into {num_minibatches} "
+                         "minibatches.")
+    size = batch_size // num_minibatches
+    for _ in range(num_epochs):
+        order = rng.permutation(batch_size)
+        for k in range(num_minibatches):
+            index = tf.constant(np.sort(order[k * size:(k + 1) * size]), tf.int32)
+            yield LearnerBatch(
+                tf.nest.map_structure(lambda x: tf.gather(x, index, axis=1), batch.trajectory),
+                tf.nest.map_structure(lambda x: tf.gather(x, index, axis=0),
+                                      batch.initial_core_state))
 
 
 def split_for_replicas(strategy: tf.distribute.Strategy, batch: LearnerBatch):

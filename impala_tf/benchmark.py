@@ -170,7 +170,7 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
         with Meter() as m:
             learner.run(max_steps=steps)
         learner.close()
-    frames = steps * run.frames_per_update
+    frames = steps * run.frames_per_batch
     return {"strategy": strategy_kind, "replicas": strategy.num_replicas_in_sync,
             "batch_size": run.batch_size, "unroll_length": run.unroll_length,
             "seconds_per_update": m.wall / steps, "frames_per_s": frames / m.wall,

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf import builders, checkpoints, config
-from impala_tf.batcher import Batcher, ReadyBatch, split_for_replicas
+from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.envs.base import EpisodeStats
 from impala_tf.rpc import codec
 from impala_tf.rpc.server import (LearnerServer, LearnerService, ParameterStore, Unroll,
@@ -104,6 +104,7 @@ class Learner:
         stop training with `NonFiniteUpdatesError` (the last checkpoint holds finite weights).
       insecure: let the server bind a non-loopback address without TLS and a token
         (`rpc.security`; `train --insecure`).
+      seed: of the minibatch order when batches are reused (`RunConfig.num_minibatches`).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class Learner:
         jit_compile: bool = False,
         max_consecutive_nonfinite_updates: int = 100,
         insecure: bool = False,
+        seed: Optional[int] = None,
     ):
         self.logdir = logdir
         self.max_consecutive_nonfinite_updates = max(1, int(max_consecutive_nonfinite_updates))
@@ -133,11 +135,12 @@ class Learner:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.run_config = run_config or RunConfig()
         self.is_chief = is_chief
-        self.frames_per_update = self.run_config.frames_per_update
+        self.frames_per_batch = self.run_config.frames_per_batch
         self._checkpoint_every = checkpoint_every_minutes * 60
         self._log_every = log_every_seconds
         self._publish_every = max(1, int(publish_every_steps))
         self._stop = threading.Event()
+        self._shuffle = np.random.default_rng(seed)
         os.makedirs(logdir, exist_ok=True)
 
         with self.strategy.scope():
@@ -163,6 +166,10 @@ class Learner:
             self.server = LearnerServer(self.service, server_address, max_message_bytes,
                                         max_workers=rpc_threads, insecure=insecure).start()
             local_batch = self.run_config.batch_size // max(1, self._num_workers())
+            if local_batch % self.run_config.num_minibatches:
+                raise ValueError(
+                    f"Each worker's batch of {local_batch} unrolls does not split into "
+                    f"RunConfig.num_minibatches = {self.run_config.num_minibatches}.")
             self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
                                    initial_state)
             self._next_batch = self.batcher.next
@@ -219,8 +226,9 @@ class Learner:
 
     def run(self, max_steps: Optional[int] = None,
             progress: Optional[Callable[[dict], None]] = None) -> dict:
-        """Trains until the frame budget, `max_steps` more updates or `stop()`; checkpoints at
-        the end. Returns the last metrics record."""
+        """Trains until the frame budget, `max_steps` more batches or `stop()`; checkpoints at
+        the end. Each batch makes `RunConfig.updates_per_batch` updates (one, the paper's,
+        unless reused). Returns the last metrics record."""
         total = self.run_config.total_environment_frames
         steps_done = 0
         last_log = last_checkpoint = time.time()
@@ -239,18 +247,21 @@ class Learner:
             # unroll acted by a previous learner process, before a restart, may carry a later
             # version than this learner's step: counted as 0).
             lags = np.maximum(self.learner_step - ready.policy_versions, 0)
-            stats = self._distributed_step(split_for_replicas(self.strategy, ready.batch))
-            self.checkpointer.env_frames.assign_add(self.frames_per_update)
+            for minibatch in minibatches(ready.batch, self.run_config.num_epochs,
+                                         self.run_config.num_minibatches, self._shuffle):
+                stats = self._distributed_step(split_for_replicas(self.strategy, minibatch))
+                if float(stats["nonfinite_update"]) > 0:
+                    window.skipped += 1
+                    self._on_nonfinite_update(stats)
+                else:
+                    self._consecutive_nonfinite = 0
+                    self.checkpointer.learner_step.assign_add(1)
+                    if self.learner_step % self._publish_every == 0:
+                        self.publish()
+                    window.add(stats, lags)
+                    lags = ()  # a batch's lags count once, at its first update
+            self.checkpointer.env_frames.assign_add(self.frames_per_batch)
             steps_done += 1
-            if float(stats["nonfinite_update"]) > 0:
-                window.skipped += 1
-                self._on_nonfinite_update(stats)
-            else:
-                self._consecutive_nonfinite = 0
-                self.checkpointer.learner_step.assign_add(1)
-                if self.learner_step % self._publish_every == 0:
-                    self.publish()
-                window.add(stats, lags)
             now = time.time()
             if now - last_log >= self._log_every:
                 record = self._log(window, progress)

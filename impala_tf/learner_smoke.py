@@ -39,7 +39,7 @@ def main(argv) -> None:
     print(
         f"learner-only smoke run ({FLAGS.env} shapes, random data): {agent.count_params():,} "
         f"parameters, T={run.unroll_length}, B={run.batch_size}, "
-        f"{run.frames_per_update} frames per update"
+        f"{run.frames_per_batch} frames per update"
     )
     start = time.perf_counter()
     stats = step(batch)
@@ -54,7 +54,7 @@ def main(argv) -> None:
             f"update {i}: total_loss={float(stats['total_loss']):9.3f} "
             f"lr={float(stats['learning_rate']):.2e} grad_norm={float(stats['grad_norm']):7.3f} "
             f"| {elapsed / (i - 1):.3f}s/update, "
-            f"{run.frames_per_update * (i - 1) / elapsed:,.0f} frames/s",
+            f"{run.frames_per_batch * (i - 1) / elapsed:,.0f} frames/s",
             flush=True,
         )
 

@@ -11,6 +11,9 @@ TorchBeast's MonoBeast and most PyTorch A2C/IMPALA ports use (with their `epsilo
 `initial_mean_square=0`). The two forms differ a lot when gradients are small: with per-weight
 mean squares far below epsilon, TF1's step is lr * g / sqrt(epsilon) (plain SGD), PyTorch's
 lr * g / epsilon, 1/sqrt(epsilon) times larger for the same epsilon.
+
+`make_optimizer.kind = 'adam'` gives Adam instead (Kingma & Ba, 2015, as PPO and SEED RL's
+Atari agents use it), with the same schedule and the same handling of all-reduced gradients.
 """
 
 import gin
@@ -25,13 +28,14 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(
-        self, initial_learning_rate: float, total_environment_frames: float, frames_per_update: int
+        self, initial_learning_rate: float, total_environment_frames: float,
+        frames_per_update: float,
     ):
         if not total_environment_frames > 0:
             raise ValueError("total_environment_frames must be positive.")
         self.initial_learning_rate = float(initial_learning_rate)
         self.total_environment_frames = float(total_environment_frames)
-        self.frames_per_update = int(frames_per_update)
+        self.frames_per_update = float(frames_per_update)
 
     def __call__(self, step):
         frames = tf.cast(step, tf.float32) * float(self.frames_per_update)
@@ -100,25 +104,46 @@ class TF1RMSprop(keras.optimizers.RMSprop):
         return config
 
 
+class AllReducedAdam(keras.optimizers.Adam):
+    """Keras Adam that applies the gradients it is given as they are (see `TF1RMSprop`)."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+OPTIMIZERS = ("rmsprop", "adam")
+
+
 @gin.configurable
 def make_optimizer(
     total_environment_frames: float,
-    frames_per_update: int,
+    frames_per_update: float,
     learning_rate: float = 0.0006,
     decay: float = 0.99,
     momentum: float = 0.0,
     epsilon: float = 0.01,
     initial_mean_square: float = 1.0,
     epsilon_outside_sqrt: bool = False,
-) -> TF1RMSprop:
-    """RMSProp (paper Table G.1 defaults) with `LinearDecay` over the run's frames.
+    kind: str = "rmsprop",
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+) -> keras.optimizers.Optimizer:
+    """RMSProp (paper Table G.1 defaults) or Adam, with `LinearDecay` over the run's frames.
 
     The defaults are TF1's RMSProp as the paper used it; `epsilon_outside_sqrt=True` with
-    `initial_mean_square=0` is PyTorch's `torch.optim.RMSprop`.
+    `initial_mean_square=0` is PyTorch's `torch.optim.RMSprop`. `kind='adam'` takes
+    `learning_rate`, `beta_1`, `beta_2` and `epsilon` (outside the square root, as in the
+    Adam paper and PyTorch) and ignores the RMSProp arguments. `frames_per_update` is the
+    frames of one optimiser step (a fraction of a batch's when a batch is reused).
 
     Gradient clipping is done by `TrainStep` (global norm), not by the optimiser.
     """
     schedule = LinearDecay(learning_rate, total_environment_frames, frames_per_update)
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"Unknown make_optimizer.kind {kind!r}; expected one of {OPTIMIZERS}.")
+    if kind == "adam":
+        return AllReducedAdam(learning_rate=schedule, beta_1=beta_1, beta_2=beta_2,
+                              epsilon=epsilon)
     return TF1RMSprop(
         learning_rate=schedule,
         rho=decay,

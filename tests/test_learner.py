@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import config
-from impala_tf.batcher import ReadyBatch
+from impala_tf import builders, config
+from impala_tf.batcher import ReadyBatch, minibatches
 from impala_tf.distribute import make_strategy
 from impala_tf.learner import Learner, NonFiniteUpdatesError
 from impala_tf.networks import Agent
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.run_config import RunConfig
+from impala_tf.specs import LearnerBatch
 from impala_tf.synthetic import synthetic_batch
 
 SPEC = {"frame": tf.TensorSpec([10, 5, 1], tf.uint8)}
@@ -252,3 +253,90 @@ def test_a_fresh_process_gets_a_mirrored_strategy_over_logical_cpus():
                             timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "replicas 2" in result.stdout
+
+
+def test_minibatches_cover_each_unroll_once_per_pass_with_its_core_state():
+    """Two passes of two slices over a batch of 4 unrolls: each pass holds every unroll once,
+    in a new order, and each slice's core states are those of its own unrolls."""
+    agent = Agent(3, SPEC, torso="mlp", lstm_size=8)
+    batch = synthetic_batch(agent, SPEC, RUN.unroll_length, RUN.batch_size, 0.2, 3)
+    # Mark unroll b by its core state, so a mismatch between slices is visible.
+    marked = tf.nest.map_structure(
+        lambda x: tf.broadcast_to(tf.range(4, dtype=x.dtype)[:, None], x.shape),
+        batch.initial_core_state)
+    batch = batch._replace(initial_core_state=marked)
+    frames = batch.trajectory.observation["frame"].numpy()
+    slices = list(minibatches(batch, 2, 2, np.random.default_rng(0)))
+    assert len(slices) == 4
+    passes = []
+    for mb in slices:
+        assert mb.trajectory.action.shape == (RUN.unroll_length + 1, 2)
+        ids = tf.nest.flatten(mb.initial_core_state)[0].numpy()[:, 0].astype(int)
+        for j, b in enumerate(ids):  # the trajectory of unroll b came with its state
+            np.testing.assert_array_equal(mb.trajectory.observation["frame"].numpy()[:, j],
+                                          frames[:, b])
+        passes.append(ids)
+    for first, second in [(passes[0], passes[1]), (passes[2], passes[3])]:
+        assert sorted(np.concatenate([first, second])) == [0, 1, 2, 3]
+    assert list(minibatches(batch, 3, 1, np.random.default_rng(0))) == [batch] * 3
+    with pytest.raises(ValueError, match="does not split into 3"):
+        next(minibatches(batch, 1, 3, np.random.default_rng(0)))
+
+
+def _reference_updates(agent, batch, run, seed, batches):
+    """What reuse should do, written out: `batches` times, num_epochs passes of num_minibatches
+    slices in the order a `default_rng(seed)` draws, one TrainStep update each."""
+    step = builders.build_train_step(agent, run)
+    rng = np.random.default_rng(seed)
+    size = run.batch_size // run.num_minibatches
+    for _ in range(batches):
+        for _ in range(run.num_epochs):
+            order = rng.permutation(run.batch_size)
+            for k in range(run.num_minibatches):
+                index = np.sort(order[k * size:(k + 1) * size])
+                step(LearnerBatch(
+                    tf.nest.map_structure(lambda x: tf.gather(x, index, axis=1),
+                                          batch.trajectory),
+                    tf.nest.map_structure(lambda x: tf.gather(x, index, axis=0),
+                                          batch.initial_core_state)))
+    return step
+
+
+@pytest.mark.parametrize("strategy_kind", ["default", "mirrored"])
+def test_sample_reuse_makes_epochs_times_minibatches_updates_a_batch(tmp_path, strategy_kind):
+    """num_epochs=2, num_minibatches=2 with Adam: 4 updates per batch, on the slices a
+    reference loop computes, frames counted once per batch, and the learning rate decayed by
+    frames (the same at a given frame count as without reuse). Mirrored over 2 logical CPUs
+    splits each slice over its replicas and gives the same weights."""
+    config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8",
+                             "make_optimizer.learning_rate = 0.01",
+                             "make_optimizer.kind = 'adam'", "make_optimizer.epsilon = 1e-5"])
+    run = RunConfig(unroll_length=4, batch_size=4, total_environment_frames=400,
+                    num_action_repeats=1, num_epochs=2, num_minibatches=2)
+    assert (run.frames_per_batch, run.updates_per_batch, run.frames_per_update) == (16, 4, 4.0)
+    agent = Agent(3, SPEC, torso="mlp", lstm_size=8)
+    batch = synthetic_batch(agent, SPEC, run.unroll_length, run.batch_size, 0.2, 5)
+    strategy = (make_strategy("mirrored", num_cpu_devices=2) if strategy_kind == "mirrored"
+                else None)
+    learner = Learner(SPEC, 3, str(tmp_path), run_config=run, strategy=strategy, seed=11,
+                      log_every_seconds=0.0,
+                      batch_source=lambda: ReadyBatch(batch, np.zeros(4, np.int64)))
+    initial = learner.agent.get_weights()
+    record = learner.run(max_steps=3)
+    assert learner.learner_step == 12 and learner.env_frames == 48
+    # 12 optimiser steps of 4 frames each: lr = 0.01 * (1 - 48 / 400) for the next one.
+    assert float(learner.train_step.current_learning_rate()) == pytest.approx(0.01 * (1 - 0.12))
+    assert np.isfinite(record["total_loss"])
+    reference_agent = builders.build_agent(SPEC, 3)
+    reference_agent.set_weights(initial)
+    step = _reference_updates(reference_agent, batch, run, 11, batches=3)
+    assert int(step.optimizer.iterations) == 12
+    for a, b in zip(learner.agent.get_weights(), reference_agent.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert max(np.abs(a - b).max() for a, b in zip(initial, learner.agent.get_weights())) > 1e-3
+    learner.close()
+
+
+def test_a_minibatch_count_that_does_not_divide_the_batch_is_named():
+    with pytest.raises(ValueError, match="does not split into num_minibatches 3"):
+        RunConfig(batch_size=32, num_minibatches=3)

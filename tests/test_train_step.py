@@ -171,6 +171,31 @@ def test_epsilon_outside_the_root_is_pytorchs_rmsprop(momentum):
         np.testing.assert_allclose(variable.numpy(), theta, rtol=1e-4, atol=1e-6)
 
 
+def test_adam_is_kingma_and_bas_update():
+    """`kind='adam'` against Adam written out in numpy (Keras' form: epsilon outside the square
+    root of the uncorrected second moment, the bias corrections folded into the step size):
+    m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+    theta <- theta - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)."""
+    lr, eps, b1, b2 = 0.01, 1e-3, 0.8, 0.95
+    optimizer = make_optimizer(1e12, 1, learning_rate=lr, epsilon=eps, kind="adam",
+                               beta_1=b1, beta_2=b2)
+    variable = tf.Variable(np.array([0.5, -1.0, 2.0, 0.0], np.float32))
+    rng = np.random.default_rng(4)
+    theta, m, v = variable.numpy().astype(np.float64), np.zeros(4), np.zeros(4)
+    for t, scale in enumerate([1.0, 1e-4, 10.0, 1.0], start=1):
+        g = rng.normal(size=4) * scale
+        optimizer.apply_gradients([(tf.constant(g, tf.float32), variable)])
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g ** 2
+        theta = theta - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+        np.testing.assert_allclose(variable.numpy(), theta, rtol=1e-4, atol=1e-6)
+
+
+def test_an_unknown_optimiser_is_named():
+    with pytest.raises(ValueError, match="make_optimizer.kind 'adamw'"):
+        make_optimizer(1e6, 1, kind="adamw")
+
+
 def test_epsilon_placement_sets_the_step_on_tiny_gradients():
     """With the same epsilon, TF1's form steps lr * g / sqrt(ms + eps) and PyTorch's
     lr * g / (sqrt(ms) + eps): on a gradient far below epsilon, 1/sqrt(eps) times larger."""
