@@ -46,6 +46,11 @@ ROWS = {
     # Sample reuse: each batch learnt from in two passes of four minibatches, with Adam and
     # PPO's Atari settings (mean loss, clip 0.5, lambda 0.95), no LSTM.
     "pong_reuse_adam": ("atari/pong_shallow_reuse.gin", [], 1e7, "pong"),
+    # The same without the reuse (one pass, one slice: one update a batch), to tell what the
+    # reuse does from what Adam and the rest of that recipe do.
+    "pong_adam_no_reuse": ("atari/pong_shallow_reuse.gin",
+                           ["RunConfig.num_epochs = 1", "RunConfig.num_minibatches = 1"], 1e7,
+                           "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }
