@@ -10,11 +10,13 @@ Collects one batch (B environments x T+1 steps, after a warm-up) with the agent'
   entropy_cost * entropy) and of their sum, against `TrainStep.max_grad_norm`;
 - the cosine between the policy gradients of the two halves of the batch: near 0 means the
   policy-gradient term is mostly noise at this batch size;
-- the RMSProp step: the quantiles of the per-weight mean square (from the checkpoint's
-  optimiser) against epsilon, and the norm of the step one update would take.
+- the optimiser's step: the quantiles of the per-weight mean square (RMSProp) or second
+  moment (Adam) from the checkpoint's optimiser against epsilon, and the norm of the step
+  one update would take (Adam: from its stored moments).
 `--frame_png` saves the first environment's stacked frames to look at the preprocessing.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -156,20 +158,44 @@ def main(argv):
     print(f"cosine(pg grad, entropy grad)     = {cosine(grads['pg'], grads['entropy'], agent.trainable_variables):+.3f}")
 
     print(f"torso output: {live_units(agent, batch)}")
-    print("per variable: shape, RMS of the total gradient, median RMSProp mean square")
+    optimizer = train_step.optimizer
+    is_adam = isinstance(optimizer, keras.optimizers.Adam)
+    second_moment = "Adam second moment" if is_adam else "RMSProp mean square"
+    print(f"per variable: shape, RMS of the total gradient, median {second_moment}")
     for variable, gradient, velocity in zip(agent.trainable_variables, grads["total"],
                                             train_step.optimizer._velocities):
         rms = 0.0 if gradient is None else float(tf.sqrt(tf.reduce_mean(tf.square(gradient))))
         print(f"  {variable.path:55s} {str(tuple(variable.shape)):18s} {rms:9.2e} "
               f"{float(np.median(velocity.numpy())):9.2e}")
-    optimizer = train_step.optimizer
     epsilon = float(optimizer.epsilon)
     ms = np.concatenate([v.numpy().ravel() for v in optimizer._velocities])
     quantiles = np.quantile(ms, [0.1, 0.5, 0.9, 0.99])
-    print(f"RMSProp mean square quantiles (10/50/90/99%): "
+    # Epsilon inside the root (TF1) dominates where ms < epsilon; outside it (PyTorch's
+    # RMSProp, Adam), where sqrt(ms) < epsilon: there the step is lr * g / epsilon, SGD's.
+    outside = is_adam or getattr(optimizer, "epsilon_outside_sqrt", False)
+    below = np.sqrt(ms) < epsilon if outside else ms < epsilon
+    print(f"{second_moment} quantiles (10/50/90/99%): "
           + " ".join(f"{q:.2e}" for q in quantiles) + f"; epsilon {epsilon:g}; "
-          f"{100 * np.mean(ms < epsilon):.1f}% of weights have ms < epsilon")
-    total = grads["total"]
+          f"{100 * np.mean(below):.1f}% of weights have "
+          f"{'sqrt(ms)' if outside else 'ms'} < epsilon")
+    if is_adam:  # lr * m / (sqrt(v) + eps) from the stored moments (bias corrections ~1)
+        lr = float(train_step.current_learning_rate())
+        steps = [lr * m.numpy() / (np.sqrt(v.numpy()) + epsilon)
+                 for m, v in zip(optimizer._momentums, optimizer._velocities)]
+        print_step_norm(agent, steps, lr)
+    else:
+        one_rmsprop_update(train_step, agent, grads["total"], optimizer, epsilon)
+    for i in range(1, FLAGS.fixed_batch_updates + 1):
+        stats = train_step(batch)
+        if i % 25 == 0:
+            print(f"update {i:4d} on the fixed batch: baseline loss "
+                  f"{float(stats['baseline_loss']):9.3f}, entropy {float(stats['entropy']):.3f}, "
+                  f"grad norm {float(stats['grad_norm']):7.2f}; torso {live_units(agent, batch)}")
+    env.close()
+
+
+def one_rmsprop_update(train_step, agent, total, optimizer, epsilon) -> None:
+    """Prints the norm of the step one RMSProp update would take, against the weights'."""
     norm = global_norm(total)
     scale = min(1.0, train_step.max_grad_norm / norm) if train_step.max_grad_norm else 1.0
     lr = float(train_step.current_learning_rate())
@@ -180,17 +206,15 @@ def main(argv):
 
     steps = [lr * scale * g / denominator(v.numpy())
              for g, v in zip(total, optimizer._velocities)]
+    print_step_norm(agent, steps, lr)
+
+
+def print_step_norm(agent, steps, lr) -> None:
+    """Prints the norm of one update's `steps` (one array per variable) against the weights'."""
     weights = np.concatenate([w.numpy().ravel() for w in agent.trainable_variables])
     step_norm = float(np.sqrt(sum(np.sum(np.square(s)) for s in steps)))
     print(f"one update: lr {lr:.2e}, step norm {step_norm:.3e}, "
           f"weight norm {np.linalg.norm(weights):.2f} (ratio {step_norm / np.linalg.norm(weights):.2e})")
-    for i in range(1, FLAGS.fixed_batch_updates + 1):
-        stats = train_step(batch)
-        if i % 25 == 0:
-            print(f"update {i:4d} on the fixed batch: baseline loss "
-                  f"{float(stats['baseline_loss']):9.3f}, entropy {float(stats['entropy']):.3f}, "
-                  f"grad norm {float(stats['grad_norm']):7.2f}; torso {live_units(agent, batch)}")
-    env.close()
 
 
 if __name__ == "__main__":
