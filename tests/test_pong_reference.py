@@ -206,7 +206,8 @@ def numpy_vtrace(log_rhos, discounts, rewards, values, bootstrap_value, rho_bar=
 def numpy_loss_gradients(logits, values, bootstrap_value, actions, behaviour_logits, rewards,
                          env_discounts, valid, gamma=0.99, baseline_cost=0.5,
                          entropy_cost=0.01):
-    """d(paper loss)/d(logits) [T, B, A] and d/d(values) [T, B], summed loss, in numpy."""
+    """d(paper loss)/d(logits) [T, B, A], d/d(values) [T, B] (summed loss) and the V-trace
+    targets vs [T, B], in numpy."""
     log_pi, log_mu = _log_softmax(logits), _log_softmax(behaviour_logits)
     one_hot = np.eye(logits.shape[-1])[actions]
     log_rhos = np.where(valid, (one_hot * (log_pi - log_mu)).sum(-1), -np.inf)
@@ -220,7 +221,7 @@ def numpy_loss_gradients(logits, values, bootstrap_value, actions, behaviour_log
     d_logits = mask * (-(one_hot - policy) * pg_advantages[..., None]
                        + entropy_cost * policy * (log_pi + entropy))
     d_values = -baseline_cost * (vs - values) * valid
-    return d_logits, d_values
+    return d_logits, d_values, vs
 
 
 class _FixedOutputs:
@@ -247,7 +248,7 @@ def test_real_pong_gradient_matches_a_numpy_implementation_of_the_paper_loss(pon
         valid = ~trajectory.episode_start.numpy()[1:]
         logits64 = outputs.policy_logits.numpy().astype(np.float64)
         baseline64 = outputs.baseline.numpy().astype(np.float64)
-        want_logits, want_values = numpy_loss_gradients(
+        want_logits, want_values, vs = numpy_loss_gradients(
             logits64[:-1], baseline64[:-1], baseline64[-1], trajectory.action.numpy()[1:],
             trajectory.behaviour_logits.numpy()[1:].astype(np.float64),
             trajectory.reward.numpy()[1:].astype(np.float64),
@@ -260,8 +261,13 @@ def test_real_pong_gradient_matches_a_numpy_implementation_of_the_paper_loss(pon
         baseline = tf.Variable(outputs.baseline)
         step.agent = _FixedOutputs(logits, baseline)
         with tf.GradientTape() as tape:
-            loss, _ = step.compute_loss(batch)
+            loss, stats = step.compute_loss(batch)
         got_logits, got_baseline = tape.gradient(loss, [logits, baseline])
+        # The critic's logged fit: the targets' mean and the variance of them it explains.
+        errors = (vs - baseline64[:-1])[valid]
+        assert float(stats["value_target_mean"]) == pytest.approx(vs[valid].mean(), abs=1e-4)
+        assert float(stats["baseline_explained_variance"]) == pytest.approx(
+            1.0 - errors.var() / vs[valid].var(), abs=1e-3)
         scale = np.abs(want_logits).max()
         np.testing.assert_allclose(got_logits.numpy()[:-1], want_logits, atol=1e-4 * scale)
         np.testing.assert_allclose(got_logits.numpy()[-1], 0.0)
