@@ -48,19 +48,34 @@ def register_configurables() -> None:
             importlib.import_module(name)
 
 
+def resolve_gin_file(path: str) -> str:
+    """`path` as given if it exists, else relative to `experiments/`; FileNotFoundError else."""
+    if not os.path.exists(path) and (EXPERIMENTS_DIR / path).exists():
+        path = str(EXPERIMENTS_DIR / path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Gin file {path!r} not found (also looked in {EXPERIMENTS_DIR}).")
+    return path
+
+
+def describe_experiment(gin_file: str) -> str:
+    """The comment block that opens an experiment's gin file (what it is, what it reaches),
+    without the leading '#'s; '' if the file opens with no comment."""
+    lines = []
+    with open(resolve_gin_file(gin_file)) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line[1:].strip())
+    return "\n".join(lines)
+
+
 def parse_config(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:
     """Clears any previous config, then parses `gin_files` and `gin_bindings` in order."""
     register_configurables()
     gin.clear_config()
     if EXPERIMENTS_DIR.is_dir():
         gin.add_config_file_search_path(str(EXPERIMENTS_DIR))
-    resolved = []
-    for path in gin_files:
-        if not os.path.exists(path) and (EXPERIMENTS_DIR / path).exists():
-            path = str(EXPERIMENTS_DIR / path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Gin file {path!r} not found (also looked in {EXPERIMENTS_DIR}).")
-        resolved.append(path)
+    resolved = [resolve_gin_file(path) for path in gin_files]
     with _experiments_dir_off_sys_path():
         gin.parse_config_files_and_bindings(resolved, list(gin_bindings))
 

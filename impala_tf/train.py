@@ -246,6 +246,10 @@ def main(argv) -> None:
         return
     if not FLAGS.logdir:
         raise app.UsageError("--logdir is required.")
+    for gin_file in FLAGS.gin_file:  # what the experiment is and what it should reach
+        description = config.describe_experiment(gin_file)
+        if description:
+            print(f"== {gin_file}\n{description}\n", flush=True)
     try:
         run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
     except SecurityError as error:

@@ -136,3 +136,18 @@ def test_each_results_row_parses_and_builds(row):
     if game is not None:
         assert env.game == game
     assert frames >= 1e5
+
+
+@pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: str(p.relative_to(config.EXPERIMENTS_DIR)))
+def test_every_experiment_says_what_it_is(path):
+    """`train` prints the file's opening comment: each experiment has one."""
+    description = config.describe_experiment(str(path))
+    assert len(description.split()) >= 8 and not description.startswith("#")
+
+
+def test_the_description_stops_at_the_first_binding(tmp_path):
+    path = tmp_path / "x.gin"
+    path.write_text("# What it is.\n# What it reaches.\ninclude 'catch.gin'\n# not this\n")
+    assert config.describe_experiment(str(path)) == "What it is.\nWhat it reaches."
+    with pytest.raises(FileNotFoundError, match="nowhere.gin"):
+        config.describe_experiment("nowhere.gin")
