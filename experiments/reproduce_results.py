@@ -51,6 +51,22 @@ ROWS = {
     "pong_adam_no_reuse": ("atari/pong_shallow_reuse.gin",
                            ["RunConfig.num_epochs = 1", "RunConfig.num_minibatches = 1"], 1e7,
                            "pong"),
+    # The paper's algorithm (one update a batch, no reuse) with pong_adam_no_reuse's optimiser
+    # and loss, and one difference: A2C's batch shape (16 environments x 5 steps, Mnih et al.
+    # 2016 / OpenAI Baselines), 8 updates per 2,560 frames instead of 1 (the same settings as
+    # pong_shallow_reuse.gin with num_epochs = num_minibatches = 1, T=5, B=16).
+    "pong_adam_a2c_batch": ("atari/pong_shallow_adam_a2c_batch.gin",
+                            ["make_optimizer.learning_rate = 3e-4"], 1.2e7, "pong"),
+    # The same with the paper's T=20 and lr 6e-4, B=8 (PolyBeast's batch): 4 updates per
+    # 2,560 frames, each on 160 steps, twice the step size.
+    "pong_adam_b8_lr6e-4": ("atari/pong_shallow_reuse.gin",
+                            ["RunConfig.num_epochs = 1", "RunConfig.num_minibatches = 1",
+                             "RunConfig.batch_size = 8", "make_optimizer.learning_rate = 6e-4"],
+                            1.2e7, "pong"),
+    # pong_adam_a2c_batch with the paper's lr 6e-4 (Table G.1) in place of PPO's 3e-4: the
+    # file as it is, `make train`.
+    "pong_adam_a2c_batch_lr6e-4": ("atari/pong_shallow_adam_a2c_batch.gin", [], 1.2e7,
+                                   "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }

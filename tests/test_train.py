@@ -87,3 +87,27 @@ def test_progress_stops_the_run_after_its_wall_time():
     time.sleep(0.01)
     progress(_record(20))
     assert stops == [1]
+
+
+def test_make_train_runs_a_described_pong_experiment():
+    """`make train`'s experiment is Pong with one update per batch, and its opening comment
+    (printed first by the command) says what return to expect and where the paper's is."""
+    import re
+    from pathlib import Path
+
+    from impala_tf import config
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    gin_file = re.search(r"^GIN_FILE \?= (\S+)$", makefile, re.M).group(1)
+    assert "--gin_file=$(GIN_FILE)" in makefile
+    description = config.describe_experiment(gin_file)
+    assert "one update per batch" in description and "Expect" in description
+    assert "atari/pong_shallow.gin" in description  # the paper's exact setting, one file away
+    import gin
+
+    from impala_tf.run_config import RunConfig
+    config.parse_config([gin_file])
+    try:
+        assert gin.query_parameter("AtariBatchedEnv.game") == "pong"
+        assert RunConfig().updates_per_batch == 1  # no sample reuse
+    finally:
+        gin.clear_config()
