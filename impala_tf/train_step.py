@@ -133,11 +133,15 @@ class TrainStep:
             pg_loss + self.baseline_cost * baseline_loss + self.entropy_cost * entropy_loss
         )
         num_valid = tf.maximum(tf.reduce_sum(valid_float), 1.0)
-        vs_mean = tf.reduce_sum(vtrace_returns.vs * valid_float) / num_valid
-        vs_variance = tf.reduce_sum(tf.square(vtrace_returns.vs - vs_mean) * valid_float) / num_valid
-        errors = (vtrace_returns.vs - values) * valid_float
-        error_mean = tf.reduce_sum(errors) / num_valid
-        error_variance = tf.reduce_sum(tf.square(errors - error_mean) * valid_float) / num_valid
+
+        def valid_mean(x):  # mean over the valid steps of a [T, B] tensor
+            return tf.reduce_sum(x * valid_float) / num_valid
+
+        def valid_variance(x):
+            return valid_mean(tf.square(x - valid_mean(x)))
+
+        vs_variance = valid_variance(vtrace_returns.vs)
+        error_variance = valid_variance(vtrace_returns.vs - values)
         stats = {
             "total_loss": total_loss,
             "pg_loss": pg_loss,
@@ -145,10 +149,10 @@ class TrainStep:
             "entropy_loss": entropy_loss,
             "entropy": -losses.entropy_loss(target_logits, "sum", valid_float) / num_valid,
             "mean_rho": tf.reduce_sum(tf.exp(log_rhos)) / num_valid,
-            "mean_baseline": tf.reduce_sum(values * valid_float) / num_valid,
+            "mean_baseline": valid_mean(values),
             # The critic against its V-trace targets: their scale, and the share of their
             # variance it explains (1 - Var[vs - V] / Var[vs]; 0 for a constant baseline).
-            "value_target_mean": vs_mean,
+            "value_target_mean": valid_mean(vtrace_returns.vs),
             "value_target_std": tf.sqrt(vs_variance),
             "baseline_explained_variance": 1.0 - error_variance / tf.maximum(vs_variance, 1e-8),
         }

@@ -32,7 +32,7 @@ from impala_tf.learner import Learner
 from impala_tf.networks.agent import AgentOutput
 from impala_tf.rpc import codec
 from impala_tf.rpc.server import Unroll
-from impala_tf.specs import tensor_specs
+from impala_tf.specs import Trajectory, tensor_specs
 from impala_tf.train_step import agent_input_from_trajectory
 
 PADDLE_COLUMNS = slice(72, 77)  # our (right, green) paddle in the 84x84 frame
@@ -332,8 +332,7 @@ def test_parameters_reach_the_actor_by_variable_not_by_shape(tmp_path):
 
 
 def batch_inputs(frames: np.ndarray):
-    """A `Trajectory`-like input of [T, B] steps mid-episode with the given frames."""
-    from impala_tf.specs import Trajectory
+    """A `Trajectory` of [T, B] steps mid-episode with the given frames."""
     steps, batch = frames.shape[:2]
     return Trajectory(
         observation={"frame": tf.constant(frames)},

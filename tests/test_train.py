@@ -1,7 +1,13 @@
 """The training command's pieces: the actor launcher's restart backoff and the run budget."""
 
+import re
 import time
+from pathlib import Path
 
+import gin
+
+from impala_tf import config
+from impala_tf.run_config import RunConfig
 from impala_tf.train import Launcher, Progress
 
 
@@ -92,19 +98,12 @@ def test_progress_stops_the_run_after_its_wall_time():
 def test_make_train_runs_a_described_pong_experiment():
     """`make train`'s experiment is Pong with one update per batch, and its opening comment
     (printed first by the command) says what return to expect and where the paper's is."""
-    import re
-    from pathlib import Path
-
-    from impala_tf import config
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     gin_file = re.search(r"^GIN_FILE \?= (\S+)$", makefile, re.M).group(1)
     assert "--gin_file=$(GIN_FILE)" in makefile
     description = config.describe_experiment(gin_file)
     assert "one update per batch" in description and "Expect" in description
     assert "atari/pong_shallow.gin" in description  # the paper's exact setting, one file away
-    import gin
-
-    from impala_tf.run_config import RunConfig
     config.parse_config([gin_file])
     try:
         assert gin.query_parameter("AtariBatchedEnv.game") == "pong"
