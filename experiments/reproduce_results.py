@@ -67,6 +67,19 @@ ROWS = {
     # file as it is, `make train`.
     "pong_adam_a2c_batch_lr6e-4": ("atari/pong_shallow_adam_a2c_batch.gin", [], 1.2e7,
                                    "pong"),
+    # ... and with twice the paper's lr (1.2e-3): the step rate per frame is what the three
+    # rows above differ in, so this asks whether more of it still helps.
+    "pong_adam_a2c_batch_lr1.2e-3": ("atari/pong_shallow_adam_a2c_batch.gin",
+                                     ["make_optimizer.learning_rate = 1.2e-3"], 1.2e7, "pong"),
+    # ... and instead twice the updates at the paper's lr: T=5 with B=8 (16 updates per 2,560
+    # frames, each on 40 steps; each batch holds half of the 16 environments), `make train`.
+    "pong_adam_t5_b8": ("atari/pong_shallow_adam_t5_b8.gin", [], 1.2e7, "pong"),
+    # ... the same with other environment and sampling seeds (500 or 250 + 1000 * actor + i,
+    # none shared with another row) and another initialisation: a second and third seed.
+    "pong_adam_t5_b8_seed2": ("atari/pong_shallow_adam_t5_b8.gin", ["Actor.seed = 500"], 1.2e7,
+                              "pong"),
+    "pong_adam_t5_b8_seed3": ("atari/pong_shallow_adam_t5_b8.gin", ["Actor.seed = 250"], 1.2e7,
+                              "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }
@@ -91,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.list or not args.row:
         for name, (gin_file, bindings, frames, game) in ROWS.items():
-            print(f"{name:22s} {gin_file} {' '.join(bindings)}; {frames:.0e} frames; "
+            print(f"{name:22s} {gin_file} {' '.join(bindings)}; {frames:,.0f} frames; "
                   f"paper: {paper_figure(game)}")
         return
     gin_file, bindings, frames, game = ROWS[args.row]
