@@ -52,7 +52,8 @@ def test_gin_file_parses_and_builds(path, fake_lab):
     # The paper's baseline cost, except where a file says it runs another recipe's weight.
     want_baseline_cost = {"pong_nature_a2c.gin": 1.0,
                           "pong_shallow_reuse.gin": 1.0,
-                          "pong_shallow_adam_a2c_batch.gin": 1.0}.get(path.name, 0.5)
+                          "pong_shallow_adam_a2c_batch.gin": 1.0,
+                          "pong_shallow_adam_t5_b8.gin": 1.0}.get(path.name, 0.5)
     assert step.discount == 0.99 and step.baseline_cost == want_baseline_cost
     assert "Agent.torso" in gin.operative_config_str()
 
