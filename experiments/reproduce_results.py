@@ -64,7 +64,7 @@ ROWS = {
                              "RunConfig.batch_size = 8", "make_optimizer.learning_rate = 6e-4"],
                             1.2e7, "pong"),
     # pong_adam_a2c_batch with the paper's lr 6e-4 (Table G.1) in place of PPO's 3e-4: the
-    # file as it is, `make train`.
+    # file as it is.
     "pong_adam_a2c_batch_lr6e-4": ("atari/pong_shallow_adam_a2c_batch.gin", [], 1.2e7,
                                    "pong"),
     # ... and with twice the paper's lr (1.2e-3): the step rate per frame is what the three
@@ -75,7 +75,8 @@ ROWS = {
     # frames, each on 40 steps; each batch holds half of the 16 environments), `make train`.
     "pong_adam_t5_b8": ("atari/pong_shallow_adam_t5_b8.gin", [], 1.2e7, "pong"),
     # ... the same with other environment and sampling seeds (500 or 250 + 1000 * actor + i,
-    # none shared with another row) and another initialisation: a second and third seed.
+    # none shared with another row): a second and third seed. (The initial weights are a
+    # fresh, unseeded draw in every run.)
     "pong_adam_t5_b8_seed2": ("atari/pong_shallow_adam_t5_b8.gin", ["Actor.seed = 500"], 1.2e7,
                               "pong"),
     "pong_adam_t5_b8_seed3": ("atari/pong_shallow_adam_t5_b8.gin", ["Actor.seed = 250"], 1.2e7,
