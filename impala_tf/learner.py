@@ -14,6 +14,7 @@ import time
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import gin
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -104,7 +105,10 @@ class Learner:
         stop training with `NonFiniteUpdatesError` (the last checkpoint holds finite weights).
       insecure: let the server bind a non-loopback address without TLS and a token
         (`rpc.security`; `train --insecure`).
-      seed: of the minibatch order when batches are reused (`RunConfig.num_minibatches`).
+      seed: when set, seeds the agent's initial weights (`keras.utils.set_random_seed`, which
+        also seeds this process's Python and NumPy generators) and the minibatch order when
+        batches are reused (`RunConfig.num_minibatches`). None: a fresh draw every run.
+        Restoring a checkpoint overrides the initial weights either way.
     """
 
     def __init__(
@@ -143,6 +147,8 @@ class Learner:
         self._shuffle = np.random.default_rng(seed)
         os.makedirs(logdir, exist_ok=True)
 
+        if seed is not None:  # before the agent is built: its initialisers draw from it
+            keras.utils.set_random_seed(int(seed))
         with self.strategy.scope():
             self.agent = builders.build_agent(observation_spec, num_actions)
             self.train_step = builders.build_train_step(self.agent, self.run_config)

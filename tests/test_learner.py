@@ -131,6 +131,25 @@ def test_mirrored_over_two_cpus_gives_the_same_update_as_default(tmp_path):
     assert max(np.abs(a - b).max() for a, b in zip(initial, default.agent.get_weights())) > 1e-3
 
 
+def test_a_seed_fixes_the_initial_weights_and_none_draws_afresh(tmp_path):
+    source, _ = _synthetic_source()
+
+    def initial(name, seed):
+        return _learner(tmp_path / name, batch_source=source, seed=seed).agent.get_weights()
+
+    first, again, other = initial("a", 7), initial("b", 7), initial("c", 8)
+    unseeded = [initial("d", None), initial("e", None)]
+    assert len(first) > 2 and all(w.size for w in first)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+    def differ(x, y):  # the kernels (biases start at zero whatever the seed)
+        return any(not np.array_equal(a, b) for a, b in zip(x, y) if np.any(a))
+
+    assert differ(first, other)
+    assert differ(*unseeded) and differ(first, unseeded[0])
+
+
 def test_checkpoint_resume_continues_steps_and_frames(tmp_path):
     source, _ = _synthetic_source()
     first = _learner(tmp_path, batch_source=source)
