@@ -90,6 +90,8 @@ class Learner:
       rpc_threads: threads serving RPCs: each connected actor holds one for its stream, so
         this must exceed the number of actors.
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
+      checkpoints_to_keep: the newest this many are kept (None: all, e.g. to follow the
+        torso's health over a run with `experiments/torso_health.py`).
       log_every_seconds: metrics period.
       publish_every_steps: how often new parameters are published.
       batch_source: for tests and benchmarks: a callable returning a `ReadyBatch` (or None)
@@ -123,6 +125,7 @@ class Learner:
         max_message_bytes: int = 64 << 20,
         rpc_threads: int = 64,
         checkpoint_every_minutes: float = 10.0,
+        checkpoints_to_keep: Optional[int] = 3,
         log_every_seconds: float = 10.0,
         publish_every_steps: int = 1,
         batch_source: Optional[Callable[[], Optional[ReadyBatch]]] = None,
@@ -154,7 +157,8 @@ class Learner:
             self.train_step = builders.build_train_step(self.agent, self.run_config)
         checkpoint_logdir = logdir if is_chief else os.path.join(logdir, "non_chief_tmp")
         self.checkpointer = checkpoints.Checkpointer(
-            checkpoint_logdir, self.agent, self.train_step.optimizer)
+            checkpoint_logdir, self.agent, self.train_step.optimizer,
+            max_to_keep=checkpoints_to_keep)
         self.restored_from = self.checkpointer.restore_latest()
 
         initial_state = self.agent.initial_state(1)

@@ -167,6 +167,16 @@ def test_checkpoint_resume_continues_steps_and_frames(tmp_path):
     assert second.parameters.version == 5
 
 
+def test_checkpoints_to_keep_none_keeps_every_checkpoint(tmp_path):
+    source, _ = _synthetic_source()
+    for keep, expected in ((None, 5), (2, 2)):
+        logdir = tmp_path / str(keep)
+        _learner(logdir, batch_source=source, checkpoint_every_minutes=0.0,
+                 checkpoints_to_keep=keep).run(max_steps=5)
+        kept = sorted(p.name for p in (logdir / "checkpoints").glob("ckpt-*.index"))
+        assert len(kept) == expected and kept[-1] == "ckpt-5.index"
+
+
 def test_the_run_stops_at_the_frame_budget(tmp_path):
     source, _ = _synthetic_source()
     run = RunConfig(unroll_length=4, batch_size=4, total_environment_frames=100,
