@@ -8,6 +8,7 @@ import tensorflow as tf
 from impala_tf.networks import (
     Agent, AgentInput, DeepTorso, InstructionEncoder, ShallowTorso, sample_actions,
     tokenize_instruction)
+from impala_tf.networks import torsos
 from impala_tf.networks.torsos import NatureTorso
 
 SMALL_FRAME = tf.TensorSpec([24, 24, 2], tf.uint8)
@@ -83,6 +84,29 @@ def test_frames_are_scaled_inside_the_model():
     via_uint8 = torso(tf.constant(frame)).numpy()
     via_float = torso.fc(torso.flatten(torso.conv2(torso.conv1(tf.ones([1, 24, 24, 1]))))).numpy()
     np.testing.assert_allclose(via_uint8, via_float, rtol=1e-5, atol=1e-6)
+
+
+def test_centred_frames_subtract_each_stacked_frames_screen_mean():
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, [2, 6, 5, 3]).astype(np.uint8)
+    frame[1, :, :, 1] = 87  # a flat screen (Pong's background grey) reads 0 when centred
+    expected = frame / 255.0 - (frame / 255.0).mean(axis=(1, 2), keepdims=True)
+    assert np.abs(torsos.scale_frame(tf.constant(frame)).numpy() - frame / 255.0).max() < 1e-6
+    gin.bind_parameter("frames.centre", True)
+    try:
+        centred = torsos.scale_frame(tf.constant(frame)).numpy()
+        np.testing.assert_allclose(centred, expected, atol=1e-6)
+        assert np.abs(centred[1, :, :, 1]).max() < 1e-6
+        # ... inside the torso: the model sees the centred screen.
+        torso = ShallowTorso()
+        big = tf.constant(rng.integers(0, 256, [1, 24, 24, 2]).astype(np.uint8))
+        x = tf.cast(big, tf.float32) / 255.0
+        x -= tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        np.testing.assert_allclose(
+            torso(big).numpy(), torso.fc(torso.flatten(torso.conv2(torso.conv1(x)))).numpy(),
+            rtol=1e-5, atol=1e-6)
+    finally:
+        gin.clear_config()
 
 
 @pytest.mark.parametrize("use_lstm", [True, False])

@@ -2,12 +2,14 @@
 that other IMPALA implementations (e.g. TorchBeast's MonoBeast) use for Atari; and a small
 MLP torso for tiny test games (Catch).
 
-All take uint8 frames `[N, H, W, C]` and scale them to [0, 1] inside the model, and return
-float32 `[N, fc_size]` features after a ReLU.
+All take uint8 frames `[N, H, W, C]` and scale them to [0, 1] inside the model (`scale_frame`;
+`frames.centre = True` also subtracts each frame's mean over the screen), and return float32
+`[N, fc_size]` features after a ReLU.
 """
 
 from typing import Sequence, Tuple
 
+import gin
 import keras
 import tensorflow as tf
 
@@ -15,8 +17,16 @@ from impala_tf.gin_utils import keras_configurable
 from impala_tf.networks.initializers import kernel_initializer
 
 
-def _scale_frame(frame: tf.Tensor) -> tf.Tensor:
-    return tf.cast(frame, tf.float32) / 255.0
+@gin.configurable("frames", allowlist=["centre"])
+def scale_frame(frame: tf.Tensor, centre: bool = False) -> tf.Tensor:
+    """uint8 `[N, H, W, C]` -> float32 in [0, 1]; with `centre`, minus each of the C stacked
+    frames' own mean over H x W (in [-1, 1]), so a flat background reads 0 whatever its grey
+    and a first-layer filter's output depends on what moves rather than on the sum of its
+    weights. Off by default (the paper scales only)."""
+    x = tf.cast(frame, tf.float32) / 255.0
+    if centre:
+        x = x - tf.reduce_mean(x, axis=[-3, -2], keepdims=True)
+    return x
 
 
 def _conv(filters: int, kernel_size: int, **kwargs) -> keras.layers.Conv2D:
@@ -42,7 +52,7 @@ class ShallowTorso(keras.layers.Layer):
         self.fc = _dense(fc_size, activation="relu")
 
     def call(self, frame):
-        x = self.conv2(self.conv1(_scale_frame(frame)))
+        x = self.conv2(self.conv1(scale_frame(frame)))
         return self.fc(self.flatten(x))
 
 
@@ -60,7 +70,7 @@ class NatureTorso(keras.layers.Layer):
         self.fc = _dense(fc_size, activation="relu")
 
     def call(self, frame):
-        x = self.conv3(self.conv2(self.conv1(_scale_frame(frame))))
+        x = self.conv3(self.conv2(self.conv1(scale_frame(frame))))
         return self.fc(self.flatten(x))
 
 
@@ -109,7 +119,7 @@ class DeepTorso(keras.layers.Layer):
         self.fc = _dense(fc_size, activation="relu")
 
     def call(self, frame):
-        x = _scale_frame(frame)
+        x = scale_frame(frame)
         for name in self.layer_names:
             x = getattr(self, name)(x)
         x = tf.nn.relu(x)
@@ -128,7 +138,7 @@ class MLPTorso(keras.layers.Layer):
             setattr(self, f"hidden{i}", _dense(size, activation="relu"))
 
     def call(self, frame):
-        x = self.flatten(_scale_frame(frame))
+        x = self.flatten(scale_frame(frame))
         for i in range(self.num_hidden):
             x = getattr(self, f"hidden{i}")(x)
         return x
