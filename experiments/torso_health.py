@@ -7,7 +7,7 @@ A ReLU unit (or a convolution's channel) that is zero on every frame of a batch 
 gradient from that batch, and one that is zero on every screen a game shows never learns
 again. This collects one batch of frames (`--envs` environments x `--steps` steps, after a
 warm-up, acted by a fresh agent; a near-uniform policy sees the screens an early agent
-sees), then for a fresh initialisation and for every checkpoint in `--checkpoints` (every
+sees; `--seed` fixes it), then for a fresh initialisation and for every checkpoint in `--checkpoints` (every
 ckpt-N there, in order of N; `Learner.checkpoints_to_keep = None` keeps them all) prints,
 for each of the torso's ReLU layers: the share of its units (channels) that are > 0 on some
 frame, and the share of all its values that are > 0. For the `shallow` and `nature` torsos.
@@ -18,6 +18,7 @@ import os
 import re
 from typing import Dict, Tuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -40,6 +41,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("envs", 16, "Environments in the fixed batch.")
     flags.DEFINE_integer("steps", 41, "Steps per environment in the fixed batch.")
     flags.DEFINE_integer("warmup_steps", 100, "Steps before the batch is collected.")
+    flags.DEFINE_integer("seed", 0, "Of the fresh agent that acts the fixed batch (and is "
+                         "reported as 'fresh'): the same batch every time.")
 
 
 def relu_layers(torso, frames: tf.Tensor) -> Dict[str, np.ndarray]:
@@ -99,6 +102,7 @@ def checkpoint_prefixes(folder: str):
 def main(argv):
     del argv
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+    keras.utils.set_random_seed(FLAGS.seed)
     env = make_environment(FLAGS.envs, seed=123)
     num_actions = env.action_spec().num_values
     agent = builders.build_agent(tensor_specs(env.observation_spec()), num_actions)
