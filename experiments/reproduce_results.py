@@ -81,6 +81,21 @@ ROWS = {
                               "pong"),
     "pong_adam_t5_b8_seed3": ("atari/pong_shallow_adam_t5_b8.gin", ["Actor.seed = 250"], 1.2e7,
                               "pong"),
+    # ... with Adam's epsilon at 1e-3 instead of 1e-5: weights whose gradient is far below
+    # 1e-5 (most of the torso's, fed by Pong's flat background) no longer get full-size
+    # normalised steps from noise (at 1e-5, 10% of the 256 dense units are still ever active
+    # after 215 updates, and 1 of 16 conv1 channels after 10,000). Initial weights seeded.
+    "pong_adam_t5_b8_eps1e-3": ("atari/pong_shallow_adam_t5_b8.gin",
+                                ["make_optimizer.epsilon = 1e-3", "Learner.seed = 1"], 1.2e7,
+                                "pong"),
+    # ... and each stacked frame centred on its own screen mean (`frames.centre`): the one
+    # difference from the row above. With Pong's flat background a first-layer filter is on
+    # everywhere or nowhere, and 14 of 16 conv1 channels die in the first few thousand
+    # updates; centred, all 16 stay alive and respond to what moves. Every checkpoint kept.
+    "pong_adam_t5_b8_eps1e-3_centred": (
+        "atari/pong_shallow_adam_t5_b8.gin",
+        ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 1",
+         "Learner.checkpoints_to_keep = None"], 1.2e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }
