@@ -4,13 +4,15 @@
         --checkpoints=logs/run/checkpoints [--every=1] [--envs=16] [--steps=41]
 
 A ReLU unit (or a convolution's channel) that is zero on every frame of a batch gets no
-gradient from that batch, and one that is zero on every screen a game shows never learns
-again. This collects one batch of frames (`--envs` environments x `--steps` steps, after a
-warm-up, acted by a fresh agent; a near-uniform policy sees the screens an early agent
-sees; `--seed` fixes it), then for a fresh initialisation and for every checkpoint in `--checkpoints` (every
-ckpt-N there, in order of N; `Learner.checkpoints_to_keep = None` keeps them all) prints,
-for each of the torso's ReLU layers: the share of its units (channels) that are > 0 on some
-frame, and the share of all its values that are > 0. For the `shallow` and `nature` torsos.
+gradient from that batch; a first-layer channel that is zero on every screen a game shows
+never learns again (its input, the screen, does not change with training). This collects
+one batch of frames (`--envs` environments x `--steps` steps after a warm-up, acted by a
+fresh agent seeded by `--seed`: a near-uniform policy sees the screens an early agent
+sees), then for that fresh initialisation and for every checkpoint in `--checkpoints`
+(every ckpt-N there, in order of N; `Learner.checkpoints_to_keep = None` keeps them all)
+prints, for each of the torso's ReLU layers, the share of its units (channels) that are
+> 0 on some frame and the share of all its values that are > 0. For the `shallow` and
+`nature` torsos.
 """
 
 import glob
