@@ -30,13 +30,16 @@ from impala_tf.run_config import RunConfig
 from impala_tf.specs import LearnerBatch, Trajectory, tensor_specs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-flags.DEFINE_string("logdir", None, "Restore the latest checkpoint from here (optional).")
-flags.DEFINE_integer("warmup_steps", 200, "Agent steps before the batch is collected.")
-flags.DEFINE_string("frame_png", None, "Save env 0's stacked frames to this PNG.")
-flags.DEFINE_integer("fixed_batch_updates", 0, "Then apply this many updates to the same batch, "
-                     "printing the live torso units and the losses every 25.")
+
+
+def define_flags() -> None:
+    flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    flags.DEFINE_string("logdir", None, "Restore the latest checkpoint from here (optional).")
+    flags.DEFINE_integer("warmup_steps", 200, "Agent steps before the batch is collected.")
+    flags.DEFINE_string("frame_png", None, "Save env 0's stacked frames to this PNG.")
+    flags.DEFINE_integer("fixed_batch_updates", 0, "Then apply this many updates to the same batch, "
+                         "printing the live torso units and the losses every 25.")
 
 
 def collect_batch(env, policy, num_actions, unroll_length, warmup_steps):
@@ -218,4 +221,5 @@ def print_step_norm(agent, steps, lr) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -32,6 +32,8 @@ from impala_tf.networks.torsos import NatureTorso, ShallowTorso, scale_frame
 from impala_tf.policy import BatchedPolicy
 from impala_tf.specs import tensor_specs
 
+from diagnose_update import collect_batch  # experiments/, this script's folder
+
 FLAGS = flags.FLAGS
 
 
@@ -78,20 +80,13 @@ def health(outputs: Dict[str, np.ndarray]) -> str:
 
 
 def collect_frames(env, agent, warmup_steps: int, steps: int) -> tf.Tensor:
-    """uint8 `[num_envs * steps, H, W, C]` frames acted by `agent`'s policy after
-    `warmup_steps` steps."""
-    policy = BatchedPolicy(agent, seed=7)
-    timestep = env.reset()
-    state = policy.initial_state(env.num_envs)
-    prev_actions = np.zeros(env.num_envs, np.int32)
-    frames = []
-    for t in range(warmup_steps + steps):
-        if t >= warmup_steps:
-            frames.append(timestep.observation["frame"])
-        step, state = policy(prev_actions, timestep, state)
-        timestep = env.step(step.actions)
-        prev_actions = step.actions
-    return tf.convert_to_tensor(np.concatenate(frames))
+    """uint8 `[steps * num_envs, H, W, C]` frames acted by `agent`'s policy after
+    `warmup_steps` steps (`diagnose_update.collect_batch`'s T+1 = `steps`)."""
+    num_actions = env.action_spec().num_values
+    batch = collect_batch(env, BatchedPolicy(agent, seed=7), num_actions, steps - 1,
+                          warmup_steps)
+    frame = batch.trajectory.observation["frame"]
+    return tf.reshape(frame, [-1] + frame.shape[2:].as_list())
 
 
 def checkpoint_prefixes(folder: str):

@@ -4,6 +4,7 @@ and the learner can keep every checkpoint for it."""
 
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ import tensorflow as tf
 from impala_tf.networks import ShallowTorso
 from impala_tf.networks.torsos import NatureTorso
 
-_PATH = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "torso_health.py"
+_EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+_PATH = _EXPERIMENTS / "torso_health.py"
+sys.path.insert(0, str(_EXPERIMENTS))  # as when run as a script: it imports diagnose_update
 _SPEC = importlib.util.spec_from_file_location("torso_health", _PATH)
 torso_health = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(torso_health)
