@@ -72,7 +72,8 @@ ROWS = {
     "pong_adam_a2c_batch_lr1.2e-3": ("atari/pong_shallow_adam_a2c_batch.gin",
                                      ["make_optimizer.learning_rate = 1.2e-3"], 1.2e7, "pong"),
     # ... and instead twice the updates at the paper's lr: T=5 with B=8 (16 updates per 2,560
-    # frames, each on 40 steps; each batch holds half of the 16 environments), `make train`.
+    # frames, each on 40 steps; each batch holds half of the 16 environments), `make train` until
+    # the torso was kept alive (the centred rows below).
     "pong_adam_t5_b8": ("atari/pong_shallow_adam_t5_b8.gin", [], 1.2e7, "pong"),
     # ... the same with other environment and sampling seeds (500 or 250 + 1000 * actor + i,
     # none shared with another row): a second and third seed. (The initial weights are a
@@ -96,6 +97,16 @@ ROWS = {
         "atari/pong_shallow_adam_t5_b8.gin",
         ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 1",
          "Learner.checkpoints_to_keep = None"], 1.2e7, "pong"),
+    # ... the same with other initial weights and environment and sampling seeds (none shared
+    # with another row): a second and third seed.
+    "pong_adam_t5_b8_eps1e-3_centred_seed2": (
+        "atari/pong_shallow_adam_t5_b8.gin",
+        ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 2",
+         "Actor.seed = 750"], 1.2e7, "pong"),
+    "pong_adam_t5_b8_eps1e-3_centred_seed3": (
+        "atari/pong_shallow_adam_t5_b8.gin",
+        ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 3",
+         "Actor.seed = 125"], 1.2e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }
