@@ -3,6 +3,7 @@
 import sys
 
 import gin
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -53,7 +54,8 @@ def test_gin_file_parses_and_builds(path, fake_lab):
     want_baseline_cost = {"pong_nature_a2c.gin": 1.0,
                           "pong_shallow_reuse.gin": 1.0,
                           "pong_shallow_adam_a2c_batch.gin": 1.0,
-                          "pong_shallow_adam_t5_b8.gin": 1.0}.get(path.name, 0.5)
+                          "pong_shallow_adam_t5_b8.gin": 1.0,
+                          "pong_shallow_adam_t5_b8_centred.gin": 1.0}.get(path.name, 0.5)
     assert step.discount == 0.99 and step.baseline_cost == want_baseline_cost
     assert "Agent.torso" in gin.operative_config_str()
 
@@ -82,6 +84,27 @@ def test_paper_values_reach_the_objects(fake_lab):
     assert step.entropy_cost == pytest.approx(0.0033391318945337044)
     assert float(step.current_learning_rate()) == pytest.approx(0.00031866995608948655)
     assert step.optimizer.epsilon == 0.1
+
+
+def test_make_train_keeps_the_torso_alive_through_its_objects():
+    """`make train`'s file reaches the objects: the T=5, B=8 Adam setting, epsilon 1e-3, and a
+    torso that sees each frame centred (a flat screen of any grey reads as a black one)."""
+    config.parse_config(["atari/pong_shallow_adam_t5_b8_centred.gin"])
+    run = RunConfig()
+    assert (run.unroll_length, run.batch_size, run.updates_per_batch) == (5, 8, 1)
+    agent = builders.build_agent(ATARI_SPEC, 6)
+    assert not agent.use_lstm and agent.torso_name == "shallow"
+    step = builders.build_train_step(agent, run)
+    assert isinstance(step.optimizer, tf.keras.optimizers.Adam)
+    assert step.optimizer.epsilon == pytest.approx(1e-3)
+    assert float(step.current_learning_rate()) == pytest.approx(6e-4)
+    grey = tf.fill([1, 84, 84, 4], tf.constant(87, tf.uint8))
+    black = tf.zeros([1, 84, 84, 4], tf.uint8)
+    np.testing.assert_allclose(agent.torso(grey).numpy(), agent.torso(black).numpy(), atol=1e-4)
+    gin.clear_config()
+    config.parse_config(["atari/pong_shallow_adam_t5_b8.gin"])  # ... which its parent does not
+    agent = builders.build_agent(ATARI_SPEC, 6)
+    assert np.abs(agent.torso(grey).numpy() - agent.torso(black).numpy()).max() > 1e-2
 
 
 def test_deep_atari_overrides_only_the_torso():
