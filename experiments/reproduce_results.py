@@ -92,21 +92,19 @@ ROWS = {
     # ... and each stacked frame centred on its own screen mean (`frames.centre`): the one
     # difference from the row above. With Pong's flat background a first-layer filter is on
     # everywhere or nowhere, and 14 of 16 conv1 channels die in the first few thousand
-    # updates; centred, all 16 stay alive and respond to what moves. Every checkpoint kept.
+    # updates; centred, all 16 stay alive and respond to what moves. The file is the row
+    # above's plus `frames.centre = True`: `make train`. Every checkpoint kept.
     "pong_adam_t5_b8_eps1e-3_centred": (
-        "atari/pong_shallow_adam_t5_b8.gin",
-        ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 1",
-         "Learner.checkpoints_to_keep = None"], 1.2e7, "pong"),
+        "atari/pong_shallow_adam_t5_b8_centred.gin",
+        ["Learner.seed = 1", "Learner.checkpoints_to_keep = None"], 1.2e7, "pong"),
     # ... the same with other initial weights and environment and sampling seeds (none shared
     # with another row): a second and third seed.
     "pong_adam_t5_b8_eps1e-3_centred_seed2": (
-        "atari/pong_shallow_adam_t5_b8.gin",
-        ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 2",
-         "Actor.seed = 750"], 1.2e7, "pong"),
+        "atari/pong_shallow_adam_t5_b8_centred.gin", ["Learner.seed = 2", "Actor.seed = 750"],
+        1.2e7, "pong"),
     "pong_adam_t5_b8_eps1e-3_centred_seed3": (
-        "atari/pong_shallow_adam_t5_b8.gin",
-        ["make_optimizer.epsilon = 1e-3", "frames.centre = True", "Learner.seed = 3",
-         "Actor.seed = 125"], 1.2e7, "pong"),
+        "atari/pong_shallow_adam_t5_b8_centred.gin", ["Learner.seed = 3", "Actor.seed = 125"],
+        1.2e7, "pong"),
     "breakout_paper": ("atari/experts_shallow.gin", ["AtariBatchedEnv.game = 'breakout'"], 1e7,
                        "breakout"),
 }
