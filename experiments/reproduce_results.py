@@ -23,11 +23,23 @@ ROWS = {
     "catch": ("catch.gin", [], 3e5, None),
     # The paper's hyperparameters (Table G.1), unchanged.
     "pong_paper": ("atari/pong_shallow.gin", [], 1e7, "pong"),
+    # ... with each stacked frame centred on its screen mean, the one difference: the paper's
+    # setting keeps its dense layer (97% alive at 10M frames) but sees Pong through 1-2 of
+    # its 16 conv1 channels from about 5.7M frames on (torso_health), as Pong's flat
+    # background turns a first-layer filter on everywhere or nowhere.
+    "pong_paper_centred": ("atari/pong_shallow.gin", ["frames.centre = True"], 1.2e7, "pong"),
     # Diagnosis runs: RMSProp's epsilon (inside the square root, TF1 style) and batch size.
     "pong_b8_eps1e-5": ("atari/pong_shallow.gin",
                         ["RunConfig.batch_size = 8", "make_optimizer.epsilon = 1e-5"], 1e7,
                         "pong"),
     "pong_eps1e-4": ("atari/pong_shallow.gin", ["make_optimizer.epsilon = 1e-4"], 1e7, "pong"),
+    # ... with each stacked frame centred on its screen mean, the one difference from the row
+    # above: at epsilon 1e-4 (inside the root) the paper's RMSProp steps lr/sqrt(1e-4) = 0.06
+    # per unit gradient where the mean square is below epsilon, the step PyTorch's form at the
+    # peers' epsilon 0.01 takes (TorchBeast, Cleanba), and the shallow torso died uncentred.
+    "pong_eps1e-4_centred": ("atari/pong_shallow.gin",
+                             ["make_optimizer.epsilon = 1e-4", "frames.centre = True",
+                              "Learner.seed = 1"], 1.2e7, "pong"),
     # A2C's well-tested Pong recipe run through this learner: T=5, B=16, mean loss, clip 0.5,
     # lr 7e-4, RMSProp epsilon 1e-5, no LSTM; run twice as long as the others to show its climb.
     "pong_a2c_like": ("atari/pong_shallow_a2c_like.gin", [], 2e7, "pong"),
