@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
 
 # The main job: IMPALA on Pong (V-trace actor-critic, one update per batch; shallow network,
-# T=5, B=8, Adam with epsilon 1e-3, frames centred), the learner in this process and actor processes over loopback
-# gRPC; it prints what it runs and what to expect first. Ctrl-C stops it with a checkpoint;
+# T=5, B=8, Adam with epsilon 1e-3, frames centred), the learner in this process and actor
+# processes over loopback gRPC; it prints what it runs and what to expect first. Ctrl-C stops it with a checkpoint;
 # running it again resumes. The paper's exact setting: GIN_FILE=atari/pong_shallow.gin.
 # TRAIN_ARGS adds flags, e.g. TRAIN_ARGS='--gin_bindings=Launcher.num_actors=4'.
 GIN_FILE ?= atari/pong_shallow_adam_t5_b8_centred.gin

@@ -101,7 +101,6 @@ def test_make_train_keeps_the_torso_alive_through_its_objects():
     grey = tf.fill([1, 84, 84, 4], tf.constant(87, tf.uint8))
     black = tf.zeros([1, 84, 84, 4], tf.uint8)
     np.testing.assert_allclose(agent.torso(grey).numpy(), agent.torso(black).numpy(), atol=1e-4)
-    gin.clear_config()
     config.parse_config(["atari/pong_shallow_adam_t5_b8.gin"])  # ... which its parent does not
     agent = builders.build_agent(ATARI_SPEC, 6)
     assert np.abs(agent.torso(grey).numpy() - agent.torso(black).numpy()).max() > 1e-2
