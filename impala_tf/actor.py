@@ -171,6 +171,8 @@ class Actor:
                 stop_event.wait(delay)
         else:
             return False
+        if stop_event.is_set():  # the pull was interrupted, not answered
+            return False
         if down_since is not None:
             self.reconnects += 1
             logging.warning("actor %d: learner %s answers again after %.0f s",

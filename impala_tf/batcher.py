@@ -14,15 +14,17 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from impala_tf.rpc.server import Unroll
+from impala_tf.rpc.validation import Unroll
 from impala_tf.specs import LearnerBatch, trajectory_from_fields, unflatten_core_state
 
 
 class ReadyBatch(NamedTuple):
-    """A learner batch (tensors) and, per unroll, the policy version that produced it."""
+    """A learner batch (tensors) and, per unroll, the policy version that produced it and
+    the actor that sent it (None where unknown: synthetic batches)."""
 
     batch: LearnerBatch
     policy_versions: np.ndarray
+    actor_ids: Optional[np.ndarray] = None
 
 
 def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -> ReadyBatch:
@@ -35,7 +37,8 @@ def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -
     trajectory = trajectory_from_fields(stacked, observation_names)
     core_state = unflatten_core_state(stacked, initial_state) if tf.nest.flatten(initial_state) else ()
     versions = np.array([u.policy_version for u in unrolls], np.int64)
-    return ReadyBatch(LearnerBatch(trajectory, core_state), versions)
+    actor_ids = np.array([u.actor_id for u in unrolls], np.int64)
+    return ReadyBatch(LearnerBatch(trajectory, core_state), versions, actor_ids)
 
 
 class Batcher:
@@ -71,8 +74,8 @@ class Batcher:
                 if unrolls is None:
                     return
                 ready = stack_unrolls(unrolls, self._observation_names, self._initial_state)
-                ready = ReadyBatch(tf.nest.map_structure(tf.convert_to_tensor, ready.batch),
-                                   ready.policy_versions)
+                ready = ready._replace(
+                    batch=tf.nest.map_structure(tf.convert_to_tensor, ready.batch))
                 while not self._stop.is_set():
                     try:
                         self._ready.put(ready, timeout=0.1)

@@ -39,6 +39,14 @@ def configure_devices(num_cpu_devices: int) -> None:
         ) from error
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """How many workers (learner processes) `strategy` spans: 1 unless it has a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 1
+    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+
+
 @gin.configurable
 def make_strategy(
     kind: str = "default", num_cpu_devices: int = 2, tpu_address: Optional[str] = None

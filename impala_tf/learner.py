@@ -5,8 +5,10 @@ One `Learner` per process (per worker in a multi-worker cluster). It owns the gR
 its actors stream to; `run()` trains until the run's frame budget is spent or `stop()`.
 """
 
+import errno
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -18,12 +20,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from impala_tf import builders, checkpoints, config
+from impala_tf import builders, checkpoints, config, distribute
 from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
-from impala_tf.envs.base import EpisodeStats
+from impala_tf.logdir_lock import LogdirLock
 from impala_tf.rpc import codec
-from impala_tf.rpc.server import (LearnerServer, LearnerService, ParameterStore, Unroll,
-                                  UnrollValidator)
+from impala_tf.rpc.counters import EpisodeTally
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
+from impala_tf.rpc.validation import Unroll, UnrollLimits, UnrollValidator
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import unroll_wire_spec
 
@@ -41,7 +44,30 @@ def _xla_plan(strategy: tf.distribute.Strategy, jit_compile: bool) -> Tuple[bool
 
 
 class NonFiniteUpdatesError(RuntimeError):
-    """Too many updates in a row had NaN/Inf gradients."""
+    """Too many updates in a row had NaN/Inf gradients that no actor's unrolls explain."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk under the logdir is full: the run stopped (see the message)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (Python's or TensorFlow's) says the device has no space left."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, tf.errors.OpError) and "No space left on device" in str(error)
+
+
+def json_safe(value):
+    """`value` with every non-finite float replaced by None (null), so that metrics.jsonl
+    stays strict JSON whatever the numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def parameter_fields(agent) -> Dict[str, np.ndarray]:
@@ -60,16 +86,17 @@ class MetricsLog:
 
     def write(self, record: Mapping) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         if self._writer is None:
             return
         with self._writer.as_default(step=int(record["env_frames"])):
             for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and math.isfinite(value)):
                     tf.summary.scalar(key, value)
                 elif isinstance(value, dict):
                     for sub, sub_value in value.items():
-                        if isinstance(sub_value, (int, float)):
+                        if isinstance(sub_value, (int, float)) and math.isfinite(sub_value):
                             tf.summary.scalar(f"{key}/{sub}", sub_value)
         self._writer.flush()
 
@@ -103,10 +130,18 @@ class Learner:
         spread over devices nor a cross-replica sync; under TPUStrategy the TPU compiles the
         whole step anyway and the flag changes nothing.
       max_consecutive_nonfinite_updates: updates whose gradients held NaN/Inf are skipped
-        (weights and optimiser state untouched), counted and logged; this many in a row
-        stop training with `NonFiniteUpdatesError` (the last checkpoint holds finite weights).
+        (weights and optimiser state untouched), counted and logged, and traced to the
+        unrolls behind them: the actors whose unrolls alone give non-finite gradients are
+        refused from then on, and training goes on. This many untraced ones in a row (the
+        model itself diverged) stop training with `NonFiniteUpdatesError` (the last
+        checkpoint holds finite weights).
       insecure: let the server bind a non-loopback address without TLS and a token
         (`rpc.security`; `train --insecure`).
+      num_actors: the run's actor count: unrolls are accepted from actor ids 0 to
+        num_actors - 1 only (`train` derives it from `Launcher.num_actors` and the learner
+        workers; None: `validation.DEFAULT_NUM_ACTORS`).
+      observation_bounds: observation name -> (minimum, maximum), the environment's
+        (`specs.observation_bounds`): unrolls outside them are rejected.
       seed: when set, seeds the agent's initial weights (`keras.utils.set_random_seed`, which
         also seeds this process's Python and NumPy generators) and the minibatch order when
         batches are reused (`RunConfig.num_minibatches`). None: a fresh draw every run.
@@ -133,67 +168,81 @@ class Learner:
         jit_compile: bool = False,
         max_consecutive_nonfinite_updates: int = 100,
         insecure: bool = False,
+        num_actors: Optional[int] = None,
+        observation_bounds: Optional[Mapping[str, Tuple]] = None,
         seed: Optional[int] = None,
     ):
         self.logdir = logdir
-        self.max_consecutive_nonfinite_updates = max(1, int(max_consecutive_nonfinite_updates))
-        self.nonfinite_updates = 0
-        self._consecutive_nonfinite = 0
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self.run_config = run_config or RunConfig()
-        self.is_chief = is_chief
-        self.frames_per_batch = self.run_config.frames_per_batch
-        self._checkpoint_every = checkpoint_every_minutes * 60
-        self._log_every = log_every_seconds
-        self._publish_every = max(1, int(publish_every_steps))
-        self._stop = threading.Event()
-        self._shuffle = np.random.default_rng(seed)
-        os.makedirs(logdir, exist_ok=True)
-
-        if seed is not None:  # before the agent is built: its initialisers draw from it
-            keras.utils.set_random_seed(int(seed))
-        with self.strategy.scope():
-            self.agent = builders.build_agent(observation_spec, num_actions)
-            self.train_step = builders.build_train_step(self.agent, self.run_config)
         checkpoint_logdir = logdir if is_chief else os.path.join(logdir, "non_chief_tmp")
-        self.checkpointer = checkpoints.Checkpointer(
-            checkpoint_logdir, self.agent, self.train_step.optimizer,
-            max_to_keep=checkpoints_to_keep)
-        self.restored_from = self.checkpointer.restore_latest()
-
-        initial_state = self.agent.initial_state(1)
-        self.wire_spec = unroll_wire_spec(
-            observation_spec, num_actions, self.run_config.unroll_length, initial_state)
-        self.unrolls: "queue.Queue[Unroll]" = queue.Queue(
-            maxsize=queue_capacity or self.run_config.batch_size)
-        self.parameters = ParameterStore()
-        self.service = LearnerService(
-            UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
-                            max_message_bytes),
-            self.unrolls, self.parameters, self._stop)
+        self._lock = LogdirLock(checkpoint_logdir)  # first: one learner per logdir
+        self._checkpoint_logdir = checkpoint_logdir
         self.server = None
-        if batch_source is None:
-            self.server = LearnerServer(self.service, server_address, max_message_bytes,
-                                        max_workers=rpc_threads, insecure=insecure).start()
-            local_batch = self.run_config.batch_size // max(1, self._num_workers())
-            if local_batch % self.run_config.num_minibatches:
-                raise ValueError(
-                    f"Each worker's batch of {local_batch} unrolls does not split into "
-                    f"RunConfig.num_minibatches = {self.run_config.num_minibatches}.")
-            self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
-                                   initial_state)
-            self._next_batch = self.batcher.next
-        else:
-            self.batcher = None
-            self._next_batch = batch_source
-        whole_step_xla, replica_xla = _xla_plan(self.strategy, jit_compile)
-        self._local_gradients = (tf.function(self.train_step.local_gradients, jit_compile=True)
-                                 if replica_xla else None)
-        self._distributed_step = tf.function(self._step_on_replicas, jit_compile=whole_step_xla)
-        self.publish()
-        self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
-        if is_chief:
-            config.write_operative_config(logdir)
+        try:
+            self.max_consecutive_nonfinite_updates = max(
+                1, int(max_consecutive_nonfinite_updates))
+            self.nonfinite_updates = 0
+            self._consecutive_nonfinite = 0
+            self.strategy = strategy or tf.distribute.get_strategy()
+            self.run_config = run_config or RunConfig()
+            self.is_chief = is_chief
+            self.frames_per_batch = self.run_config.frames_per_batch
+            self._checkpoint_every = checkpoint_every_minutes * 60
+            self._log_every = log_every_seconds
+            self._publish_every = max(1, int(publish_every_steps))
+            self._stop = threading.Event()
+            self._shuffle = np.random.default_rng(seed)
+            os.makedirs(logdir, exist_ok=True)
+
+            if seed is not None:  # before the agent is built: its initialisers draw from it
+                keras.utils.set_random_seed(int(seed))
+            with self.strategy.scope():
+                self.agent = builders.build_agent(observation_spec, num_actions)
+                self.train_step = builders.build_train_step(self.agent, self.run_config)
+            self.checkpointer = checkpoints.Checkpointer(
+                checkpoint_logdir, self.agent, self.train_step.optimizer,
+                max_to_keep=checkpoints_to_keep)
+            self.restored_from = self.checkpointer.restore_latest()
+
+            initial_state = self.agent.initial_state(1)
+            self.wire_spec = unroll_wire_spec(
+                observation_spec, num_actions, self.run_config.unroll_length, initial_state)
+            self.unrolls: "queue.Queue[Unroll]" = queue.Queue(
+                maxsize=queue_capacity or self.run_config.batch_size)
+            self.parameters = ParameterStore()
+            self.service = LearnerService(
+                UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
+                                max_message_bytes, UnrollLimits(), observation_bounds,
+                                num_actors),
+                self.unrolls, self.parameters, self._stop)
+            if batch_source is None:
+                self.server = LearnerServer(self.service, server_address, max_message_bytes,
+                                            max_workers=rpc_threads, insecure=insecure).start()
+                local_batch = self.run_config.batch_size // max(1, self._num_workers())
+                if local_batch % self.run_config.num_minibatches:
+                    raise ValueError(
+                        f"Each worker's batch of {local_batch} unrolls does not split into "
+                        f"RunConfig.num_minibatches = {self.run_config.num_minibatches}.")
+                self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
+                                       initial_state)
+                self._next_batch = self.batcher.next
+            else:
+                self.batcher = None
+                self._next_batch = batch_source
+            whole_step_xla, replica_xla = _xla_plan(self.strategy, jit_compile)
+            self._local_gradients = (
+                tf.function(self.train_step.local_gradients, jit_compile=True)
+                if replica_xla else None)
+            self._distributed_step = tf.function(self._step_on_replicas,
+                                                 jit_compile=whole_step_xla)
+            self.publish()
+            self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
+            if is_chief:
+                config.write_operative_config(logdir)
+        except BaseException:  # a half-built learner frees its port and its logdir
+            if self.server is not None:
+                self.server.stop(grace=None)
+            self._lock.release()
+            raise
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -209,10 +258,7 @@ class Learner:
         return int(self.checkpointer.env_frames.numpy())
 
     def _num_workers(self) -> int:
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        if resolver is None or not resolver.cluster_spec().as_dict():
-            return 1
-        return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+        return distribute.num_workers(self.strategy)
 
     # -- training --------------------------------------------------------------------------------
     def _step_on_replicas(self, distributed_batch):
@@ -238,7 +284,16 @@ class Learner:
             progress: Optional[Callable[[dict], None]] = None) -> dict:
         """Trains until the frame budget, `max_steps` more batches or `stop()`; checkpoints at
         the end. Each batch makes `RunConfig.updates_per_batch` updates (one, the paper's,
-        unless reused). Returns the last metrics record."""
+        unless reused). Returns the last metrics record. A full disk ends it with
+        `DiskFullError` (after a final checkpoint where one still fits)."""
+        try:
+            return self._run(max_steps, progress)
+        except (OSError, tf.errors.OpError) as error:
+            if not is_disk_full(error):
+                raise
+            self._stop_on_full_disk(error)
+
+    def _run(self, max_steps, progress) -> dict:
         total = self.run_config.total_environment_frames
         steps_done = 0
         last_log = last_checkpoint = time.time()
@@ -257,12 +312,15 @@ class Learner:
             # unroll acted by a previous learner process, before a restart, may carry a later
             # version than this learner's step: counted as 0).
             lags = np.maximum(self.learner_step - ready.policy_versions, 0)
+            culprits = None  # a batch is traced to its unrolls once, whatever its updates
             for minibatch in minibatches(ready.batch, self.run_config.num_epochs,
                                          self.run_config.num_minibatches, self._shuffle):
                 stats = self._distributed_step(split_for_replicas(self.strategy, minibatch))
                 if float(stats["nonfinite_update"]) > 0:
                     window.skipped += 1
-                    self._on_nonfinite_update(stats)
+                    if culprits is None:
+                        culprits = self._trace_nonfinite(ready)
+                    self._on_nonfinite_update(stats, culprits)
                 else:
                     self._consecutive_nonfinite = 0
                     self.checkpointer.learner_step.assign_add(1)
@@ -284,9 +342,32 @@ class Learner:
         self.save()
         return record
 
-    def _on_nonfinite_update(self, stats) -> None:
-        """A skipped update: counted and logged; too many in a row end the run."""
+    def _stop_on_full_disk(self, error: BaseException) -> None:
+        """Tries a final checkpoint, then raises `DiskFullError` with one line saying so."""
+        where = getattr(error, "filename", None) or str(error).split(";")[0].split("}")[-1]
+        try:
+            saved = f"a final checkpoint went to {self.save()}"
+        except (OSError, tf.errors.OpError):
+            latest = checkpoints.latest_checkpoint(self._checkpoint_logdir)
+            saved = (f"the last whole checkpoint is {latest}" if latest
+                     else "no checkpoint was written")
+        raise DiskFullError(
+            f"No space left on the device ({where.strip()}): training stopped at "
+            f"{self.env_frames:,d} frames, learner step {self.learner_step}; {saved}. Free "
+            "some space and run the same command again to resume.") from None
+
+    def _on_nonfinite_update(self, stats, culprits: List[int]) -> None:
+        """A skipped update: counted and logged. If it was traced to actors (`culprits`:
+        their unrolls alone give non-finite gradients) they are refused from then on; too
+        many untraced ones in a row (the model itself diverged) end the run."""
         self.nonfinite_updates += 1
+        if culprits:
+            newly = self.service.validator.refuse(culprits)
+            logging.warning(
+                "Skipped a non-finite update (loss %s): traced to unrolls of actor(s) %s, "
+                "whose unrolls are refused from now on%s.", float(stats["total_loss"]),
+                culprits, "" if newly else " (already refused; their queued unrolls drain)")
+            return
         self._consecutive_nonfinite += 1
         logging.warning(
             "Skipped a non-finite update (loss %s, gradient norm %s): %d in a row, %d in all.",
@@ -296,9 +377,17 @@ class Learner:
             self.save()
             raise NonFiniteUpdatesError(
                 f"{self._consecutive_nonfinite} updates in a row had non-finite gradients "
-                f"(last loss {float(stats['total_loss'])}); training stopped with the weights "
-                f"of learner step {self.learner_step}, which are finite. Look at the rewards "
-                "(clipping), the learning rate and the last metrics.jsonl lines.")
+                f"(last loss {float(stats['total_loss'])}) that no actor's unrolls explain; "
+                f"training stopped with the weights of learner step {self.learner_step}, "
+                "which are finite. Look at the rewards (clipping), the learning rate and the "
+                "last metrics.jsonl lines.")
+
+    def _trace_nonfinite(self, ready: ReadyBatch) -> List[int]:
+        """The actor ids whose unrolls in `ready`, each alone, give non-finite gradients."""
+        if ready.actor_ids is None:
+            return []
+        finite = self.train_step.finite_per_unroll(ready.batch)
+        return sorted({int(a) for a in np.asarray(ready.actor_ids)[~finite]})
 
     def save(self) -> Optional[str]:
         return self.checkpointer.save()
@@ -319,6 +408,7 @@ class Learner:
             self.batcher.stop()
         if self.server is not None:
             self.server.stop(grace=0.5)
+        self._lock.release()
 
 
 class _Window:
@@ -342,35 +432,30 @@ class _Window:
                 self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.lags.extend(np.asarray(lags, np.float64).tolist())
 
-    def record(self, learner: Learner, episodes: List[EpisodeStats]) -> dict:
+    def record(self, learner: Learner, episodes: EpisodeTally) -> dict:
         elapsed = max(time.time() - self.start_time, 1e-9)
         frames = learner.env_frames
-        returns = [e.episode_return for e in episodes]
         record = {
             "time": time.time(),
             "env_frames": frames,
             "learner_steps": learner.learner_step,
             "fps": (frames - self.start_frames) / elapsed,
-            "episodes": len(episodes),
-            "episode_return_mean": float(np.mean(returns)) if returns else None,
-            "episode_length_mean": (float(np.mean([e.episode_frames for e in episodes]))
-                                    if episodes else None),
+            "episodes": episodes.count,
+            "episode_return_mean": episodes.return_mean,
+            "episode_length_mean": episodes.length_mean,
             "policy_lag_mean": float(np.mean(self.lags)) if self.lags else None,
             "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
             "rejected_unrolls": learner.service.counters.rejected,
             "accepted_unrolls": learner.service.counters.accepted,
             "accepted_unrolls_by_actor": learner.service.counters.by_actor(),
+            "refused_actors": learner.service.validator.refused,
             "broken_streams": learner.service.counters.broken_streams,
             "unauthenticated_calls": learner.service.counters.unauthenticated,
             "skipped_nonfinite_updates": self.skipped,
             "nonfinite_updates": learner.nonfinite_updates,
         }
         record.update({k: v / self.steps for k, v in self.sums.items()} if self.steps else {})
-        levels = sorted({e.level for e in episodes})
-        if len(levels) > 1:
-            record["episode_return_per_level"] = {
-                lvl: float(np.mean([e.episode_return for e in episodes if e.level == lvl]))
-                for lvl in levels}
-            record["episodes_per_level"] = {
-                lvl: sum(e.level == lvl for e in episodes) for lvl in levels}
+        if len(episodes.level_counts) > 1:
+            record["episode_return_per_level"] = episodes.level_return_means()
+            record["episodes_per_level"] = dict(sorted(episodes.level_counts.items()))
         return record

@@ -52,6 +52,13 @@ def tensor_specs(observation_spec: Mapping[str, Any]) -> Dict[str, tf.TensorSpec
     }
 
 
+def observation_bounds(observation_spec: Mapping[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """dm_env observation specs -> name -> (minimum, maximum) for the bounded ones
+    (`specs.BoundedArray`), which the learner holds actors' unrolls to."""
+    return {name: (spec.minimum, spec.maximum) for name, spec in observation_spec.items()
+            if hasattr(spec, "minimum") and hasattr(spec, "maximum")}
+
+
 def trajectory_spec(
     observation_spec: Mapping[str, tf.TensorSpec], num_actions: int, unroll_length: int
 ) -> Trajectory:

@@ -25,12 +25,14 @@ from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import config
-from impala_tf.distribute import make_strategy
+from impala_tf.distribute import make_strategy, num_workers
 from impala_tf.envs.factory import make_environment
-from impala_tf.learner import Learner
-from impala_tf.rpc.security import SecurityError, local_dial_address
+from impala_tf.learner import DiskFullError, Learner
+from impala_tf.logdir_lock import LogdirInUseError
+from impala_tf.rpc.security import SecurityError, local_dial_address, split_address
+from impala_tf.rpc.server import PortInUseError
 from impala_tf.run_config import RunConfig
-from impala_tf.specs import tensor_specs
+from impala_tf.specs import observation_bounds, tensor_specs
 
 FLAGS = flags.FLAGS
 
@@ -193,14 +195,18 @@ class Progress:
 
 
 def build_learner(logdir: str, server_address: str, insecure: bool = False) -> Learner:
-    """The learner for the parsed gin config; the environment is built once for its specs."""
+    """The learner for the parsed gin config; the environment is built once for its specs
+    and bounds. It accepts actor ids below `Launcher.num_actors` times the learner workers."""
     strategy = make_strategy()
     probe = make_environment(1)
     observation_spec = tensor_specs(probe.observation_spec())
+    bounds = observation_bounds(probe.observation_spec())
     num_actions = probe.action_spec().num_values
     probe.close()
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
-                   server_address=server_address, insecure=insecure)
+                   server_address=server_address, insecure=insecure,
+                   num_actors=Launcher().num_actors * num_workers(strategy),
+                   observation_bounds=bounds)
 
 
 def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
@@ -246,6 +252,10 @@ def main(argv) -> None:
         return
     if not FLAGS.logdir:
         raise app.UsageError("--logdir is required.")
+    try:
+        split_address(FLAGS.bind)
+    except ValueError as error:
+        raise app.UsageError(f"--bind: {error}") from None
     for gin_file in FLAGS.gin_file:  # what the experiment is and what it should reach
         description = config.describe_experiment(gin_file)
         if description:
@@ -254,6 +264,8 @@ def main(argv) -> None:
         run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
     except SecurityError as error:
         raise app.UsageError(str(error)) from None
+    except (LogdirInUseError, PortInUseError, DiskFullError) as error:
+        sys.exit(f"impala_tf: {error}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ every loss term is masked by `valid`. On data with no episode boundary this is e
 from typing import Dict, Optional, Tuple
 
 import gin
+import numpy as np
 import tensorflow as tf
 
 from impala_tf import losses, vtrace
@@ -91,6 +92,7 @@ class TrainStep:
         # Create the optimiser slots now, outside any tf.function / XLA cluster.
         self.optimizer.build(self.agent.trainable_variables)
         self._update_fn = tf.function(self.update, jit_compile=self.jit_compile)
+        self._unroll_finite_fn = None
 
     def compute_loss(self, batch: LearnerBatch) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
         """Total loss (float32 scalar) and its parts, for a `[T+1, B, ...]` batch."""
@@ -164,6 +166,23 @@ class TrainStep:
         with tf.GradientTape() as tape:
             total_loss, stats = self.compute_loss(batch)
         return tape.gradient(total_loss, self.agent.trainable_variables), stats
+
+    def finite_per_unroll(self, batch: LearnerBatch) -> np.ndarray:
+        """`[B]` bool: whether each unroll of `batch`, alone, gives a finite loss and finite
+        gradients (B single-unroll passes, no update). Traces a skipped non-finite update to
+        the unrolls behind it; called only then."""
+        if self._unroll_finite_fn is None:
+            def unroll_finite(one: LearnerBatch) -> tf.Tensor:
+                gradients, stats = self.local_gradients(one)
+                return tf.logical_and(tf.math.is_finite(stats["total_loss"]),
+                                      tf.math.is_finite(tf.linalg.global_norm(gradients)))
+
+            self._unroll_finite_fn = tf.function(unroll_finite)
+        size = int(batch.trajectory.action.shape[1])
+        return np.array([bool(self._unroll_finite_fn(LearnerBatch(
+            tf.nest.map_structure(lambda x: x[:, b:b + 1], batch.trajectory),
+            tf.nest.map_structure(lambda x: x[b:b + 1], batch.initial_core_state))))
+            for b in range(size)])
 
     def compute_gradients(self, batch: LearnerBatch, local_gradients=None):
         """(gradients for `agent.trainable_variables`, stats) without applying them.

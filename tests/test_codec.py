@@ -52,7 +52,7 @@ def test_round_trip_of_every_field(use_lstm):
     fields = _random_fields(spec)
     message = codec.encode(codec.UNROLL_MAGIC, fields, {"policy_version": 7})
     decoded, meta = codec.decode(message, codec.UNROLL_MAGIC)
-    codec.validate_fields(decoded, spec, {"action": (0, 5)})
+    codec.validate_fields(decoded, spec, {"action": (0, 4)})
     assert meta == {"policy_version": 7}
     assert list(decoded) == list(fields)
     for name in fields:
@@ -110,7 +110,7 @@ def test_size_limit():
 def _validate(fields):
     spec = _wire_spec()
     decoded, _ = codec.decode(codec.encode(codec.UNROLL_MAGIC, fields), codec.UNROLL_MAGIC)
-    codec.validate_fields(decoded, spec, {"action": (0, 5)})
+    codec.validate_fields(decoded, spec, {"action": (0, 4)})
 
 
 @pytest.mark.parametrize("change, message", [
@@ -120,7 +120,7 @@ def _validate(fields):
     (lambda f: f.__setitem__("reward", f["reward"][:-1]), "shape"),
     (lambda f: f["behaviour_logits"].__setitem__((0, 0), np.nan), "NaN or Inf"),
     (lambda f: f["core_state/c"].__setitem__(0, np.inf), "NaN or Inf"),
-    (lambda f: f["action"].__setitem__(0, 5), "outside \\[0, 5\\)"),
+    (lambda f: f["action"].__setitem__(0, 5), "outside \\[0, 4\\] \\(found 5\\)"),
     (lambda f: f["action"].__setitem__(0, -1), "outside"),
 ])
 def test_spec_violations_are_named(change, message):

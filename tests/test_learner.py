@@ -47,6 +47,8 @@ def _random_unroll(learner, rng, version=0, episodes=(), **overrides):
     for name, (dtype, shape) in codec.spec_from_tensor_specs(learner.wire_spec).items():
         if name == "action":
             fields[name] = rng.integers(0, 3, shape).astype(dtype)
+        elif name == "discount":
+            fields[name] = (rng.random(shape) < 0.9).astype(dtype)
         elif dtype == np.bool_:
             fields[name] = rng.random(shape) < 0.2
         elif dtype == np.uint8:
@@ -156,6 +158,7 @@ def test_checkpoint_resume_continues_steps_and_frames(tmp_path):
     assert first.restored_from is None
     first.run(max_steps=3)
     weights = first.agent.get_weights()
+    first.close()  # one learner per logdir
     second = _learner(tmp_path, batch_source=source)
     assert second.restored_from is not None and second.restored_from.endswith("ckpt-3")
     assert second.learner_step == 3 and second.env_frames == 3 * 16
@@ -267,6 +270,7 @@ def test_nonfinite_updates_are_skipped_and_a_run_of_them_stops_training(tmp_path
     for weight in learner.agent.get_weights():
         assert np.all(np.isfinite(weight))
     assert learner.parameters.version == 2  # nothing published for the skipped updates
+    learner.close()
     restored = _learner(tmp_path, batch_source=source)  # the checkpoint taken on the way out
     assert restored.restored_from and restored.learner_step == 2
     for a, b in zip(learner.agent.get_weights(), restored.agent.get_weights()):

@@ -55,8 +55,8 @@ def test_unrolls_arrive_in_order_with_their_meta(server):
     client.close()
     assert srv.service.counters.accepted == 5 and srv.service.counters.rejected == 0
     episodes = srv.service.counters.pop_episodes()
-    assert [e.episode_return for e in episodes] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert episodes[0].level == "catch" and episodes[0].episode_frames == 40
+    assert episodes.count == 5 and episodes.return_mean == 2.0  # returns 0, 1, 2, 3, 4
+    assert episodes.level_counts == {"catch": 5} and episodes.length_mean == 40
 
 
 def test_parameters_only_when_newer(server):
@@ -168,7 +168,10 @@ def test_raw_garbage_and_bad_requests_get_invalid_argument(server):
 @pytest.mark.parametrize("meta, message", [
     ({"policy_version": -1, "actor_id": 0}, "policy_version"),
     ({"policy_version": 0}, "actor_id"),
-    ({"policy_version": 0, "actor_id": 0, "episodes": [[float("nan"), 1, "x"]]}, "episode"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": [[float("nan"), 1, "x"]]}, "NaN"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": [[1e10, 1, "x"]]}, "episode entry"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": [[1, 10**10, "x"]]}, "frames"),
+    ({"policy_version": 0, "actor_id": 4096}, "not one of this run's 4096 actors"),
     ({"policy_version": 0, "actor_id": 0, "episodes": "many"}, "episodes"),
 ])
 def test_bad_meta_is_rejected(meta, message):

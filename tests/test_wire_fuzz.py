@@ -57,6 +57,8 @@ def _fields(seed: int):
             fields[name] = rng.random(shape) < 0.5
         elif name == "action":
             fields[name] = rng.integers(0, NUM_ACTIONS, shape).astype(dtype)
+        elif name == "discount":
+            fields[name] = rng.random(shape).astype(dtype)
         elif dtype == np.uint8:
             fields[name] = rng.integers(0, 256, shape).astype(dtype)
         else:

@@ -6,11 +6,15 @@ where the header is UTF-8 JSON `{"fields": [[name, dtype, shape], ...], "meta": 
 the payload the fields' C-order bytes, concatenated in header order. `decode` checks every
 size before it allocates or reads anything and returns read-only arrays viewing the message;
 `validate_fields` then checks them against the expected spec (names, dtypes, shapes, finite
-floats, value ranges). Every failure raises `CodecError` with a clear message.
+floats, value ranges). Every failure raises `CodecError` with a clear message, whatever the
+header holds: JSON nested deeper than `MAX_HEADER_DEPTH`, integers of more than
+`MAX_INT_DIGITS` digits, floats that overflow to infinity and the NaN/Infinity literals are
+refused while parsing, before Python builds them.
 """
 
 import json
 import math
+import re
 import struct
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -21,6 +25,8 @@ PARAMS_MAGIC = b"IMP1"
 _HEADER_LENGTH = struct.Struct("<I")
 MAX_HEADER_BYTES = 1 << 20
 MAX_FIELDS = 1024  # an unroll has a few dozen; parameters a few hundred
+MAX_HEADER_DEPTH = 16  # a header nests 4 deep (header, fields, entry, shape)
+MAX_INT_DIGITS = 19  # int64's range; Python would parse 4,300 digits (and then refuse more)
 ALLOWED_DTYPES = {
     np.dtype(t).str: np.dtype(t)
     for t in (np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_)
@@ -43,6 +49,60 @@ def encode(magic: bytes, fields: Mapping[str, np.ndarray], meta: Optional[dict] 
     return b"".join(parts)
 
 
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise CodecError(f"an integer of {len(text.lstrip('-'))} digits (at most "
+                         f"{MAX_INT_DIGITS} are allowed)")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text[:64]) if len(text) <= 64 else math.inf  # 64 characters: any double
+    if not math.isfinite(value):
+        raise CodecError(f"the number {text[:40]!r} is not a finite double")
+    return value
+
+
+def _refuse_constant(text: str):
+    raise CodecError(f"{text} is not allowed in a header")
+
+
+_BRACKETS = re.compile(r"[\[\]{}]")
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest bracket nesting outside strings, scanning in C-speed chunks: the parts
+    between quotes are skipped whole (escaped quotes included); stops at the first level past
+    the limit."""
+    depth = deepest = 0
+    for part in _STRINGS.split(text):
+        for match in _BRACKETS.finditer(part):
+            depth += 1 if match.group() in "[{" else -1
+            deepest = max(deepest, depth)
+            if deepest > MAX_HEADER_DEPTH:
+                return deepest
+    return deepest
+
+
+def parse_header(raw: bytes) -> Any:
+    """A header's JSON, or `CodecError` for anything malformed or hostile (see the module
+    docstring); nothing else escapes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CodecError(f"malformed header: {error}") from None
+    if _nesting_depth(text) > MAX_HEADER_DEPTH:
+        raise CodecError(f"malformed header: nested deeper than {MAX_HEADER_DEPTH} levels")
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                          parse_constant=_refuse_constant)
+    except CodecError as error:
+        raise CodecError(f"malformed header: {error}") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        raise CodecError(f"malformed header: {str(error)[:200]}") from None
+
+
 def decode(
     data: bytes, magic: bytes, max_bytes: Optional[int] = None
 ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -60,11 +120,10 @@ def decode(
     (header_length,) = _HEADER_LENGTH.unpack_from(view, len(magic))
     if header_length > MAX_HEADER_BYTES or prefix + header_length > len(view):
         raise CodecError(f"declared header length {header_length} does not fit the message")
-    try:
-        header = json.loads(bytes(view[prefix: prefix + header_length]).decode("utf-8"))
-        field_list, meta = header["fields"], header["meta"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CodecError(f"malformed header: {error}") from None
+    header = parse_header(bytes(view[prefix: prefix + header_length]))
+    if not isinstance(header, dict) or "fields" not in header or "meta" not in header:
+        raise CodecError("malformed header: expected an object with 'fields' and 'meta'")
+    field_list, meta = header["fields"], header["meta"]
     if not isinstance(field_list, list) or not isinstance(meta, dict):
         raise CodecError("malformed header: 'fields' must be a list and 'meta' an object")
     if len(field_list) > MAX_FIELDS:
@@ -104,10 +163,11 @@ def decode(
 def validate_fields(
     fields: Mapping[str, np.ndarray],
     spec: Mapping[str, Tuple[np.dtype, Tuple[int, ...]]],
-    ranges: Optional[Mapping[str, Tuple[int, int]]] = None,
+    bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
 ) -> None:
     """Checks names, dtypes and shapes against `spec` (name -> (dtype, shape)), that floats
-    are finite, booleans are 0/1 and `ranges` (name -> [low, high)) hold."""
+    are finite, booleans are 0/1 and `bounds` (name -> (low, high), both included; scalars
+    or arrays that broadcast against the field) hold."""
     if list(fields) != list(spec):
         missing = sorted(set(spec) - set(fields))
         extra = sorted(set(fields) - set(spec))
@@ -124,10 +184,21 @@ def validate_fields(
             raise CodecError(f"field {name!r}: contains NaN or Inf")
         if array.dtype == np.bool_ and (array.view(np.uint8) > 1).any():
             raise CodecError(f"field {name!r}: boolean bytes other than 0 and 1")
-    for name, (low, high) in (ranges or {}).items():
+    for name, (low, high) in (bounds or {}).items():
         array = fields[name]
-        if array.size and (array.min() < low or array.max() >= high):
-            raise CodecError(f"field {name!r}: values outside [{low}, {high})")
+        outside = (array < low) | (array > high)
+        if outside.any():
+            found = array[outside].flat[0]
+            raise CodecError(f"field {name!r}: values outside [{_short(low)}, {_short(high)}] "
+                             f"(found {found:.6g})")
+
+
+def _short(bound) -> str:
+    """A bound for a message: the number, or the range of an array of them."""
+    bound = np.asarray(bound)
+    if bound.size == 1:
+        return f"{bound.item():.6g}"
+    return f"{bound.min():.6g}..{bound.max():.6g}"
 
 
 def spec_from_tensor_specs(tensor_specs: Mapping[str, Any]) -> Dict[str, Tuple[np.dtype, tuple]]:

@@ -105,6 +105,18 @@ class Security:
         return ((AUTHORIZATION, f"Bearer {self._token}"),) if self._token else None
 
 
+def split_address(address: str) -> Tuple[str, int]:
+    """`host:port` (or `[v6]:port`) -> (host, port), or `ValueError` naming what is wrong:
+    no port, a port that is not a number, or one outside 0..65535 (0: any free port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{address!r}: the port must be a number from 0 to 65535 "
+                         "(0 picks a free one)")
+    return host, int(port)
+
+
 def _host_ip(address: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
     """The IP address of `host:port` (or `[v6]:port`); None where the host is a name."""
     try:

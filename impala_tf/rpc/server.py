@@ -17,37 +17,30 @@
 Methods are registered as generic handlers over raw bytes (no protobuf code generation).
 """
 
-import collections
 import json
+import logging
 import queue
 import secrets
 import struct
 import threading
 from concurrent import futures
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import grpc
 import numpy as np
 
-from impala_tf.envs.base import EpisodeStats
 from impala_tf.rpc import codec
-from impala_tf.rpc.security import Security, check_bind
+from impala_tf.rpc.counters import ServiceCounters
+from impala_tf.rpc.security import Security, check_bind, split_address
+from impala_tf.rpc.validation import Unroll, UnrollValidator
+
+__all__ = ["LearnerServer", "LearnerService", "ParameterStore", "PortInUseError", "Unroll",
+           "UnrollValidator", "grpc_options"]
 
 SERVICE = "impala.Learner"
 STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
 GET_PARAMETERS = f"/{SERVICE}/GetParameters"
 PARAMETERS_REQUEST = struct.Struct("<qq")  # (version, incarnation) the caller holds
-MAX_EPISODES_PER_UNROLL = 1000
-MAX_LEVEL_NAME = 200
-
-
-class Unroll(NamedTuple):
-    """A validated unroll: flat `name -> array` fields, the policy version that produced it
-    and the actor that sent it."""
-
-    fields: Dict[str, np.ndarray]
-    policy_version: int
-    actor_id: int
 
 
 def grpc_options(max_message_bytes: int) -> List[Tuple[str, int]]:
@@ -60,45 +53,6 @@ def grpc_options(max_message_bytes: int) -> List[Tuple[str, int]]:
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", 1 << 20),
     ]
-
-
-def _int(value, name, low=0, high=2**62):
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < high:
-        raise codec.CodecError(f"meta {name!r} must be an int in [{low}, {high}), got {value!r}")
-    return value
-
-
-def parse_episodes(raw) -> List[EpisodeStats]:
-    """Finished episodes an actor reports with an unroll: [[return, frames, level], ...]."""
-    if not isinstance(raw, list) or len(raw) > MAX_EPISODES_PER_UNROLL:
-        raise codec.CodecError("meta 'episodes' must be a list of at most "
-                               f"{MAX_EPISODES_PER_UNROLL} entries")
-    episodes = []
-    for entry in raw:
-        if (not isinstance(entry, list) or len(entry) != 3
-                or not isinstance(entry[0], (int, float)) or isinstance(entry[0], bool)
-                or not np.isfinite(entry[0]) or not isinstance(entry[2], str)
-                or len(entry[2]) > MAX_LEVEL_NAME):
-            raise codec.CodecError(f"malformed episode entry {str(entry)[:100]!r}")
-        episodes.append(EpisodeStats(float(entry[0]), _int(entry[1], "episode frames"), entry[2]))
-    return episodes
-
-
-class UnrollValidator:
-    """Decodes and checks one unroll message against the wire spec."""
-
-    def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
-                 max_message_bytes: int):
-        self.wire_spec = dict(wire_spec)
-        self.ranges = {"action": (0, num_actions)}
-        self.max_message_bytes = max_message_bytes
-
-    def __call__(self, data: bytes) -> Tuple[Unroll, List[EpisodeStats]]:
-        fields, meta = codec.decode(data, codec.UNROLL_MAGIC, self.max_message_bytes)
-        codec.validate_fields(fields, self.wire_spec, self.ranges)
-        unroll = Unroll(fields, _int(meta.get("policy_version"), "policy_version"),
-                        _int(meta.get("actor_id"), "actor_id"))
-        return unroll, parse_episodes(meta.get("episodes", []))
 
 
 class ParameterStore:
@@ -130,51 +84,6 @@ class ParameterStore:
             newer = self._version > version or (incarnation != self.incarnation
                                                  and self._version >= 0)
             return self._payload if newer else b""
-
-
-class ServiceCounters:
-    """Thread-safe counts of accepted and rejected unrolls (by reason), of streams broken by
-    the transport (an oversize message, a cancelled call, a dropped connection), and the
-    episodes reported since the last `pop_episodes`."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.accepted = 0
-        self.accepted_by_actor: Dict[int, int] = collections.Counter()
-        self.rejected = 0
-        self.broken_streams = 0
-        self.unauthenticated = 0
-        self.rejected_reasons = collections.Counter()
-        self._episodes: List[EpisodeStats] = []
-
-    def accept(self, episodes: Sequence[EpisodeStats], actor_id: int = -1) -> None:
-        with self._lock:
-            self.accepted += 1
-            self.accepted_by_actor[actor_id] += 1
-            self._episodes.extend(episodes)
-
-    def reject(self, reason: str) -> None:
-        with self._lock:
-            self.rejected += 1
-            self.rejected_reasons[reason[:160]] += 1
-
-    def by_actor(self) -> Dict[str, int]:
-        """Accepted unrolls per actor id (JSON-friendly keys), a consistent snapshot."""
-        with self._lock:
-            return {str(k): v for k, v in sorted(self.accepted_by_actor.items())}
-
-    def deny(self) -> None:
-        with self._lock:
-            self.unauthenticated += 1
-
-    def broken(self) -> None:
-        with self._lock:
-            self.broken_streams += 1
-
-    def pop_episodes(self) -> List[EpisodeStats]:
-        with self._lock:
-            episodes, self._episodes = self._episodes, []
-        return episodes
 
 
 def _ended_by_transport(context, grace_seconds: float = 0.2) -> bool:
@@ -219,9 +128,15 @@ class LearnerService:
                 return b""
             try:
                 unroll, episodes = self.validator(data)
+                reason = None
             except codec.CodecError as error:
-                self.counters.reject(str(error))
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed unroll: {error}")
+                reason = str(error)
+            except Exception as error:  # noqa: BLE001 (no input may escape as UNKNOWN)
+                reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
+                logging.warning("An unroll raised %s; rejected and counted.", reason)
+            if reason is not None:
+                self.counters.reject(reason)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed unroll: {reason}")
             while True:  # blocks while the queue is full: back-pressure on the actor
                 if self.stop_event.is_set():
                     context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
@@ -243,8 +158,16 @@ class LearnerService:
         return self.parameters.newer_than(version, incarnation)
 
 
+class PortInUseError(RuntimeError):
+    """The learner's port is taken (by another learner, most likely)."""
+
+
 class LearnerServer:
     """Runs `LearnerService` on a gRPC server.
+
+    The port is bound exclusively (no SO_REUSEPORT, which gRPC sets by default and which
+    would let a second learner on the same port start silently and take half the actors'
+    connections): a port in use is `PortInUseError`, a malformed one `ValueError`.
 
     Args:
       service: the service.
@@ -260,11 +183,12 @@ class LearnerServer:
                  max_workers: int = 64, security: Optional[Security] = None,
                  insecure: bool = False):
         self.service = service
+        host, port = split_address(address)
         security = security or Security()
         check_bind(address, security, insecure)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="learner-rpc"),
-            options=grpc_options(max_message_bytes),
+            options=grpc_options(max_message_bytes) + [("grpc.so_reuseport", 0)],
             interceptors=security.interceptors(on_denied=service.counters.deny),
         )
         handlers = {
@@ -273,13 +197,19 @@ class LearnerServer:
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        host = address.rsplit(":", 1)[0]
-        if security.server_tls:
-            self.port = self._server.add_secure_port(address, security.server_credentials())
-        else:
-            self.port = self._server.add_insecure_port(address)
+        try:
+            if security.server_tls:
+                self.port = self._server.add_secure_port(address, security.server_credentials())
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"Could not bind the learner's gRPC server to {address}.")
+            self._server.stop(None)
+            raise PortInUseError(
+                f"Could not bind the learner's gRPC server to {address}: "
+                + (f"port {port} is in use (is another learner running there?)" if port
+                   else "no free port"))
         self.address = f"{host}:{self.port}"
 
     def start(self) -> "LearnerServer":

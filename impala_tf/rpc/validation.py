@@ -1,0 +1,204 @@
+"""What the learner accepts from an actor: an unroll checked field by field against what an
+environment and a policy can produce, and the finished episodes reported with it.
+
+An unroll that passes `codec.validate_fields` (names, dtypes, shapes, finite floats) can
+still poison training: a discount of 1e30 or a reward of 3e38 makes every batch it lands in
+a non-finite update, and an instruction token past the embedding table fails the step. So
+`UnrollValidator` also checks every value against its bound:
+
+  action               [0, num_actions - 1]
+  discount             [0, 1] (dm_env's discount of a step)
+  reward               |r| <= UnrollLimits.max_abs_reward
+  behaviour_logits     |l| <= UnrollLimits.max_abs_logit
+  observation/NAME     the environment spec's [minimum, maximum] (dm_env BoundedArray);
+                       floats without bounds: |x| <= UnrollLimits.max_abs_observation
+  core_state/...       |x| <= UnrollLimits.max_abs_core_state
+  meta policy_version  an int in [0, 2^62)
+  meta actor_id        an int in [0, num_actors): the run's actors, no other id
+  meta episodes        at most max_episodes_per_unroll entries [return, frames, level]:
+                       |return| <= max_abs_episode_return, frames in [0, max_episode_frames],
+                       a level name of at most 200 characters
+
+and refuses the unrolls of actors the learner has refused (`refuse`: their unrolls made
+non-finite updates). Every failure raises `codec.CodecError` naming the field and the bound.
+"""
+
+import threading
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+
+import gin
+import numpy as np
+
+from impala_tf.envs.base import EpisodeStats
+from impala_tf.rpc import codec
+
+MAX_LEVEL_NAME = 200
+# Actor ids a learner accepts when it is not told the run's actor count (library use).
+DEFAULT_NUM_ACTORS = 4096
+
+
+class Unroll(NamedTuple):
+    """A validated unroll: flat `name -> array` fields, the policy version that produced it
+    and the actor that sent it."""
+
+    fields: Dict[str, np.ndarray]
+    policy_version: int
+    actor_id: int
+
+
+@gin.configurable
+class UnrollLimits:
+    """Magnitudes that no environment or policy of a healthy run reaches (see the module
+    docstring); None switches a check off.
+
+    Args:
+      max_abs_reward: |reward| of one agent step, before the loss clips it (an Atari step
+        scores at most a few thousand; DMLab tens).
+      max_abs_logit: |behaviour logit| (a policy's logits stay within a few tens; 1e4 keeps
+        every probability and its gradient finite in float32).
+      max_abs_observation: |x| of float observations whose spec has no bounds.
+      max_abs_core_state: |x| of the recurrent state an unroll starts from.
+      max_abs_episode_return: |return| of a reported episode (metrics average them).
+      max_episode_frames: length of a reported episode in frames.
+      max_episodes_per_unroll: episodes reported with one unroll.
+    """
+
+    def __init__(self, max_abs_reward: Optional[float] = 1e6,
+                 max_abs_logit: Optional[float] = 1e4,
+                 max_abs_observation: Optional[float] = 1e6,
+                 max_abs_core_state: Optional[float] = 1e6,
+                 max_abs_episode_return: float = 1e9, max_episode_frames: int = 10**9,
+                 max_episodes_per_unroll: int = 1000):
+        self.max_abs_reward = max_abs_reward
+        self.max_abs_logit = max_abs_logit
+        self.max_abs_observation = max_abs_observation
+        self.max_abs_core_state = max_abs_core_state
+        self.max_abs_episode_return = float(max_abs_episode_return)
+        self.max_episode_frames = int(max_episode_frames)
+        self.max_episodes_per_unroll = int(max_episodes_per_unroll)
+
+
+def meta_int(value: Any, name: str, low: int = 0, high: int = 2**62) -> int:
+    """`value` if it is an int (not a bool) in [low, high), else `CodecError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < high:
+        raise codec.CodecError(f"meta {name!r} must be an int in [{low}, {high}), got "
+                               f"{str(value)[:40]}")
+    return value
+
+
+def parse_episodes(raw: Any, limits: Optional[UnrollLimits] = None) -> List[EpisodeStats]:
+    """Finished episodes an actor reports with an unroll: [[return, frames, level], ...]."""
+    limits = limits or UnrollLimits()
+    if not isinstance(raw, list) or len(raw) > limits.max_episodes_per_unroll:
+        raise codec.CodecError("meta 'episodes' must be a list of at most "
+                               f"{limits.max_episodes_per_unroll} entries")
+    episodes = []
+    for entry in raw:
+        if (not isinstance(entry, list) or len(entry) != 3
+                or not isinstance(entry[0], (int, float)) or isinstance(entry[0], bool)
+                or not abs(entry[0]) <= limits.max_abs_episode_return
+                or not isinstance(entry[2], str) or len(entry[2]) > MAX_LEVEL_NAME):
+            raise codec.CodecError(
+                f"malformed episode entry {str(entry)[:100]!r} (expected [return, frames, "
+                f"level] with |return| <= {limits.max_abs_episode_return:g} and a level name "
+                f"of at most {MAX_LEVEL_NAME} characters)")
+        frames = meta_int(entry[1], "episode frames", 0, limits.max_episode_frames + 1)
+        episodes.append(EpisodeStats(float(entry[0]), frames, entry[2]))
+    return episodes
+
+
+def _covers_dtype(dtype: np.dtype, low, high) -> bool:
+    """Whether [low, high] admits every value of an integer dtype (no check needed)."""
+    if dtype.kind not in "iu":
+        return False
+    info = np.iinfo(dtype)
+    return bool(np.all(np.asarray(low) <= info.min) and np.all(np.asarray(high) >= info.max))
+
+
+def field_bounds(
+    wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int, limits: UnrollLimits,
+    observation_bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+) -> Dict[str, Tuple[Any, Any]]:
+    """name -> (low, high), both included, for every field of `wire_spec` that has a bound
+    beyond its dtype's (see the module docstring)."""
+    observation_bounds = observation_bounds or {}
+
+    def symmetric(limit):
+        return None if limit is None else (-float(limit), float(limit))
+
+    bounds: Dict[str, Optional[Tuple[Any, Any]]] = {}
+    for name, (dtype, _) in wire_spec.items():
+        if name == "action":
+            bounds[name] = (0, num_actions - 1)
+        elif name == "discount":
+            bounds[name] = (0.0, 1.0)
+        elif name == "reward":
+            bounds[name] = symmetric(limits.max_abs_reward)
+        elif name == "behaviour_logits":
+            bounds[name] = symmetric(limits.max_abs_logit)
+        elif name.startswith("observation/"):
+            observation = name[len("observation/"):]
+            if observation in observation_bounds:
+                low, high = observation_bounds[observation]
+                bounds[name] = (np.asarray(low), np.asarray(high))
+            elif np.dtype(dtype).kind == "f":
+                bounds[name] = symmetric(limits.max_abs_observation)
+        elif name.startswith("core_state/") and np.dtype(dtype).kind == "f":
+            bounds[name] = symmetric(limits.max_abs_core_state)
+    return {name: b for name, b in bounds.items()
+            if b is not None and not _covers_dtype(np.dtype(wire_spec[name][0]), *b)}
+
+
+class UnrollValidator:
+    """Decodes and checks one unroll message (see the module docstring).
+
+    Args:
+      wire_spec: name -> (numpy dtype, shape) of an unroll on the wire.
+      num_actions: the action set's size.
+      max_message_bytes: the largest message decoded.
+      limits: `UnrollLimits` (default: the gin-configured one).
+      observation_bounds: observation name -> (minimum, maximum) from the environment's
+        dm_env spec (`specs.observation_bounds`).
+      num_actors: actor ids accepted are [0, num_actors) (default `DEFAULT_NUM_ACTORS`).
+    """
+
+    def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
+                 max_message_bytes: int, limits: Optional[UnrollLimits] = None,
+                 observation_bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+                 num_actors: Optional[int] = None):
+        self.wire_spec = dict(wire_spec)
+        self.limits = limits or UnrollLimits()
+        self.bounds = field_bounds(self.wire_spec, num_actions, self.limits, observation_bounds)
+        self.max_message_bytes = max_message_bytes
+        self.num_actors = int(num_actors or DEFAULT_NUM_ACTORS)
+        self._refused: Set[int] = set()
+        self._lock = threading.Lock()
+
+    def refuse(self, actor_ids: Sequence[int]) -> List[int]:
+        """Refuses every later unroll of these actors; returns the ones newly refused."""
+        with self._lock:
+            new = sorted(set(int(a) for a in actor_ids) - self._refused)
+            self._refused.update(new)
+        return new
+
+    @property
+    def refused(self) -> List[int]:
+        with self._lock:
+            return sorted(self._refused)
+
+    def __call__(self, data: bytes) -> Tuple[Unroll, List[EpisodeStats]]:
+        fields, meta = codec.decode(data, codec.UNROLL_MAGIC, self.max_message_bytes)
+        actor_id = meta.get("actor_id")
+        if isinstance(actor_id, int) and not 0 <= actor_id < self.num_actors:
+            raise codec.CodecError(
+                f"actor_id {actor_id} is not one of this run's {self.num_actors} actors "
+                "(ids 0 to num_actors - 1; Launcher.num_actors is the actors per learner "
+                "worker)")
+        actor_id = meta_int(actor_id, "actor_id", 0, self.num_actors)
+        if actor_id in self._refused:
+            raise codec.CodecError(f"actor {actor_id} is refused: its unrolls made non-finite "
+                                   "updates (restart the learner to accept it again)")
+        codec.validate_fields(fields, self.wire_spec, self.bounds)
+        unroll = Unroll(fields, meta_int(meta.get("policy_version"), "policy_version"),
+                        actor_id)
+        return unroll, parse_episodes(meta.get("episodes", []), self.limits)
