@@ -1,31 +1,294 @@
-"""A long fuzz run of what arrives over the network: the property-based tests of
-`tests/test_wire_fuzz.py` (decoder, validator, live gRPC service) with many more examples.
+"""A long fuzz run of what arrives over the network, in three modes.
 
     python experiments/fuzz_wire.py --examples 100000 [--seed 7]
+        The property-based tests of tests/test_wire_fuzz.py and tests/test_hostile_input.py
+        (decoder, validator, header grammar, live gRPC service) with many more examples;
+        prints hypothesis' statistics and exits non-zero with the smallest failing message
+        if a property breaks.
 
-Prints hypothesis' statistics per test (examples run, time, outcomes); exits non-zero with
-the smallest failing message if any property breaks. The suite runs the same tests with a
-few hundred examples each.
+    python experiments/fuzz_wire.py --report --cases 20000 [--seed 7]
+        Generates CASES messages of each kind an attack tries (header-grammar attacks:
+        deep nesting, huge integers, huge or non-finite floats, wrong types; valid-spec
+        extreme values in every field; meta out of bounds; honest unrolls as the control)
+        and runs them through the learner's validator. Prints, per kind, how many were
+        rejected as `CodecError`, accepted, and escaped (any other exception); exits
+        non-zero if anything escaped, if a hostile case was accepted or an honest one not.
+
+    python experiments/fuzz_wire.py --hostile_memory 100000
+        Sends that many distinct hostile messages (each its own reason text, actor id and
+        level name) to a live learner service on loopback from a client process, and prints
+        the server process's resident memory before and after, and its counters' sizes.
 """
 
 import argparse
+import collections
+import json
 import os
+import queue
+import resource
+import struct
 import subprocess
 import sys
+import threading
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.join(HERE, "..", "tests", "test_wire_fuzz.py")
+TESTS = [os.path.join(HERE, "..", "tests", name)
+         for name in ("test_wire_fuzz.py", "test_hostile_input.py")]
+
+NUM_ACTIONS, NUM_ACTORS, T = 9, 64, 20
+
+
+def _spec():
+    import numpy as np
+    return {
+        "observation/frame": (np.dtype(np.uint8), (T + 1, 24, 32, 3)),
+        "observation/instruction": (np.dtype(np.int32), (T + 1, 16)),
+        "action": (np.dtype(np.int32), (T + 1,)),
+        "reward": (np.dtype(np.float32), (T + 1,)),
+        "discount": (np.dtype(np.float32), (T + 1,)),
+        "episode_start": (np.dtype(np.bool_), (T + 1,)),
+        "behaviour_logits": (np.dtype(np.float32), (T + 1, NUM_ACTIONS)),
+        "core_state/c": (np.dtype(np.float32), (64,)),
+        "core_state/h": (np.dtype(np.float32), (64,)),
+    }
+
+
+def _validator():
+    from impala_tf.rpc.validation import UnrollLimits, UnrollValidator
+    return UnrollValidator(_spec(), NUM_ACTIONS, 8 << 20, UnrollLimits(),
+                           {"frame": (0, 255), "instruction": (0, 1000)}, NUM_ACTORS)
+
+
+def _honest_fields(rng):
+    import numpy as np
+    return {
+        "observation/frame": rng.integers(0, 256, (T + 1, 24, 32, 3)).astype(np.uint8),
+        "observation/instruction": rng.integers(0, 1001, (T + 1, 16)).astype(np.int32),
+        "action": rng.integers(0, NUM_ACTIONS, T + 1).astype(np.int32),
+        "reward": rng.normal(size=T + 1).astype(np.float32),
+        "discount": (rng.random(T + 1) < 0.95).astype(np.float32),
+        "episode_start": rng.random(T + 1) < 0.05,
+        "behaviour_logits": rng.normal(size=(T + 1, NUM_ACTIONS)).astype(np.float32),
+        "core_state/c": rng.normal(size=64).astype(np.float32),
+        "core_state/h": np.tanh(rng.normal(size=64)).astype(np.float32),
+    }
+
+
+def _honest_meta(rng):
+    return {"policy_version": int(rng.integers(0, 10**6)),
+            "actor_id": int(rng.integers(0, NUM_ACTORS)),
+            "episodes": [[float(rng.normal(0, 100)), int(rng.integers(1, 10**5)), "level"]]}
+
+
+def _framed(header: str, payload: bytes = b"") -> bytes:
+    from impala_tf.rpc import codec
+    raw = header.encode()
+    return codec.UNROLL_MAGIC + struct.pack("<I", len(raw)) + raw + payload
+
+
+def _honest_parts(rng):
+    """(header text, payload) of an honest unroll: a hostile header keeps the payload, so
+    that only what it changed can make it fail."""
+    from impala_tf.rpc import codec
+    message = codec.encode(codec.UNROLL_MAGIC, _honest_fields(rng), _honest_meta(rng))
+    (length,) = struct.unpack_from("<I", message, 4)
+    return message[8:8 + length].decode(), message[8 + length:]
+
+
+def _hostile_header(rng, value: str) -> bytes:
+    header, payload = _honest_parts(rng)
+    return _framed(_replace_one_value(rng, header, value), payload)
+
+
+def _replace_one_value(rng, header: str, value: str) -> str:
+    """The header with one of its numbers, strings or lists replaced by `value`."""
+    import re
+    spans = [m.span() for m in re.finditer(r'-?\d+(?:\.\d+)?(?:e-?\d+)?|"[^"]*"|\[\]', header)]
+    start, end = spans[int(rng.integers(len(spans)))]
+    return header[:start] + value + header[end:]
+
+
+def _case(kind: str, rng) -> bytes:
+    """One message of `kind` (see the module docstring)."""
+    from impala_tf.rpc import codec
+    if kind == "honest":
+        return codec.encode(codec.UNROLL_MAGIC, _honest_fields(rng), _honest_meta(rng))
+    if kind == "header: deep nesting":
+        depth = int(rng.integers(17, 100_000))
+        return _hostile_header(rng, "[" * depth + "]" * depth)
+    if kind == "header: huge integer":
+        digits = int(rng.integers(20, 10_000))
+        return _hostile_header(rng, str(int(rng.integers(1, 10))) + "0" * digits)
+    if kind == "header: huge or non-finite float":
+        value = rng.choice(["NaN", "Infinity", "-Infinity", f"1e{int(rng.integers(309, 10**6))}",
+                            f"-9.9e{int(rng.integers(309, 999))}", "1" * 400 + ".5"])
+        return _hostile_header(rng, str(value))
+    if kind == "header: wrong type":
+        value = rng.choice(['"x"', "true", "null", "{}", "[1,2]", '{"a":[]}', "[[[]]]", "-1",
+                            "0.5", '""', "[null]", '[1, "a", 3]'])
+        return _hostile_header(rng, str(value))
+    if kind == "valid spec: extreme value":
+        fields = _honest_fields(rng)
+        name, value = [
+            ("discount", 1e30), ("discount", 3.4e38), ("discount", -1e30),
+            ("discount", 1.001), ("discount", -0.001), ("reward", 3.4e38), ("reward", -2e6),
+            ("behaviour_logits", 3e38), ("behaviour_logits", -1e5), ("core_state/c", 1e30),
+            ("core_state/h", -3e38), ("observation/instruction", 1001),
+            ("observation/instruction", -5), ("observation/instruction", 2**31 - 1),
+            ("action", NUM_ACTIONS), ("action", -1)][int(rng.integers(16))]
+        flat = fields[name].reshape(-1)
+        flat[int(rng.integers(flat.size))] = value
+        return codec.encode(codec.UNROLL_MAGIC, fields, _honest_meta(rng))
+    if kind == "meta: out of bounds":
+        meta = _honest_meta(rng)
+        key, value = [
+            ("actor_id", int(rng.integers(NUM_ACTORS, 2**62))), ("actor_id", -1),
+            ("policy_version", -1), ("policy_version", 2**62), ("actor_id", 1.5),
+            ("episodes", [[1e308, 10, "x"]]), ("episodes", [[-1e10, 10, "x"]]),
+            ("episodes", [[1.0, 10**12, "x"]]), ("episodes", [[1.0, 10, "x" * 201]]),
+            ("episodes", [[1.0, 10, "x"]] * 1001), ("episodes", [[True, 10, "x"]]),
+            ("episodes", "many")][int(rng.integers(12))]
+        meta[key] = value
+        return codec.encode(codec.UNROLL_MAGIC, _honest_fields(rng), meta)
+    raise ValueError(kind)
+
+
+KINDS = ("honest", "header: deep nesting", "header: huge integer",
+         "header: huge or non-finite float", "header: wrong type", "valid spec: extreme value",
+         "meta: out of bounds")
+
+
+def report(cases: int, seed: int) -> int:
+    import numpy as np
+    from impala_tf.rpc import codec
+    validator = _validator()
+    rng = np.random.default_rng(seed)
+    print(f"{'kind':36s} {'cases':>7s} {'rejected':>9s} {'accepted':>9s} {'escaped':>8s} "
+          f"{'us/case (making it too)':>26s}")
+    failures = 0
+    escapes = collections.Counter()
+    for kind in KINDS:
+        counts = collections.Counter()
+        start = time.perf_counter()
+        for _ in range(cases):
+            message = _case(kind, rng)
+            try:
+                validator(message)
+                counts["accepted"] += 1
+            except codec.CodecError:
+                counts["rejected"] += 1
+            except Exception as error:  # noqa: BLE001 (what this counts)
+                counts["escaped"] += 1
+                escapes[f"{kind}: {type(error).__name__}: {str(error)[:80]}"] += 1
+        per_case = 1e6 * (time.perf_counter() - start) / cases
+        print(f"{kind:36s} {cases:7d} {counts['rejected']:9d} {counts['accepted']:9d} "
+              f"{counts['escaped']:8d} {per_case:26.0f}", flush=True)
+        wrong = counts["rejected"] if kind == "honest" else counts["accepted"]
+        failures += counts["escaped"] + (wrong if kind != "header: wrong type" else 0)
+    for escape, n in escapes.most_common(10):
+        print(f"  escaped {n}x: {escape}")
+    print("nothing escaped" if not escapes else f"{sum(escapes.values())} escaped")
+    return 1 if failures else 0
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _hostile_client(address: str, count: int, threads: int) -> None:
+    """Client process: `count` distinct hostile messages, one stream each."""
+    import grpc
+    import numpy as np
+    from impala_tf.rpc import codec
+    from impala_tf.rpc.server import STREAM_UNROLLS
+    channel = grpc.insecure_channel(address)
+    stream = channel.stream_unary(STREAM_UNROLLS)
+    fields = _honest_fields(np.random.default_rng(0))
+
+    def send(start):
+        for i in range(start, count, threads):
+            which = i % 3
+            if which == 0:  # a distinct reason text each time
+                bad = dict(fields, discount=np.full(T + 1, 2.0 + i, np.float32))
+                message = codec.encode(codec.UNROLL_MAGIC, bad, {"policy_version": 0,
+                                                                  "actor_id": 0})
+            elif which == 1:  # a distinct actor id each time
+                message = codec.encode(codec.UNROLL_MAGIC, fields,
+                                       {"policy_version": 0, "actor_id": NUM_ACTORS + i})
+            else:  # a distinct level name and an out-of-bounds return each time
+                message = codec.encode(codec.UNROLL_MAGIC, fields, {
+                    "policy_version": 0, "actor_id": 0,
+                    "episodes": [[1e300, 10, f"level-{i}"]]})
+            try:
+                stream(iter([message]), timeout=30)
+            except grpc.RpcError:
+                pass
+
+    workers = [threading.Thread(target=send, args=(k,)) for k in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def hostile_memory(count: int, threads: int) -> int:
+    from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
+    service = LearnerService(_validator(), queue.Queue(maxsize=64), ParameterStore(),
+                             threading.Event())
+    server = LearnerServer(service, "127.0.0.1:0", 8 << 20, max_workers=threads + 4).start()
+
+    def run_client(n):
+        subprocess.run([sys.executable, __file__, "--_client", server.address, str(n),
+                        str(threads)], check=True)
+
+    run_client(2000)  # warm-up: gRPC's and Python's pools reach their working size
+    before, rejected_before = _rss_mib(), service.counters.rejected
+    start = time.time()
+    run_client(count)
+    elapsed = time.time() - start
+    after = _rss_mib()
+    counters = service.counters
+    print(json.dumps({
+        "hostile_messages": count, "seconds": round(elapsed, 1),
+        "rejected": counters.rejected - rejected_before,
+        "rss_mib_before": round(before, 1), "rss_mib_after": round(after, 1),
+        "rss_mib_growth": round(after - before, 1),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "distinct_reasons_kept": len(counters.rejected_reasons),
+        "actor_table_entries": len(counters.by_actor()),
+    }, indent=1))
+    server.stop(0)
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=20000,
-                        help="examples per decoder test (service tests run a tenth as many)")
-    parser.add_argument("--seed", type=int, default=None, help="hypothesis seed")
+                        help="examples per property test (service tests run a tenth as many)")
+    parser.add_argument("--seed", type=int, default=None, help="hypothesis or report seed")
+    parser.add_argument("--report", action="store_true", help="per-kind counts (see above)")
+    parser.add_argument("--cases", type=int, default=20000, help="--report: cases per kind")
+    parser.add_argument("--hostile_memory", type=int, default=None, metavar="N",
+                        help="send N distinct hostile messages to a live service")
+    parser.add_argument("--threads", type=int, default=4, help="--hostile_memory clients")
+    parser.add_argument("--_client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    if args._client:
+        _hostile_client(args._client[0], int(args._client[1]), int(args._client[2]))
+        return 0
+    if args.report:
+        return report(args.cases, args.seed or 0)
+    if args.hostile_memory:
+        return hostile_memory(args.hostile_memory, args.threads)
     env = dict(os.environ, HYPOTHESIS_PROFILE="fuzz", HYPOTHESIS_EXAMPLES=str(args.examples),
                CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, "-m", "pytest", TESTS, "-q", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
                "--hypothesis-show-statistics", "--timeout=0"]
     if args.seed is not None:
         command.append(f"--hypothesis-seed={args.seed}")

@@ -196,17 +196,28 @@ class Progress:
 
 def build_learner(logdir: str, server_address: str, insecure: bool = False) -> Learner:
     """The learner for the parsed gin config; the environment is built once for its specs
-    and bounds. It accepts actor ids below `Launcher.num_actors` times the learner workers."""
+    and bounds. It accepts actor ids below `Learner.num_actors`, by default
+    `Launcher.num_actors` times the learner workers (set it when remote actors join)."""
     strategy = make_strategy()
     probe = make_environment(1)
     observation_spec = tensor_specs(probe.observation_spec())
     bounds = observation_bounds(probe.observation_spec())
     num_actions = probe.action_spec().num_values
     probe.close()
+    kwargs = {}
+    if not _is_bound("Learner.num_actors"):  # else gin supplies it
+        kwargs["num_actors"] = Launcher().num_actors * num_workers(strategy)
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
-                   num_actors=Launcher().num_actors * num_workers(strategy),
-                   observation_bounds=bounds)
+                   observation_bounds=bounds, **kwargs)
+
+
+def _is_bound(binding: str) -> bool:
+    try:
+        gin.query_parameter(binding)
+        return True
+    except ValueError:
+        return False
 
 
 def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:

@@ -213,7 +213,8 @@ def test_a_killed_learner_resumes_and_a_remote_actor_reconnects(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     ckpt_state = os.path.join(logdir, "checkpoints", "checkpoint")
     bindings = ("RunConfig.total_environment_frames = 1e9",
-                "Learner.checkpoint_every_minutes = 0.02")
+                "Learner.checkpoint_every_minutes = 0.02",
+                "Learner.num_actors = 3")  # the 2 local actors and the remote actor 2
     first = _train(logdir, *bindings, flags=[f"--bind={address}"])
     lines = []
     _read_until(first, r"started \d+ actor processes", lines)
