@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,20 +24,10 @@ from impala_tf.logdir_lock import LogdirInUseError
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.server import PortInUseError
-from impala_tf.run_config import RunConfig
+
+from test_learner import RUN, SPEC, _small_agent  # noqa: F401 (the autouse fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SPEC = {"frame": tf.TensorSpec([10, 5, 1], tf.uint8)}
-RUN = RunConfig(unroll_length=4, batch_size=4, total_environment_frames=1e6,
-                num_action_repeats=1)
-
-
-@pytest.fixture(autouse=True)
-def _small_agent():
-    config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8",
-                             "make_optimizer.learning_rate = 0.01"])
-    yield
-    gin.clear_config()
 
 
 def _learner(logdir, **kwargs):
