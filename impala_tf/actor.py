@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, config
+from impala_tf import builders, config, quiet
 from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
@@ -248,6 +248,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+    quiet.define_verbose_flag()
     flags.DEFINE_string("learner_address", None, "host:port of the learner.")
     flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")

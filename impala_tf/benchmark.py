@@ -40,11 +40,14 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
+from impala_tf import quiet
+
 FLAGS = flags.FLAGS
 STAGES = ("env", "actor", "learner", "vtrace", "transport", "end_to_end")
 
 
 def define_flags() -> None:
+    quiet.define_verbose_flag()
     flags.DEFINE_multi_string("gin_file", ["atari/pong_shallow.gin"], "Experiment gin files.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
     flags.DEFINE_float("seconds", 20.0, "Measured time per stage (after its warm-up).")

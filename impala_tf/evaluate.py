@@ -18,7 +18,7 @@ import gin
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, checkpoints, config, evaluation
+from impala_tf import builders, checkpoints, config, evaluation, quiet
 from impala_tf.envs import dmlab as dmlab_env
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
@@ -28,6 +28,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+    quiet.define_verbose_flag()
     flags.DEFINE_string("logdir", None, "Run directory: its latest checkpoint is evaluated.")
     flags.DEFINE_string("checkpoint", None, "A checkpoint prefix (instead of --logdir).")
     flags.DEFINE_multi_string("gin_file", [], "Experiment gin files (default: the run's "
@@ -110,6 +111,7 @@ def main(argv) -> None:
         json.dump({"checkpoint": path, "kind": kind, "num_episodes": FLAGS.num_episodes,
                    "rows": [dataclasses.asdict(r) for r in rows], "summary": summary_values},
                   f, indent=2)
+    print(f"wrote {os.path.join(out_dir, 'evaluation.csv')} and evaluation.json beside it")
 
 
 if __name__ == "__main__":

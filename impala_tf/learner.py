@@ -281,20 +281,22 @@ class Learner:
         self._stop.set()
 
     def run(self, max_steps: Optional[int] = None,
-            progress: Optional[Callable[[dict], None]] = None) -> dict:
-        """Trains until the frame budget, `max_steps` more batches or `stop()`; checkpoints at
-        the end. Each batch makes `RunConfig.updates_per_batch` updates (one, the paper's,
+            progress: Optional[Callable[[dict], None]] = None,
+            max_frames: Optional[float] = None) -> dict:
+        """Trains until the frame budget (`RunConfig.total_environment_frames`, or
+        `max_frames` if lower: the first batch that reaches it is the last), `max_steps`
+        more batches or `stop()`; checkpoints at the end. Each batch makes `RunConfig.updates_per_batch` updates (one, the paper's,
         unless reused). Returns the last metrics record. A full disk ends it with
         `DiskFullError` (after a final checkpoint where one still fits)."""
         try:
-            return self._run(max_steps, progress)
+            return self._run(max_steps, progress, max_frames)
         except (OSError, tf.errors.OpError) as error:
             if not is_disk_full(error):
                 raise
             self._stop_on_full_disk(error)
 
-    def _run(self, max_steps, progress) -> dict:
-        total = self.run_config.total_environment_frames
+    def _run(self, max_steps, progress, max_frames) -> dict:
+        total = min(self.run_config.total_environment_frames, max_frames or float("inf"))
         steps_done = 0
         last_log = last_checkpoint = time.time()
         window = _Window(self.env_frames)

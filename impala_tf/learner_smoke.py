@@ -12,7 +12,7 @@ import time
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, config
+from impala_tf import builders, config, quiet
 from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
 from impala_tf.env_shapes import ENV_SHAPES
@@ -21,6 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+    quiet.define_verbose_flag()
     flags.DEFINE_multi_string("gin_file", ["atari/experts_shallow.gin"], "Experiment gin files.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. 'Agent.use_lstm=False'.")
     flags.DEFINE_enum("env", "atari", sorted(ENV_SHAPES), "Which environment's shapes to use.")

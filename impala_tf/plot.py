@@ -15,6 +15,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 from absl import app, flags
 
+from impala_tf import quiet
+
 
 class Run(NamedTuple):
     """One run's log windows, `[N]` float64 arrays except `levels`.
@@ -179,7 +181,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("out", None, "PNG file to write.")
+    quiet.define_verbose_flag()
+    flags.DEFINE_string("out", None, "PNG file to write (default: FIRST_LOGDIR/curves.png).")
     flags.DEFINE_list("labels", [], "Legend labels, one per LOGDIR (default: the dir names).")
     flags.DEFINE_integer("smooth_episodes", 100, "Episodes in the smoothing window.")
     flags.DEFINE_string("title", None, "Figure title.")
@@ -199,9 +202,9 @@ def main(argv: List[str]) -> None:
               f"({s['frames_per_second']:,.0f} frames/s); mean return over the last "
               f"{s['final_episodes']} episodes {s['final_return']:+.2f}; best smoothed "
               f"{s['best_smoothed_return']:+.2f}")
-    if FLAGS.out:
-        plot_runs(runs, FLAGS.out, FLAGS.smooth_episodes, FLAGS.title)
-        print(f"wrote {FLAGS.out}")
+    out = FLAGS.out or os.path.join(logdirs[0], "curves.png")
+    plot_runs(runs, out, FLAGS.smooth_episodes, FLAGS.title)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import gin
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import config
+from impala_tf import config, quiet
 from impala_tf.distribute import make_strategy, num_workers
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import DiskFullError, Learner
@@ -38,6 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+    quiet.define_verbose_flag()
     flags.DEFINE_multi_string("gin_file", [], "Experiment gin files (see experiments/).")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
     flags.DEFINE_string("logdir", None, "Run directory (checkpoints, metrics, summaries).")
@@ -188,7 +189,7 @@ class Progress:
         lag = record.get("policy_lag_mean")
         print(f"frames {record['env_frames']:>12,d} / {int(self.total):,d} "
               f"({100 * record['env_frames'] / self.total:5.1f}%) | {fps:8,.0f} fps | "
-              f"return {ret} ({record['episodes']} eps) | "
+              f"return {ret} ({record['episodes']} episodes) | "
               f"lag {'n/a' if lag is None else f'{lag:.1f}'} | "
               f"loss {record.get('total_loss', float('nan')):9.3f} | "
               f"ETA {_format_duration(left) if left != float('inf') else 'n/a'}", flush=True)
@@ -228,7 +229,8 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
     launcher = Launcher() if spawn_actors else None
 
     def on_signal(signum, _frame):
-        print(f"\nsignal {signum}: stopping (checkpoint, then actors)", flush=True)
+        print(f"\n{signal.Signals(signum).name}: stopping (checkpoint, then actors)",
+              flush=True)
         learner.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -238,7 +240,7 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
             launcher.start(local_dial_address(learner.address), FLAGS.gin_file,
                            FLAGS.gin_bindings, logdir)
             print(f"started {launcher.num_actors} actor processes", flush=True)
-        record = learner.run(progress=Progress(
+        record = learner.run(max_frames=FLAGS.max_frames, progress=Progress(
             RunConfig().total_environment_frames, FLAGS.max_frames, FLAGS.max_minutes,
             stop=learner.stop))
         print(f"done: {learner.env_frames:,d} frames, {learner.learner_step} steps; "

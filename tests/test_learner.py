@@ -190,6 +190,16 @@ def test_the_run_stops_at_the_frame_budget(tmp_path):
     assert learner.env_frames == 112  # 7 updates of 16 frames: the first to pass 100
 
 
+def test_max_frames_stops_at_the_first_batch_that_reaches_it(tmp_path):
+    source, _ = _synthetic_source()
+    learner = _learner(tmp_path, batch_source=source)
+    learner.run(max_frames=50)  # 16 frames a batch
+    assert learner.env_frames == 64
+    learner.run(max_frames=96)
+    assert learner.env_frames == 96
+    learner.close()
+
+
 def test_metrics_and_operative_config_are_written(tmp_path):
     source, _ = _synthetic_source()
     learner = _learner(tmp_path, batch_source=source)

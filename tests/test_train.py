@@ -1,6 +1,9 @@
 """The training command's pieces: the actor launcher's restart backoff and the run budget."""
 
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -110,3 +113,36 @@ def test_make_train_runs_a_described_pong_experiment():
         assert RunConfig().updates_per_batch == 1  # no sample reuse
     finally:
         gin.clear_config()
+
+
+def test_make_train_ends_at_its_measured_budget_with_an_evaluation_and_a_curve():
+    """12M frames (what its result was measured on), then evaluate and plot into LOGDIR;
+    the paper's budget is one variable away."""
+    root = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(["make", "-n", "train"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    assert "--max_frames=12e6" in dry
+    assert re.search(r"-m impala_tf.evaluate --logdir=(\S+)", dry).group(1) == \
+        re.search(r"-m impala_tf.train .*--logdir=(\S+)", dry).group(1)
+    assert "-m impala_tf.plot logs/" in dry and "curves.png" in dry
+    paper = subprocess.run(["make", "-n", "train", "FRAMES=2e8"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout
+    assert "--max_frames=2e8" in paper
+
+
+# TensorFlow's C++ start-up lines: absl's notice, glog-style prefixes, oneDNN and CUDA probes.
+_CPP_LOGGING = re.compile(r"absl::InitializeLog|^[IWEF]\d{4} |oneDNN|cuInit|cudart_stub",
+                          re.M)
+
+
+def test_the_first_screen_holds_only_our_own_lines():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.pop("IMPALA_TF_VERBOSE", None)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    quiet = subprocess.run([sys.executable, "-m", "impala_tf.train", "--help"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert "One training command" in quiet.stdout
+    assert not _CPP_LOGGING.search(quiet.stdout + quiet.stderr), quiet.stderr[:2000]
+    verbose = subprocess.run([sys.executable, "-m", "impala_tf.train", "--help", "--verbose"],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert _CPP_LOGGING.search(verbose.stderr)  # --verbose brings it back
