@@ -6,12 +6,13 @@ or parameter; a bad value fails when the object is built, naming the parameter.
 """
 
 import contextlib
+import difflib
 import importlib
 import logging
 import os
 import pathlib
 import sys
-from typing import Sequence
+from typing import List, Sequence
 
 import gin
 
@@ -48,12 +49,29 @@ def register_configurables() -> None:
             importlib.import_module(name)
 
 
+class GinFileNotFoundError(FileNotFoundError):
+    """A gin file that is neither a path nor an experiment; the message is one line."""
+
+
+def experiment_names() -> List[str]:
+    """The experiments that ship, as `--gin_file` takes them ('atari/pong_shallow.gin')."""
+    if not EXPERIMENTS_DIR.is_dir():
+        return []
+    return sorted(str(p.relative_to(EXPERIMENTS_DIR)) for p in EXPERIMENTS_DIR.rglob("*.gin"))
+
+
 def resolve_gin_file(path: str) -> str:
-    """`path` as given if it exists, else relative to `experiments/`; FileNotFoundError else."""
+    """`path` as given if it exists, else relative to `experiments/`; else
+    `GinFileNotFoundError` with one line naming the closest experiments and all of them."""
     if not os.path.exists(path) and (EXPERIMENTS_DIR / path).exists():
         path = str(EXPERIMENTS_DIR / path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Gin file {path!r} not found (also looked in {EXPERIMENTS_DIR}).")
+        names = experiment_names()
+        close = difflib.get_close_matches(path, names, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise GinFileNotFoundError(
+            f"gin file {path!r} is neither a file nor an experiment; {hint}the experiments "
+            f"are: {', '.join(names)}")
     return path
 
 

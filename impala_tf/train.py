@@ -256,7 +256,10 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
 
 def main(argv) -> None:
     del argv
-    config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+    try:
+        config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+    except config.GinFileNotFoundError as error:
+        sys.exit(f"impala_tf: {error}")
     if FLAGS.role == "actor":
         if not FLAGS.learner_address:
             raise app.UsageError("--role=actor needs --learner_address=HOST:PORT.")

@@ -130,6 +130,14 @@ def test_a_typo_names_the_bad_key(binding, name):
         config.parse_config(["atari/experts_shallow.gin"], [binding])
 
 
+def test_a_misspelled_gin_file_is_one_line_naming_the_experiments():
+    with pytest.raises(config.GinFileNotFoundError) as error:
+        config.parse_config(["atari/pong_shalow.gin"])
+    message = str(error.value)
+    assert "\n" not in message and "did you mean atari/pong_shallow.gin" in message
+    assert all(name in message for name in ("catch.gin", "dmlab/dmlab30_deep.gin"))
+
+
 def test_missing_gin_file_is_named():
     with pytest.raises(FileNotFoundError, match="nowhere.gin"):
         config.parse_config(["nowhere.gin"])
