@@ -508,6 +508,11 @@ def main(argv) -> None:
         print(f"\nfigures written to {FLAGS.json}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (see pyproject.toml)."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,6 +8,7 @@ or parameter; a bad value fails when the object is built, naming the parameter.
 import contextlib
 import difflib
 import importlib
+import importlib.resources
 import logging
 import os
 import pathlib
@@ -16,8 +17,13 @@ from typing import List, Sequence
 
 import gin
 
-# Experiment files `include` each other relative to this folder ('atari/experts_shallow.gin').
-EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+# Experiment files `include` each other relative to this folder ('atari/experts_shallow.gin'):
+# the checkout's experiments/ where they are written, else the copy an installed package
+# ships (setup.py puts it in impala_tf/experiments/).
+_CHECKOUT_EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS_DIR = (
+    _CHECKOUT_EXPERIMENTS if (_CHECKOUT_EXPERIMENTS / "catch.gin").is_file()
+    else pathlib.Path(str(importlib.resources.files("impala_tf") / "experiments")))
 
 
 _CONFIGURABLE_MODULES = (

@@ -114,6 +114,11 @@ def main(argv) -> None:
     print(f"wrote {os.path.join(out_dir, 'evaluation.csv')} and evaluation.json beside it")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (see pyproject.toml)."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -207,6 +207,11 @@ def main(argv: List[str]) -> None:
     print(f"wrote {out}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (see pyproject.toml)."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

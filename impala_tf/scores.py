@@ -8,12 +8,13 @@ of the score capped at 100 ("mean capped").
 import csv
 import dataclasses
 import functools
+import importlib.resources
 import pathlib
 from typing import Dict, List, Mapping
 
 import numpy as np
 
-DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+DATA_DIR = pathlib.Path(str(importlib.resources.files("impala_tf") / "data"))
 
 
 def _rows(name: str) -> List[Dict[str, str]]:

@@ -284,6 +284,11 @@ def main(argv) -> None:
         sys.exit(f"impala_tf: {error}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (see pyproject.toml)."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()
