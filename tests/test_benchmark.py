@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from impala_tf.benchmark import bound
+from impala_tf.tools.benchmark import bound
 
 
 def test_the_bound_is_cores_over_the_cpu_cost_of_a_frame():
@@ -26,7 +26,7 @@ def test_the_bound_is_cores_over_the_cpu_cost_of_a_frame():
 def test_a_short_run_on_catch_reports_every_stage(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.benchmark", "--gin_file=catch.gin", "--seconds=1",
+        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=1",
          "--stages=env,actor,learner,vtrace,transport", f"--json={out}"],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))

@@ -1,6 +1,6 @@
 """Throughput benchmark: each stage of the data path alone, the whole system, and the bound.
 
-    python -m impala_tf.benchmark --gin_file=atari/pong_shallow.gin [--seconds 20]
+    python -m impala_tf.tools.benchmark --gin_file=atari/pong_shallow.gin [--seconds 20]
         [--json FILE] [--stages env,actor,learner,vtrace,transport,end_to_end] [--scaling]
 
 Every stage runs in its own process, with the thread settings it has in training, for
@@ -367,7 +367,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
 def _run_stage(stage: str, extra=()) -> Dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    command = [sys.executable, "-m", "impala_tf.benchmark", f"--stage={stage}",
+    command = [sys.executable, "-m", "impala_tf.tools.benchmark", f"--stage={stage}",
                f"--stage_out={out}", f"--seconds={FLAGS.seconds}", *extra]
     command += [f"--gin_file={g}" for g in FLAGS.gin_file]
     command += [f"--gin_bindings={b}" for b in FLAGS.gin_bindings]
@@ -452,7 +452,7 @@ def run_all() -> Dict:
         raise app.UsageError(f"Unknown stages {unknown}; expected some of {list(STAGES)}.")
     results = {"date": time.strftime("%Y-%m-%d %H:%M"),
                "machine": f"{platform.node()}, {cores()} cores, {platform.machine()}",
-               "command": " ".join(["python -m impala_tf.benchmark"] + sys.argv[1:]),
+               "command": " ".join(["python -m impala_tf.tools.benchmark"] + sys.argv[1:]),
                "seconds": FLAGS.seconds, "stages": {}}
     s = results["stages"]
     for stage in stages:
