@@ -12,7 +12,7 @@ Logical CPU devices must be configured before TensorFlow starts its runtime, so 
 `configure_devices` first thing in a process (the learner entry point does).
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import gin
 import tensorflow as tf
@@ -39,12 +39,38 @@ def configure_devices(num_cpu_devices: int) -> None:
         ) from error
 
 
+class WorkerIdentity(NamedTuple):
+    """Which learner worker this process is: its number among `count` (the chief is 0),
+    and whether it is the chief (the one that writes checkpoints, summaries, metrics)."""
+
+    index: int
+    count: int
+    is_chief: bool
+
+
+def worker_identity(strategy: tf.distribute.Strategy) -> WorkerIdentity:
+    """This process's place in `strategy`'s cluster (TF_CONFIG's, for `multi_worker`): the
+    `chief` task if the cluster has one, else worker 0, is the chief and number 0; the
+    workers follow in TF_CONFIG's order. Without a cluster: the only worker, the chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return WorkerIdentity(0, 1, True)
+    has_chief = bool(cluster.get("chief"))
+    count = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    if task_type == "chief":
+        return WorkerIdentity(0, count, True)
+    if task_type != "worker":
+        raise ValueError(f"TF_CONFIG task type {task_type!r}: a learner runs as 'chief' or "
+                         "'worker'.")
+    index = task_id + (1 if has_chief else 0)
+    return WorkerIdentity(index, count, index == 0)
+
+
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """How many workers (learner processes) `strategy` spans: 1 unless it has a cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1
-    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+    return worker_identity(strategy).count
 
 
 @gin.configurable

@@ -123,7 +123,10 @@ class Learner:
       publish_every_steps: how often new parameters are published.
       batch_source: for tests and benchmarks: a callable returning a `ReadyBatch` (or None)
         used instead of the actors' stream.
-      is_chief: whether this worker writes checkpoints and metrics.
+      is_chief: whether this worker writes checkpoints, summaries and metrics into
+        `logdir`; None: from the strategy's cluster (`distribute.worker_identity`: the
+        TF_CONFIG chief, else worker 0). Other workers keep their own checkpoints in
+        `logdir/worker_N` (MultiWorkerMirroredStrategy saves on every worker).
       jit_compile: XLA-compile the step (shapes are static). With one replica, the whole
         step; with several (Mirrored, MultiWorkerMirrored) each replica's loss and gradients,
         the all-reduce and the optimiser staying outside XLA, which cannot compile variables
@@ -164,7 +167,7 @@ class Learner:
         log_every_seconds: float = 10.0,
         publish_every_steps: int = 1,
         batch_source: Optional[Callable[[], Optional[ReadyBatch]]] = None,
-        is_chief: bool = True,
+        is_chief: Optional[bool] = None,
         jit_compile: bool = False,
         max_consecutive_nonfinite_updates: int = 100,
         insecure: bool = False,
@@ -173,7 +176,11 @@ class Learner:
         seed: Optional[int] = None,
     ):
         self.logdir = logdir
-        checkpoint_logdir = logdir if is_chief else os.path.join(logdir, "non_chief_tmp")
+        self.worker = distribute.worker_identity(strategy or tf.distribute.get_strategy())
+        if is_chief is None:
+            is_chief = self.worker.is_chief
+        checkpoint_logdir = (logdir if is_chief
+                             else os.path.join(logdir, f"worker_{self.worker.index}"))
         self._lock = LogdirLock(checkpoint_logdir)  # first: one learner per logdir
         self._checkpoint_logdir = checkpoint_logdir
         self.server = None

@@ -75,6 +75,7 @@ class Launcher:
         self.max_restart_backoff_seconds = float(max_restart_backoff_seconds)
         self.stable_after_seconds = float(stable_after_seconds)
         self.processes: List[subprocess.Popen] = []
+        self.first_actor_index = 0
         self.restarts = [0] * self.num_actors
         self._started_at: List[float] = []
         self._backoff: List[float] = []
@@ -82,9 +83,13 @@ class Launcher:
         self._stopping = threading.Event()
         self._watcher: Optional[threading.Thread] = None
 
-    def start(self, learner_address: str, gin_files, gin_bindings, logdir: str) -> None:
+    def start(self, learner_address: str, gin_files, gin_bindings, logdir: str,
+              first_actor_index: int = 0) -> None:
+        """Spawns the actors, numbered from `first_actor_index` (learner worker w's are
+        `w * num_actors + i`, so seeds and levels differ across workers)."""
         os.makedirs(os.path.join(logdir, "actors"), exist_ok=True)
         self._spawn_args = (learner_address, list(gin_files), list(gin_bindings), logdir)
+        self.first_actor_index = int(first_actor_index)
         for i in range(self.num_actors):
             self.processes.append(self._spawn(i))
             self._started_at.append(time.time())
@@ -95,12 +100,13 @@ class Launcher:
 
     def _spawn(self, i: int) -> subprocess.Popen:
         learner_address, gin_files, gin_bindings, logdir = self._spawn_args
+        actor_index = self.first_actor_index + i
         command = [sys.executable, "-m", "impala_tf.actor",
-                   f"--learner_address={learner_address}", f"--actor_index={i}",
+                   f"--learner_address={learner_address}", f"--actor_index={actor_index}",
                    f"--parent_pid={os.getpid()}"]
         command += [f"--gin_file={f}" for f in gin_files]
         command += [f"--gin_bindings={b}" for b in gin_bindings]
-        log = open(os.path.join(logdir, "actors", f"actor_{i}.log"), "ab")
+        log = open(os.path.join(logdir, "actors", f"actor_{actor_index}.log"), "ab")
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
         try:
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -126,15 +132,15 @@ class Launcher:
                 delay = self._backoff[i]
                 self._restart_at[i] = now + delay
                 self._backoff[i] = min(2 * delay, self.max_restart_backoff_seconds)
-                print(f"actor {i} (pid {process.pid}) exited with code {process.returncode}; "
-                      f"restarting it in {delay:.0f} s", flush=True)
+                print(f"actor {self.first_actor_index + i} (pid {process.pid}) exited with "
+                      f"code {process.returncode}; restarting it in {delay:.0f} s", flush=True)
             elif now >= self._restart_at[i]:
                 self.processes[i] = self._spawn(i)
                 self._started_at[i] = now
                 self._restart_at[i] = None
                 self.restarts[i] += 1
-                print(f"actor {i} restarted (pid {self.processes[i].pid}, restart "
-                      f"{self.restarts[i]})", flush=True)
+                print(f"actor {self.first_actor_index + i} restarted (pid "
+                      f"{self.processes[i].pid}, restart {self.restarts[i]})", flush=True)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.processes)
@@ -237,9 +243,11 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
     print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
     try:
         if launcher is not None:
+            first = learner.worker.index * launcher.num_actors
             launcher.start(local_dial_address(learner.address), FLAGS.gin_file,
-                           FLAGS.gin_bindings, logdir)
-            print(f"started {launcher.num_actors} actor processes", flush=True)
+                           FLAGS.gin_bindings, logdir, first_actor_index=first)
+            print(f"started {launcher.num_actors} actor processes (actors {first} to "
+                  f"{first + launcher.num_actors - 1})", flush=True)
         record = learner.run(max_frames=FLAGS.max_frames, progress=Progress(
             RunConfig().total_environment_frames, FLAGS.max_frames, FLAGS.max_minutes,
             stop=learner.stop))

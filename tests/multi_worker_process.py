@@ -29,11 +29,12 @@ def main(logdir: str, worker_index: int) -> None:
     tf.random.set_seed(0)
     learner = Learner(spec, 3, logdir, strategy=strategy, run_config=run,
                       batch_source=lambda: ReadyBatch(local, np.zeros(2, np.int64)),
-                      is_chief=worker_index == 0, log_every_seconds=0.0)
+                      log_every_seconds=0.0)  # the chief comes from TF_CONFIG
     record = learner.run(max_steps=3)
     weights = learner.agent.get_weights()
     print(json.dumps({
-        "worker": worker_index, "steps": learner.learner_step, "frames": learner.env_frames,
+        "worker": worker_index, "identity": list(learner.worker),
+        "is_chief": learner.is_chief, "steps": learner.learner_step, "frames": learner.env_frames,
         "replicas": strategy.num_replicas_in_sync,
         "checksum": float(sum(np.abs(w).sum() for w in weights)),
         "loss": record.get("total_loss")}), flush=True)

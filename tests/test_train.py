@@ -146,3 +146,22 @@ def test_the_first_screen_holds_only_our_own_lines():
     verbose = subprocess.run([sys.executable, "-m", "impala_tf.train", "--help", "--verbose"],
                              capture_output=True, text=True, timeout=120, env=env)
     assert _CPP_LOGGING.search(verbose.stderr)  # --verbose brings it back
+
+
+def test_each_learner_workers_actors_have_their_own_global_indices(tmp_path, monkeypatch):
+    """Worker w's actor i is w * num_actors + i, so seeds and levels differ by worker."""
+    commands = []
+
+    class _Popen(_FakeProcess):
+        def __init__(self, command, **kwargs):
+            super().__init__()
+            commands.append(command)
+
+    monkeypatch.setattr("impala_tf.train.subprocess.Popen", _Popen)
+    launcher = Launcher(3)
+    launcher.start("127.0.0.1:1", ["catch.gin"], [], str(tmp_path), first_actor_index=2 * 3)
+    launcher._stopping.set()
+    indices = [int(re.search(r"--actor_index=(\d+)", " ".join(c)).group(1)) for c in commands]
+    assert indices == [6, 7, 8]
+    assert sorted(p.name for p in (tmp_path / "actors").iterdir()) == [
+        "actor_6.log", "actor_7.log", "actor_8.log"]
