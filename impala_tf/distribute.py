@@ -20,6 +20,10 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
+class NoTPUError(RuntimeError):
+    """`kind = 'tpu'` where no TPU answers; the message is one line."""
+
+
 def configure_devices(num_cpu_devices: int) -> None:
     """Splits the CPU into `num_cpu_devices` logical devices (no-op for 1 or with GPUs)."""
     if num_cpu_devices <= 1 or tf.config.list_physical_devices("GPU"):
@@ -93,8 +97,16 @@ def make_strategy(
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            where = f" at {tpu_address!r}" if tpu_address else ""
+            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise NoTPUError(
+                f"make_strategy.kind = 'tpu' found no TPU{where} ({cause}). On a Cloud TPU VM "
+                "leave make_strategy.tpu_address unset; elsewhere set it to the TPU's name or "
+                "grpc://HOST:8470.") from None
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"Unknown strategy {kind!r}; expected one of {STRATEGIES}.")

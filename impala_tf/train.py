@@ -25,7 +25,7 @@ from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import config, quiet
-from impala_tf.distribute import make_strategy, num_workers
+from impala_tf.distribute import NoTPUError, make_strategy, num_workers
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import DiskFullError, Learner
 from impala_tf.logdir_lock import LogdirInUseError
@@ -288,8 +288,9 @@ def main(argv) -> None:
         run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
     except SecurityError as error:
         raise app.UsageError(str(error)) from None
-    except (LogdirInUseError, PortInUseError, DiskFullError) as error:
-        sys.exit(f"impala_tf: {error}")
+    except (LogdirInUseError, PortInUseError, DiskFullError, NoTPUError) as error:
+        # One line: gin appends "In call to configurable ..." to errors raised in its calls.
+        sys.exit(f"impala_tf: {str(error).splitlines()[0]}")
 
 
 def cli() -> None:

@@ -182,6 +182,20 @@ def test_a_malformed_port_is_an_error_not_another_port(tmp_path, address):
         _learner(tmp_path, server_address=address)
 
 
+def test_the_training_command_refuses_a_live_logdir_in_one_line(tmp_path):
+    holder = _learner(tmp_path, batch_source=lambda: None)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "impala_tf.train", "--gin_file=catch.gin",
+             f"--logdir={tmp_path}"], capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    finally:
+        holder.close()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+    assert f"is in use by a live learner (pid {os.getpid()}" in lines[0]
+
+
 def test_the_training_command_rejects_a_bad_bind_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "impala_tf.train", "--gin_file=catch.gin",
@@ -286,3 +300,14 @@ def test_an_orphaned_actor_does_not_say_the_learner_answers_when_it_stops(caplog
     actor.close(flush=False)
     assert "unreachable" in caplog.text
     assert "answers again" not in caplog.text and actor.reconnects == 0
+
+
+def test_the_tpu_strategy_without_a_tpu_fails_at_start_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.train", "--gin_file=catch.gin", f"--logdir={tmp_path}",
+         "--gin_bindings=make_strategy.kind = 'tpu'"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and lines[-1].startswith("impala_tf: make_strategy.kind = 'tpu' "
+                                                         "found no TPU"), result.stderr[-2000:]
