@@ -292,9 +292,10 @@ class Learner:
             max_frames: Optional[float] = None) -> dict:
         """Trains until the frame budget (`RunConfig.total_environment_frames`, or
         `max_frames` if lower: the first batch that reaches it is the last), `max_steps`
-        more batches or `stop()`; checkpoints at the end. Each batch makes `RunConfig.updates_per_batch` updates (one, the paper's,
-        unless reused). Returns the last metrics record. A full disk ends it with
-        `DiskFullError` (after a final checkpoint where one still fits)."""
+        more batches or `stop()`; checkpoints at the end. Each batch makes
+        `RunConfig.updates_per_batch` updates (one, the paper's, unless reused). Returns the
+        last metrics record. A full disk ends it with `DiskFullError` (after a final
+        checkpoint where one still fits)."""
         try:
             return self._run(max_steps, progress, max_frames)
         except (OSError, tf.errors.OpError) as error:

@@ -311,3 +311,28 @@ def test_the_tpu_strategy_without_a_tpu_fails_at_start_in_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[-1]] and lines[-1].startswith("impala_tf: make_strategy.kind = 'tpu' "
                                                          "found no TPU"), result.stderr[-2000:]
+
+
+def test_tracing_names_only_the_poisoned_unrolls_actor_under_mirrored(tmp_path):
+    """Mirrored over 2 logical CPUs: a batch whose third unroll (actor 7) has NaN behaviour
+    logits is skipped, traced to actor 7 alone, and the next clean batch trains."""
+    from impala_tf.batcher import ReadyBatch
+    from impala_tf.distribute import make_strategy
+    from impala_tf.networks import Agent
+    from impala_tf.synthetic import synthetic_batch
+    batch = synthetic_batch(Agent(3, SPEC, torso="mlp", lstm_size=8), SPEC,
+                            RUN.unroll_length, RUN.batch_size, 0.2, 0)
+    logits = batch.trajectory.behaviour_logits.numpy()
+    logits[:, 2] = np.nan
+    poisoned = batch._replace(trajectory=batch.trajectory._replace(
+        behaviour_logits=tf.constant(logits)))
+    actors = np.array([4, 5, 7, 4], np.int64)
+    sequence = iter([ReadyBatch(poisoned, np.zeros(4, np.int64), actors),
+                     ReadyBatch(batch, np.zeros(4, np.int64), actors)])
+    learner = _learner(tmp_path, batch_source=lambda: next(sequence),
+                       max_consecutive_nonfinite_updates=1,
+                       strategy=make_strategy("mirrored", num_cpu_devices=2))
+    learner.run(max_steps=2)
+    learner.close()
+    assert learner.service.validator.refused == [7]
+    assert learner.nonfinite_updates == 1 and learner.learner_step == 1
