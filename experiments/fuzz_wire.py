@@ -14,18 +14,17 @@
         rejected as `CodecError`, accepted, and escaped (any other exception); exits
         non-zero if anything escaped, if a hostile case was accepted or an honest one not.
 
-    python experiments/fuzz_wire.py --hostile_memory 100000
-        Sends that many distinct hostile messages (each its own reason text, actor id and
-        level name) to a live learner service on loopback from a client process, and prints
-        the server process's resident memory before and after, and its counters' sizes.
+    python experiments/fuzz_wire.py --hostile_memory 100000 [--gin_file catch.gin]
+        Builds the experiment's learner as `train` does and sends it that many distinct
+        hostile messages (each its own reason text, actor id or level name) over loopback
+        from a client process; prints the learner process's resident memory before and
+        after, and its counters' sizes.
 """
 
 import argparse
 import collections
 import json
 import os
-import queue
-import resource
 import struct
 import subprocess
 import sys
@@ -200,27 +199,40 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _hostile_client(address: str, count: int, threads: int) -> None:
-    """Client process: `count` distinct hostile messages, one stream each."""
+def _fields_for_spec(spec):
+    """Honest fields for any wire spec (name -> (dtype, shape)): zeros, a discount of 1."""
+    import numpy as np
+    return {name: (np.ones if name == "discount" else np.zeros)(shape, dtype)
+            for name, (dtype, shape) in spec.items()}
+
+
+def _hostile_client(address: str, count: int, threads: int, spec_file: str) -> None:
+    """Client process: `count` distinct hostile messages, one stream each: a distinct
+    reason text (a discount of 2 + i), a distinct actor id, or a distinct level name with an
+    out-of-bounds return, in turn."""
     import grpc
     import numpy as np
     from impala_tf.rpc import codec
     from impala_tf.rpc.server import STREAM_UNROLLS
+    with open(spec_file) as f:
+        spec = {name: (np.dtype(dtype), tuple(shape))
+                for name, (dtype, shape) in json.load(f).items()}
     channel = grpc.insecure_channel(address)
     stream = channel.stream_unary(STREAM_UNROLLS)
-    fields = _honest_fields(np.random.default_rng(0))
+    fields = _fields_for_spec(spec)
+    steps = spec["discount"][1]
 
     def send(start):
         for i in range(start, count, threads):
             which = i % 3
-            if which == 0:  # a distinct reason text each time
-                bad = dict(fields, discount=np.full(T + 1, 2.0 + i, np.float32))
+            if which == 0:
+                bad = dict(fields, discount=np.full(steps, 2.0 + i, np.float32))
                 message = codec.encode(codec.UNROLL_MAGIC, bad, {"policy_version": 0,
                                                                   "actor_id": 0})
-            elif which == 1:  # a distinct actor id each time
+            elif which == 1:
                 message = codec.encode(codec.UNROLL_MAGIC, fields,
-                                       {"policy_version": 0, "actor_id": NUM_ACTORS + i})
-            else:  # a distinct level name and an out-of-bounds return each time
+                                       {"policy_version": 0, "actor_id": 10**6 + i})
+            else:
                 message = codec.encode(codec.UNROLL_MAGIC, fields, {
                     "policy_version": 0, "actor_id": 0,
                     "episodes": [[1e300, 10, f"level-{i}"]]})
@@ -236,33 +248,43 @@ def _hostile_client(address: str, count: int, threads: int) -> None:
         worker.join()
 
 
-def hostile_memory(count: int, threads: int) -> int:
-    from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
-    service = LearnerService(_validator(), queue.Queue(maxsize=64), ParameterStore(),
-                             threading.Event())
-    server = LearnerServer(service, "127.0.0.1:0", 8 << 20, max_workers=threads + 4).start()
+def hostile_memory(count: int, threads: int, gin_file: str) -> int:
+    """A real learner (`gin_file`'s, built as `train` builds it, TensorFlow and all) under
+    `count` distinct hostile messages from a client process: its resident memory before and
+    after, and its counters' sizes."""
+    import tempfile
+    from impala_tf import config
+    from impala_tf.rpc import codec
+    from impala_tf.train import build_learner
+    config.parse_config([gin_file])
+    workdir = tempfile.mkdtemp(prefix="hostile_memory_")
+    learner = build_learner(os.path.join(workdir, "run"), "127.0.0.1:0")
+    spec_file = os.path.join(workdir, "spec.json")
+    with open(spec_file, "w") as f:
+        json.dump({name: [dtype.str, list(shape)] for name, (dtype, shape)
+                   in codec.spec_from_tensor_specs(learner.wire_spec).items()}, f)
 
     def run_client(n):
-        subprocess.run([sys.executable, __file__, "--_client", server.address, str(n),
-                        str(threads)], check=True)
+        subprocess.run([sys.executable, __file__, "--_client", learner.address, str(n),
+                        str(threads), spec_file], check=True)
 
+    counters = learner.service.counters
     run_client(2000)  # warm-up: gRPC's and Python's pools reach their working size
-    before, rejected_before = _rss_mib(), service.counters.rejected
+    before, rejected_before = _rss_mib(), counters.rejected
     start = time.time()
     run_client(count)
     elapsed = time.time() - start
     after = _rss_mib()
-    counters = service.counters
     print(json.dumps({
-        "hostile_messages": count, "seconds": round(elapsed, 1),
+        "learner": gin_file, "hostile_messages": count, "seconds": round(elapsed, 1),
         "rejected": counters.rejected - rejected_before,
+        "accepted": counters.accepted,
         "rss_mib_before": round(before, 1), "rss_mib_after": round(after, 1),
         "rss_mib_growth": round(after - before, 1),
-        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "distinct_reasons_kept": len(counters.rejected_reasons),
         "actor_table_entries": len(counters.by_actor()),
     }, indent=1))
-    server.stop(0)
+    learner.close()
     return 0
 
 
@@ -276,16 +298,19 @@ def main() -> int:
     parser.add_argument("--hostile_memory", type=int, default=None, metavar="N",
                         help="send N distinct hostile messages to a live service")
     parser.add_argument("--threads", type=int, default=4, help="--hostile_memory clients")
-    parser.add_argument("--_client", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--gin_file", default="catch.gin",
+                        help="--hostile_memory: the experiment whose learner is attacked")
+    parser.add_argument("--_client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(HERE, ".."))
     if args._client:
-        _hostile_client(args._client[0], int(args._client[1]), int(args._client[2]))
+        _hostile_client(args._client[0], int(args._client[1]), int(args._client[2]),
+                        args._client[3])
         return 0
     if args.report:
         return report(args.cases, args.seed or 0)
     if args.hostile_memory:
-        return hostile_memory(args.hostile_memory, args.threads)
+        return hostile_memory(args.hostile_memory, args.threads, args.gin_file)
     env = dict(os.environ, HYPOTHESIS_PROFILE="fuzz", HYPOTHESIS_EXAMPLES=str(args.examples),
                CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
