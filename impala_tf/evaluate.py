@@ -61,15 +61,24 @@ def _resolve_inputs():
     return path, out_dir, gin_files
 
 
-def evaluate(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
-    """Returns (rows, summary, kind) for the configured experiment."""
+def evaluation_environments(num_envs: int, seed: int):
+    """(environments, kind, dmlab30) for the configured experiment: one batch of
+    `num_envs` per DMLab-30 test level (30 distinct levels), else one of the configured
+    game or level in evaluation mode."""
     kind = _binding("make_environment.kind", "atari")
     dmlab30 = kind == "dmlab" and _binding("make_dmlab.dmlab30", False)
-    if dmlab30:
-        envs = [dmlab_env.make_dmlab(num_envs, seed=seed, level=level, mode="test")
+    if dmlab30:  # dmlab30=False: each batch its own level, not the actor's assignment
+        envs = [dmlab_env.make_dmlab(num_envs, seed=seed, level=level, mode="test",
+                                     dmlab30=False)
                 for level in dmlab_env.dmlab30_level_names("test")]
     else:
         envs = [make_environment(num_envs, seed=seed, mode="eval")]
+    return envs, kind, dmlab30
+
+
+def evaluate(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
+    """Returns (rows, summary, kind) for the configured experiment."""
+    envs, kind, dmlab30 = evaluation_environments(num_envs, seed)
     agent = builders.build_agent(tensor_specs(envs[0].observation_spec()),
                                  envs[0].action_spec().num_values)
     checkpoints.restore_agent(agent, checkpoint_path)

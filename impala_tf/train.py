@@ -12,6 +12,7 @@ with a final checkpoint and no actor process left behind. A run restarted
 with the same logdir resumes from its latest checkpoint.
 """
 
+import inspect
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from absl import app, flags
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import config, quiet
 from impala_tf.distribute import NoTPUError, make_strategy, num_workers
+from impala_tf.envs.dmlab import dmlab30_coverage
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import DiskFullError, Learner
 from impala_tf.logdir_lock import LogdirInUseError
@@ -227,6 +229,14 @@ def _is_bound(binding: str) -> bool:
         return False
 
 
+def _bound_value(binding: str):
+    """The value gin binds to `binding`, or None."""
+    try:
+        return gin.query_parameter(binding)
+    except ValueError:
+        return None
+
+
 def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
     learner = build_learner(logdir, bind, FLAGS.insecure)
     if learner.restored_from:
@@ -241,6 +251,11 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
+    if _bound_value("make_environment.kind") == "dmlab" and _bound_value("make_dmlab.dmlab30"):
+        from impala_tf.actor import Actor
+        num_envs = (_bound_value("Actor.num_envs")
+                    or inspect.signature(Actor.__init__).parameters["num_envs"].default)
+        print(dmlab30_coverage(learner.service.validator.num_actors, num_envs), flush=True)
     try:
         if launcher is not None:
             first = learner.worker.index * launcher.num_actors

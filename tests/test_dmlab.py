@@ -2,6 +2,7 @@
 
 import sys
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -94,7 +95,7 @@ def test_test_mode_uses_hold_out_levels_and_mixer_seed(fake_lab):
     assert "rooms_collect_good_objects_test" in names
     assert "rooms_collect_good_objects_train" in dmlab.dmlab30_level_names("train")
     env = dmlab.make_dmlab(2, dmlab30=True, actor_index=0, mode="test")
-    lab = fake_lab.created[-1]
+    lab = fake_lab.created[0]
     assert lab.level == "contributed/dmlab30/rooms_collect_good_objects_test"
     assert lab.config["allowHoldOutLevels"] == "true"
     assert lab.config["mixerSeed"] == str(0x600D5EED)
@@ -107,10 +108,25 @@ def test_test_mode_uses_hold_out_levels_and_mixer_seed(fake_lab):
 def test_multi_task_levels_are_round_robin_over_actors(fake_lab):
     names = dmlab.dmlab30_level_names("train")
     assert len(names) == 30 and len(set(names)) == 30
-    assigned = [dmlab.level_for_actor(i, names) for i in range(60)]
+    assigned = [dmlab.levels_for_environments(i, 1, names)[0] for i in range(60)]
     assert assigned[:30] == names and assigned[30:] == names
     env = dmlab.make_dmlab(1, dmlab30=True, actor_index=31)
     assert env.levels == [names[1]]
+
+
+def test_dmlab30_levels_spread_over_environments_so_any_actor_count_covers_them(fake_lab):
+    """Environment j of actor i plays level (i * K + j) mod 30: 2 actors of 8 environments
+    cover 16 levels (each actor's own 8), 4 cover all 30; before, 2 actors covered 2."""
+    names = dmlab.dmlab30_level_names("train")
+    played = [dmlab.make_dmlab(8, dmlab30=True, actor_index=i).levels for i in range(4)]
+    assert played[0] == names[:8] and played[1] == names[8:16]
+    assert len(set(played[0] + played[1])) == 16
+    assert set(sum(played, [])) == set(names)
+    assert [lab.level for lab in fake_lab.created[:8]] == [
+        dmlab.level_path(n) for n in names[:8]]
+    assert dmlab.dmlab30_coverage(2, 8).startswith(
+        "DMLab-30: 2 actors x 8 environments = 16 environments cover 16 of the 30 levels; raise")
+    assert "cover 30 of the 30 levels" in dmlab.dmlab30_coverage(4, 8)
 
 
 def test_level_cache_is_reused(fake_lab, tmp_path):
@@ -133,3 +149,20 @@ def test_the_agent_reads_batched_dmlab_observations(fake_lab):
     assert out.policy_logits.shape == (3, 9)
     timestep = env.step(np.zeros(3, np.int64))
     assert (timestep.step_type == MID).all()
+
+
+def test_dmlab30_evaluation_plays_the_30_distinct_test_levels(fake_lab):
+    """With dmlab/dmlab30_deep.gin bound (make_dmlab.dmlab30 = True), every evaluation batch
+    was replaced by actor 0's level: 30 rows of rooms_collect_good_objects_test."""
+    from impala_tf import config
+    from impala_tf.evaluate import evaluation_environments
+    config.parse_config(["dmlab/dmlab30_deep.gin"])
+    try:
+        envs, kind, dmlab30 = evaluation_environments(num_envs=2, seed=1)
+    finally:
+        gin.clear_config()
+    assert kind == "dmlab" and dmlab30
+    assert [env.levels for env in envs] == [
+        [name, name] for name in dmlab.dmlab30_level_names("test")]
+    assert len({lab.level for lab in fake_lab.created}) == 30
+    assert all(lab.config["allowHoldOutLevels"] == "true" for lab in fake_lab.created)

@@ -7,7 +7,8 @@
   * an episode ends when the level stops running (discount 0, as in the reference code);
   * DMLab-30: levels load as `contributed/dmlab30/<name>`; training uses the train level,
     test mode the test level with `allowHoldOutLevels` and the reference `mixerSeed`;
-    multi-task runs give actor i the level i mod 30 (`level_for_actor`).
+    in multi-task runs environment j of actor i plays level (i K + j) mod 30
+    (`levels_for_environments`).
 
 `deepmind_lab` is built from source, not installed from PyPI; without it `DmLabEnv` raises an
 ImportError that says how to get it. The test suite runs this adapter against a faithful
@@ -65,9 +66,26 @@ def dmlab30_level_names(mode: str = "train") -> List[str]:
     return [lvl.train_level if mode == "train" else lvl.test_level for lvl in dmlab30_levels()]
 
 
-def level_for_actor(actor_index: int, levels: Sequence[str]) -> str:
-    """Round-robin assignment of levels to actors."""
-    return levels[actor_index % len(levels)]
+def levels_for_environments(actor_index: int, num_envs: int,
+                            levels: Sequence[str]) -> List[str]:
+    """Environment j of actor i plays level `(i * num_envs + j) mod len(levels)`: any N
+    actors of K environments cover min(N * K, len(levels)) distinct levels."""
+    return [levels[(actor_index * num_envs + j) % len(levels)] for j in range(num_envs)]
+
+
+def dmlab30_coverage(num_actors: int, num_envs: int) -> str:
+    """One line on how many DMLab-30 levels `num_actors` actors of `num_envs` environments
+    train on (`levels_for_environments`), with what to change when it is not all 30."""
+    environments = num_actors * num_envs
+    covered = min(environments, 30)
+    line = (f"DMLab-30: {num_actors} actors x {num_envs} environments = {environments} "
+            f"environments cover {covered} of the 30 levels")
+    if covered < 30:
+        line += ("; raise Launcher.num_actors (or Learner.num_actors for remote actors) "
+                 "times Actor.num_envs to 30 or more to train on all of them")
+    elif environments % 30:
+        line += f" ({environments % 30} levels have one environment more than the others)"
+    return line
 
 
 def level_path(level: str) -> str:
@@ -206,12 +224,16 @@ def make_dmlab(
     mode: str = "train",
     num_action_repeats: int = 4,
 ) -> SequentialBatchedEnv:
-    """K DMLab environments. With `dmlab30=True` the actor's level is DMLab-30's level
-    `actor_index mod 30` (train or test name per `mode`), else `level`."""
+    """K DMLab environments. With `dmlab30=True` environment j of actor i plays DMLab-30's
+    level `(i * K + j) mod 30` (train or test name per `mode`; printed), else all play
+    `level`."""
     if dmlab30:
-        level = level_for_actor(actor_index, dmlab30_level_names(mode))
+        levels = levels_for_environments(actor_index, num_envs, dmlab30_level_names(mode))
+        print(f"actor {actor_index}: DMLab-30 levels {', '.join(levels)}", flush=True)
+    else:
+        levels = [level] * num_envs
     envs = [
-        DmLabEnv(level, seed=seed + i, mode=mode, num_action_repeats=num_action_repeats)
-        for i in range(num_envs)
+        DmLabEnv(lvl, seed=seed + i, mode=mode, num_action_repeats=num_action_repeats)
+        for i, lvl in enumerate(levels)
     ]
-    return SequentialBatchedEnv(envs, frames_per_step=num_action_repeats, levels=[level] * num_envs)
+    return SequentialBatchedEnv(envs, frames_per_step=num_action_repeats, levels=levels)
