@@ -33,7 +33,7 @@ from impala_tf import builders, config, quiet
 from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
-from impala_tf.rpc import codec
+from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, LearnerClient
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import Trajectory, tensor_specs, unroll_fields
@@ -216,7 +216,8 @@ class Actor:
             self.steps_taken += k
         episodes = [[e.episode_return, e.episode_frames, e.level]
                     for e in self.env.pop_finished_episodes()]
-        return [codec.encode(codec.UNROLL_MAGIC, fields,
+        stacked = self.env.stacked_observations  # each frame once on the wire
+        return [codec.encode(codec.UNROLL_MAGIC, frame_packing.pack(fields, stacked),
                              {"policy_version": max(version, 0), "actor_id": self.actor_index,
                               "episodes": episodes if i == 0 else []})
                 for i, fields in enumerate(builder.unrolls(initial_state))]

@@ -145,6 +145,8 @@ class Learner:
         workers; None: `validation.DEFAULT_NUM_ACTORS`).
       observation_bounds: observation name -> (minimum, maximum), the environment's
         (`specs.observation_bounds`): unrolls outside them are rejected.
+      stacked_observations: the environment's (`BatchedEnv.stacked_observations`): actors
+        send those observations packed, each frame once (`rpc.frame_packing`).
       seed: when set, seeds the agent's initial weights (`keras.utils.set_random_seed`, which
         also seeds this process's Python and NumPy generators) and the minibatch order when
         batches are reused (`RunConfig.num_minibatches`). None: a fresh draw every run.
@@ -173,6 +175,7 @@ class Learner:
         insecure: bool = False,
         num_actors: Optional[int] = None,
         observation_bounds: Optional[Mapping[str, Tuple]] = None,
+        stacked_observations: Optional[Mapping[str, int]] = None,
         seed: Optional[int] = None,
     ):
         self.logdir = logdir
@@ -219,7 +222,7 @@ class Learner:
             self.service = LearnerService(
                 UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
                                 max_message_bytes, UnrollLimits(), observation_bounds,
-                                num_actors),
+                                num_actors, stacked_observations),
                 self.unrolls, self.parameters, self._stop)
             if batch_source is None:
                 self.server = LearnerServer(self.service, server_address, max_message_bytes,

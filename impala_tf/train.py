@@ -211,6 +211,7 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     probe = make_environment(1)
     observation_spec = tensor_specs(probe.observation_spec())
     bounds = observation_bounds(probe.observation_spec())
+    stacked = dict(probe.stacked_observations)
     num_actions = probe.action_spec().num_values
     probe.close()
     kwargs = {}
@@ -218,7 +219,7 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
         kwargs["num_actors"] = Launcher().num_actors * num_workers(strategy)
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
-                   observation_bounds=bounds, **kwargs)
+                   observation_bounds=bounds, stacked_observations=stacked, **kwargs)
 
 
 def _is_bound(binding: str) -> bool:

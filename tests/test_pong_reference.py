@@ -30,9 +30,9 @@ from impala_tf.batcher import stack_unrolls
 from impala_tf.envs.atari import AtariBatchedEnv
 from impala_tf.learner import Learner
 from impala_tf.networks.agent import AgentOutput
-from impala_tf.rpc import codec
+from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.server import Unroll
-from impala_tf.specs import Trajectory, tensor_specs
+from impala_tf.specs import Trajectory, tensor_specs, unroll_wire_spec
 from impala_tf.train_step import agent_input_from_trajectory
 
 PADDLE_COLUMNS = slice(72, 77)  # our (right, green) paddle in the 84x84 frame
@@ -130,9 +130,13 @@ def pong_batch():
     messages = []
     for _ in range(6):
         messages += actor.act()
+    wire_spec = codec.spec_from_tensor_specs(unroll_wire_spec(
+        tensor_specs(actor.env.observation_spec()), actor.num_actions,
+        actor.run_config.unroll_length, agent.initial_state(1)))
     unrolls = []
-    for message in messages:
+    for message in messages:  # the stacks rebuilt from each frame sent once
         fields, meta = codec.decode(message, codec.UNROLL_MAGIC)
+        fields = frame_packing.unpack(fields, wire_spec, actor.env.stacked_observations)
         unrolls.append(Unroll(fields, meta["policy_version"], 0))
     batch = stack_unrolls(unrolls, ["frame"], agent.initial_state(1)).batch
     batch = tf.nest.map_structure(tf.convert_to_tensor, batch)

@@ -149,6 +149,11 @@ class AtariBatchedEnv(BatchedEnv):
     def action_meanings(self) -> List[str]:
         return [str(a).split(".")[-1] for a in self._action_set]
 
+    @property
+    def stacked_observations(self):
+        channels = 1 if self._grayscale else 3
+        return {"frame": channels} if self._frame_shape[-1] > channels else {}
+
     def observation_spec(self):
         return {"frame": specs.BoundedArray(self._frame_shape, np.uint8, 0, 255, name="frame")}
 

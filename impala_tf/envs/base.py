@@ -72,6 +72,12 @@ class BatchedEnv(abc.ABC):
         """Environment frames per agent step (the action repeat)."""
         return 1
 
+    @property
+    def stacked_observations(self) -> Dict[str, int]:
+        """Observation name -> channels per frame, for observations that stack the last
+        frames on their channel axis, oldest first (sent once each: `rpc.frame_packing`)."""
+        return {}
+
     @abc.abstractmethod
     def reset(self) -> BatchedTimeStep:
         """Starts a new episode in every environment; all FIRST."""

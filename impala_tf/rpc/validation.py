@@ -30,7 +30,7 @@ import gin
 import numpy as np
 
 from impala_tf.envs.base import EpisodeStats
-from impala_tf.rpc import codec
+from impala_tf.rpc import codec, frame_packing
 
 MAX_LEVEL_NAME = 200
 # Actor ids a learner accepts when it is not told the run's actor count (library use).
@@ -160,13 +160,17 @@ class UnrollValidator:
       observation_bounds: observation name -> (minimum, maximum) from the environment's
         dm_env spec (`specs.observation_bounds`).
       num_actors: actor ids accepted are [0, num_actors) (default `DEFAULT_NUM_ACTORS`).
+      stacked_observations: observation name -> channels per frame for the observations
+        actors send packed (`frame_packing`), each frame once; rebuilt before any check.
     """
 
     def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
                  max_message_bytes: int, limits: Optional[UnrollLimits] = None,
                  observation_bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
-                 num_actors: Optional[int] = None):
+                 num_actors: Optional[int] = None,
+                 stacked_observations: Optional[Mapping[str, int]] = None):
         self.wire_spec = dict(wire_spec)
+        self.stacked = dict(stacked_observations or {})
         self.limits = limits or UnrollLimits()
         self.bounds = field_bounds(self.wire_spec, num_actions, self.limits, observation_bounds)
         self.max_message_bytes = max_message_bytes
@@ -198,6 +202,8 @@ class UnrollValidator:
         if actor_id in self._refused:
             raise codec.CodecError(f"actor {actor_id} is refused: its unrolls made non-finite "
                                    "updates (restart the learner to accept it again)")
+        if self.stacked and list(fields) != list(self.wire_spec):
+            fields = frame_packing.unpack(fields, self.wire_spec, self.stacked)
         codec.validate_fields(fields, self.wire_spec, self.bounds)
         unroll = Unroll(fields, meta_int(meta.get("policy_version"), "policy_version"),
                         actor_id)

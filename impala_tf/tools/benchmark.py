@@ -223,10 +223,12 @@ def stage_transport(seconds: float) -> Dict:
     messages = actor.act()
     spec = tensor_specs(actor.env.observation_spec())
     num_actions = actor.num_actions
+    stacked = actor.env.stacked_observations
     actor.close(flush=False)
     size = sum(len(x) for x in messages) / len(messages)
     with tempfile.TemporaryDirectory() as logdir:
-        learner = Learner(spec, num_actions, logdir, queue_capacity=64)
+        learner = Learner(spec, num_actions, logdir, queue_capacity=64,
+                          stacked_observations=stacked)
         learner.batcher.stop()  # this stage drains the queue itself
         validator = learner.service.validator
         # The codec alone: encode (from the decoded fields) and decode + validate.
