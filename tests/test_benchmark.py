@@ -53,3 +53,44 @@ def test_a_short_run_on_catch_reports_every_stage(tmp_path):
         + b["learning_core_s_per_frame"]), rel=1e-6)
     assert b["learning_core_s_per_frame"] == stages["learner"][0]["core_s_per_frame"]
     assert "bound on" in result.stdout and "learner, mirrored (2 replicas)" in result.stdout
+
+
+def test_the_ingest_stage_serves_every_stream_and_reports_its_figures(tmp_path):
+    """Light actor streams into a real learner (Catch: nothing stacked) whose step does
+    nothing; the figures land under the top-level key `ingest`."""
+    out = tmp_path / "ingest.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin",
+         "--seconds=2", "--stages=ingest", "--ingest_actors=3", f"--json={out}"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ingest = json.loads(out.read_text())["ingest"]
+    assert ingest["actors"] == 3 and ingest["actors_served"] == 3
+    assert ingest["rejected_unrolls"] == 0 and ingest["frames_per_s"] > 0
+    assert ingest["learner_cpu_us_per_frame"] > 0 and ingest["wire_bytes_per_frame"] > 0
+    assert "ingest: 3 of 3 actor streams served" in result.stdout
+
+
+def test_the_ingest_streams_unrolls_pass_the_learners_validator():
+    """What the light clients send is what an honest packed actor sends: the validator of
+    Pong's spec takes it and rebuilds stacks that shift by one frame a step."""
+    import numpy as np
+
+    from impala_tf.rpc.validation import UnrollValidator
+    from impala_tf.tools.ingest import honest_unroll
+    spec = {"observation/frame": (np.dtype(np.uint8), (21, 84, 84, 4)),
+            "action": (np.dtype(np.int32), (21,)), "reward": (np.dtype(np.float32), (21,)),
+            "discount": (np.dtype(np.float32), (21,)),
+            "episode_start": (np.dtype(np.bool_), (21,)),
+            "behaviour_logits": (np.dtype(np.float32), (21, 6))}
+    validator = UnrollValidator(spec, 6, 8 << 20, observation_bounds={"frame": (0, 255)},
+                                num_actors=8, stacked_observations={"frame": 1})
+    packed = honest_unroll(spec, {"frame": 1}, actor_id=5)
+    whole = honest_unroll(spec, {"frame": 1}, actor_id=5, pack=False)
+    assert len(packed) < 0.3 * len(whole)
+    for message in (packed, whole):
+        unroll, _ = validator(message)
+        frames = unroll.fields["observation/frame"]
+        assert unroll.actor_id == 5
+        np.testing.assert_array_equal(frames[1:, ..., :-1], frames[:-1, ..., 1:])

@@ -107,3 +107,27 @@ def test_the_learner_rebuilds_the_stacks_real_pong_acted_on(tmp_path, monkeypatc
     np.testing.assert_array_equal(batch.batch.trajectory.observation["frame"], expected)
     stacked_bytes = np.mean([len(codec.encode(codec.UNROLL_MAGIC, f, {})) for f in built])
     assert np.mean([len(m) for m in messages]) < 0.32 * stacked_bytes
+
+
+def test_an_actor_can_send_whole_stacks_and_the_learner_takes_both(tmp_path):
+    config.parse_config(["atari/pong_shallow.gin"], [
+        "RunConfig.unroll_length = 5", "Agent.lstm_size = 8", "Actor.num_envs = 1",
+        "Actor.pack_stacked_frames = False"])
+    try:
+        actor = Actor("127.0.0.1:9", actor_index=0)
+        whole = actor.act()[0]
+        actor.pack_stacked_frames = True
+        packed = actor.act()[0]
+        specs = tensor_specs(actor.env.observation_spec())
+        stacked = actor.env.stacked_observations
+        actor.close(flush=False)
+        learner = Learner(specs, 6, str(tmp_path), batch_source=lambda: None,
+                          stacked_observations=stacked)
+        validator = learner.service.validator
+        learner.close()
+    finally:
+        gin.clear_config()
+    assert "observation/frame" in codec.decode(whole, codec.UNROLL_MAGIC)[0]
+    assert "observation/frame/newest" in codec.decode(packed, codec.UNROLL_MAGIC)[0]
+    for message in (whole, packed):
+        assert validator(message)[0].fields["observation/frame"].shape == (6, 84, 84, 4)

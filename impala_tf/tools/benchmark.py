@@ -16,7 +16,10 @@ step with action repeat 4) and the CPU it used (core-seconds per frame, from get
   transport   the codec alone, then unrolls through the gRPC service on loopback (unrolls/s,
               MB/s; sender and receiver share this one process);
   end_to_end  `python -m impala_tf.train` with its actor processes (frames/s over the
-              measured window, policy lag, queue fill, CPU cores used by each process).
+              measured window, policy lag, queue fill, CPU cores used by each process);
+  ingest      (only with --stages=ingest) --ingest_actors light actor streams into one
+              learner whose step does nothing: actors served, frames/s, the learner's CPU
+              and the wire's bytes per frame (`impala_tf/tools/ingest.py`).
 
 The bound is the frames/s this machine could reach if its cores did nothing but step the
 environments, run the actors' inference and learn, each at its measured cost per frame:
@@ -43,7 +46,8 @@ from absl import app, flags
 from impala_tf import quiet
 
 FLAGS = flags.FLAGS
-STAGES = ("env", "actor", "learner", "vtrace", "transport", "end_to_end")
+DEFAULT_STAGES = ("env", "actor", "learner", "vtrace", "transport", "end_to_end")
+STAGES = DEFAULT_STAGES + ("ingest",)  # ingest: on request (--stages=ingest)
 
 
 def define_flags() -> None:
@@ -51,7 +55,11 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("gin_file", ["atari/pong_shallow.gin"], "Experiment gin files.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
     flags.DEFINE_float("seconds", 20.0, "Measured time per stage (after its warm-up).")
-    flags.DEFINE_string("stages", ",".join(STAGES), "Comma-separated stages to run.")
+    flags.DEFINE_string("stages", ",".join(DEFAULT_STAGES), "Comma-separated stages to run "
+                        f"(of {', '.join(STAGES)}).")
+    flags.DEFINE_integer("ingest_actors", 16, "ingest: actor streams into one learner.")
+    flags.DEFINE_bool("ingest_packed", True, "ingest: send stacked frames packed, each "
+                      "frame once (--noingest_packed: whole stacks, the earlier wire format).")
     flags.DEFINE_bool("scaling", False, "Also end-to-end with 1/2/4/8 actors x 1/2 devices.")
     flags.DEFINE_string("json", None, "Write all figures to this file.")
     # Internal: run one stage in this process and write its figures to --stage_out.
@@ -426,6 +434,13 @@ def print_table(results: Dict) -> None:
               f"{t['encode_mb_per_s']:,.0f} MB/s, decode+validate "
               f"{t['decode_validate_mb_per_s']:,.0f} MB/s, gRPC loopback "
               f"{t['grpc_unrolls_per_s']:,.0f} unrolls/s = {t['grpc_mb_per_s']:,.0f} MB/s")
+    if "ingest" in s:
+        i = s["ingest"]
+        print(f"ingest: {i['actors_served']} of {i['actors']} actor streams served, "
+              f"{i['frames_per_s']:,.0f} frames/s, learner "
+              f"{_fmt(i['learner_cpu_us_per_frame'], '.1f')} us CPU per frame, "
+              f"{i['wire_bytes_per_frame']:,.0f} wire bytes per frame, "
+              f"{i['rejected_unrolls']} rejected ({i['rpc_threads']} RPC threads)")
     if "bound" in results:
         b = results["bound"]
         print(f"\nbound on {b['cores']} cores: {b['frames_per_s']:,.0f} frames/s "
@@ -464,6 +479,10 @@ def run_all() -> Dict:
                             for k in ("default", "mirrored")]
         elif stage == "end_to_end":
             s["end_to_end"] = [end_to_end(FLAGS.seconds, FLAGS.gin_file, FLAGS.gin_bindings)]
+        elif stage == "ingest":
+            s["ingest"] = _run_stage("ingest", [f"--ingest_actors={FLAGS.ingest_actors}",
+                                                f"--ingest_packed={FLAGS.ingest_packed}"])
+            results["ingest"] = s["ingest"]  # also at the top level of --json
         else:
             s[stage] = _run_stage(stage)
     if all(k in s for k in ("env", "actor", "learner")):
@@ -496,6 +515,10 @@ def main(argv) -> None:
         config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
         if FLAGS.stage == "learner":
             figures = stage_learner(FLAGS.seconds, FLAGS.strategy)
+        elif FLAGS.stage == "ingest":
+            from impala_tf.tools.ingest import stage_ingest
+            figures = stage_ingest(FLAGS.seconds, FLAGS.ingest_actors, FLAGS.gin_file,
+                                   FLAGS.gin_bindings, pack=FLAGS.ingest_packed)
         else:
             figures = globals()[f"stage_{FLAGS.stage}"](FLAGS.seconds)
         with open(FLAGS.stage_out, "w") as f:
