@@ -100,11 +100,30 @@ def client_main(address: str, first: int, count: int, spec_file: str, stop_at: f
         thread.join()
 
 
+def _wait_for_streams(counters, num_actors: int, settle_seconds: float = 5.0,
+                      timeout_seconds: float = 300.0) -> None:
+    """Until every stream has had an unroll accepted, or no new one has for
+    `settle_seconds` (streams past the server's limit never are), or the timeout: the
+    clients start TensorFlow-importing processes, which takes a while on a loaded machine."""
+    deadline = time.time() + timeout_seconds
+    seen, last_new = 0, time.time()
+    while time.time() < deadline:
+        served = len(counters.by_actor())
+        if served >= num_actors:
+            return
+        if served > seen:
+            seen, last_new = served, time.time()
+        elif seen and time.time() - last_new >= settle_seconds:
+            return
+        time.sleep(0.2)
+
+
 def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
                  warmup_seconds: Optional[float] = None, pack: bool = True) -> Dict:
     """See the module docstring; the learner accepts the N streams' actor ids. `pack=False`
-    sends whole stacks, the wire format before `rpc.frame_packing`. The streams connect
-    and settle for `warmup_seconds` (default: half the window, 2 to 10 s) first."""
+    sends whole stacks, the wire format before `rpc.frame_packing`. The window opens once
+    the streams have connected (`_wait_for_streams`) and run `warmup_seconds` more
+    (default: half the window, 2 to 10 s)."""
     import gin
 
     from impala_tf import config
@@ -133,7 +152,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
         warmup_seconds = min(10.0, max(2.0, seconds / 2))
     consumer = threading.Thread(target=null_step, daemon=True)
     consumer.start()
-    stop_at = time.time() + warmup_seconds + seconds + 5
+    stop_at = time.time() + 3600  # the clients are ended below, once measured
     processes = math.ceil(num_actors / STREAMS_PER_PROCESS)
     clients = []
     for p in range(processes):
@@ -143,18 +162,25 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
             [sys.executable, "-m", "impala_tf.tools.ingest", learner.address, str(first),
              str(count), spec_file, str(stop_at)],
             env=dict(os.environ, CUDA_VISIBLE_DEVICES="")))
+    counters = learner.service.counters
     try:
+        _wait_for_streams(counters, num_actors)
         time.sleep(warmup_seconds)
-        counters = learner.service.counters
         by_actor0, rejected0 = counters.by_actor(), counters.rejected
         batches0, cpu0, t0 = taken[0], _cpu_seconds(), time.time()
         time.sleep(seconds)
         batches1, cpu1, t1 = taken[0], _cpu_seconds(), time.time()
         by_actor1, rejected1 = counters.by_actor(), counters.rejected
     finally:
-        stop.set()
         for client in clients:
-            client.wait(timeout=warmup_seconds + seconds + 120)
+            client.terminate()
+        for client in clients:
+            try:
+                client.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                client.wait()
+        stop.set()
         learner.close()
         gin.clear_config()
     frames = (batches1 - batches0) * learner.frames_per_batch
