@@ -63,6 +63,17 @@ def test_malformed_packed_fields_are_codec_errors(change, message):
         frame_packing.unpack(packed, spec, {"frame": 1})
 
 
+def _learners_validator(actor, logdir):
+    """The validator of a learner built for `actor`'s environment (which this closes)."""
+    specs = tensor_specs(actor.env.observation_spec())
+    stacked = actor.env.stacked_observations
+    actor.close(flush=False)
+    learner = Learner(specs, actor.num_actions, str(logdir), batch_source=lambda: None,
+                      stacked_observations=stacked)
+    learner.close()
+    return learner.service.validator
+
+
 def test_the_learner_rebuilds_the_stacks_real_pong_acted_on(tmp_path, monkeypatch):
     """Real Pong, episodes capped at 100 agent steps so that resets (with their no-op
     starts) fall inside T=20 unrolls: what the learner validates and batches equals, pixel
@@ -82,15 +93,11 @@ def test_the_learner_rebuilds_the_stacks_real_pong_acted_on(tmp_path, monkeypatc
     try:
         actor = Actor("127.0.0.1:9", actor_index=0)  # never dialled: act() needs no learner
         messages = [m for _ in range(12) for m in actor.act()]
-        stacked = actor.env.stacked_observations
-        specs = tensor_specs(actor.env.observation_spec())
-        actor.close(flush=False)
-        learner = Learner(specs, 6, str(tmp_path), batch_source=lambda: None,
-                          stacked_observations=stacked)
-        validator = learner.service.validator
-        learner.close()
+        stacked, specs = actor.env.stacked_observations, actor.env.observation_spec()
+        validator = _learners_validator(actor, tmp_path)
     finally:
         gin.clear_config()
+    specs = tensor_specs(specs)
     assert stacked == {"frame": 1} and isinstance(validator, UnrollValidator)
     unrolls = [validator(m)[0] for m in messages]
     assert len(unrolls) == len(built) == 24
@@ -118,13 +125,7 @@ def test_an_actor_can_send_whole_stacks_and_the_learner_takes_both(tmp_path):
         whole = actor.act()[0]
         actor.pack_stacked_frames = True
         packed = actor.act()[0]
-        specs = tensor_specs(actor.env.observation_spec())
-        stacked = actor.env.stacked_observations
-        actor.close(flush=False)
-        learner = Learner(specs, 6, str(tmp_path), batch_source=lambda: None,
-                          stacked_observations=stacked)
-        validator = learner.service.validator
-        learner.close()
+        validator = _learners_validator(actor, tmp_path)
     finally:
         gin.clear_config()
     assert "observation/frame" in codec.decode(whole, codec.UNROLL_MAGIC)[0]
