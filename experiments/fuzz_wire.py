@@ -199,13 +199,6 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _fields_for_spec(spec):
-    """Honest fields for any wire spec (name -> (dtype, shape)): zeros, a discount of 1."""
-    import numpy as np
-    return {name: (np.ones if name == "discount" else np.zeros)(shape, dtype)
-            for name, (dtype, shape) in spec.items()}
-
-
 def _hostile_client(address: str, count: int, threads: int, spec_file: str) -> None:
     """Client process: `count` distinct hostile messages, one stream each: a distinct
     reason text (a discount of 2 + i), a distinct actor id, or a distinct level name with an
@@ -214,12 +207,13 @@ def _hostile_client(address: str, count: int, threads: int, spec_file: str) -> N
     import numpy as np
     from impala_tf.rpc import codec
     from impala_tf.rpc.server import STREAM_UNROLLS
+    from impala_tf.tools.ingest import honest_fields
     with open(spec_file) as f:
         spec = {name: (np.dtype(dtype), tuple(shape))
                 for name, (dtype, shape) in json.load(f).items()}
     channel = grpc.insecure_channel(address)
     stream = channel.stream_unary(STREAM_UNROLLS)
-    fields = _fields_for_spec(spec)
+    fields = honest_fields(spec, stacked={})
     steps = spec["discount"][1]
 
     def send(start):

@@ -16,6 +16,7 @@ are loaded even if their version is older (see `server.ParameterStore`). SIGTERM
 it promptly, whatever it is waiting for.
 """
 
+import inspect
 import logging
 import os
 import threading
@@ -248,6 +249,12 @@ class Actor:
         """Closes the connection (after sending what is queued, with `flush`) and the envs."""
         self.client.close(flush=flush)
         self.env.close()
+
+
+def configured_num_envs() -> int:
+    """`Actor.num_envs` as the parsed gin config sets it, else its default."""
+    default = inspect.signature(Actor.__init__).parameters["num_envs"].default
+    return int(config.bound_value("Actor.num_envs", default))
 
 
 FLAGS = flags.FLAGS

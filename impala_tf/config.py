@@ -130,6 +130,22 @@ class _DropGinPathMisses(logging.Filter):
         )
 
 
+_UNBOUND = object()
+
+
+def bound_value(binding: str, default=None):
+    """The value the parsed config binds to `binding` ('Actor.num_envs'), else `default`."""
+    try:
+        return gin.query_parameter(binding)
+    except ValueError:
+        return default
+
+
+def is_bound(binding: str) -> bool:
+    """Whether the parsed config binds `binding` at all (to None too)."""
+    return bound_value(binding, _UNBOUND) is not _UNBOUND
+
+
 def write_operative_config(logdir: str) -> str:
     """Writes the config actually used (after objects were built) to LOGDIR/operative_config.gin."""
     os.makedirs(logdir, exist_ok=True)

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 
-import gin
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
@@ -65,8 +64,8 @@ def evaluation_environments(num_envs: int, seed: int):
     """(environments, kind, dmlab30) for the configured experiment: one batch of
     `num_envs` per DMLab-30 test level (30 distinct levels), else one of the configured
     game or level in evaluation mode."""
-    kind = _binding("make_environment.kind", "atari")
-    dmlab30 = kind == "dmlab" and _binding("make_dmlab.dmlab30", False)
+    kind = config.bound_value("make_environment.kind", "atari")
+    dmlab30 = kind == "dmlab" and config.bound_value("make_dmlab.dmlab30", False)
     if dmlab30:  # dmlab30=False: each batch its own level, not the actor's assignment
         envs = [dmlab_env.make_dmlab(num_envs, seed=seed, level=level, mode="test",
                                      dmlab30=False)
@@ -94,13 +93,6 @@ def evaluate(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: boo
         column = "impala" if dmlab30 else "experts"
     rows = evaluation.score_rows(episodes, kind, column)
     return rows, evaluation.summary(rows, kind), kind
-
-
-def _binding(name, default):
-    try:
-        return gin.query_parameter(name)
-    except ValueError:
-        return default
 
 
 def main(argv) -> None:

@@ -58,7 +58,6 @@ def import_tensorflow():
     if verbose() or "tensorflow" in sys.modules:
         import tensorflow as tf
         return tf
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

@@ -12,7 +12,6 @@ with a final checkpoint and no actor process left behind. A run restarted
 with the same logdir resumes from its latest checkpoint.
 """
 
-import inspect
 import os
 import signal
 import subprocess
@@ -215,27 +214,12 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     num_actions = probe.action_spec().num_values
     probe.close()
     kwargs = {}
-    if not _is_bound("Learner.num_actors"):  # else gin supplies it
+    if not config.is_bound("Learner.num_actors"):  # else gin supplies it
         kwargs["num_actors"] = Launcher().num_actors * num_workers(strategy)
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
                    observation_bounds=bounds, stacked_observations=stacked, **kwargs)
 
-
-def _is_bound(binding: str) -> bool:
-    try:
-        gin.query_parameter(binding)
-        return True
-    except ValueError:
-        return False
-
-
-def _bound_value(binding: str):
-    """The value gin binds to `binding`, or None."""
-    try:
-        return gin.query_parameter(binding)
-    except ValueError:
-        return None
 
 
 def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
@@ -252,11 +236,11 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
-    if _bound_value("make_environment.kind") == "dmlab" and _bound_value("make_dmlab.dmlab30"):
-        from impala_tf.actor import Actor
-        num_envs = (_bound_value("Actor.num_envs")
-                    or inspect.signature(Actor.__init__).parameters["num_envs"].default)
-        print(dmlab30_coverage(learner.service.validator.num_actors, num_envs), flush=True)
+    if (config.bound_value("make_environment.kind") == "dmlab"
+            and config.bound_value("make_dmlab.dmlab30")):
+        from impala_tf.actor import configured_num_envs
+        print(dmlab30_coverage(learner.service.validator.num_actors, configured_num_envs()),
+              flush=True)
     try:
         if launcher is not None:
             first = learner.worker.index * launcher.num_actors

@@ -69,7 +69,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_actors", None, "(internal) end_to_end: actor processes.")
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+    """This process's user and system CPU seconds so far (getrusage)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -82,12 +83,12 @@ class Meter:
     """Wall and CPU time over a measured window."""
 
     def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.wall
-        self.cpu = _cpu_seconds() - self.cpu
+        self.cpu = cpu_seconds() - self.cpu
 
 
 def _until(seconds: float, step) -> int:
@@ -100,24 +101,12 @@ def _until(seconds: float, step) -> int:
 
 
 # -- stages, each run in its own process ----------------------------------------------------
-def _actor_num_envs() -> int:
-    """`Actor.num_envs` as the gin config sets it (or its default)."""
-    import inspect
-
-    import gin
-
-    from impala_tf.actor import Actor
-    try:
-        return int(gin.query_parameter("Actor.num_envs"))
-    except ValueError:
-        return int(inspect.signature(Actor.__init__).parameters["num_envs"].default)
-
-
 def stage_env(seconds: float) -> Dict:
     import numpy as np
 
+    from impala_tf.actor import configured_num_envs
     from impala_tf.envs.factory import make_environment
-    num_envs = _actor_num_envs()
+    num_envs = configured_num_envs()
     env = make_environment(num_envs, seed=0)
     n = env.action_spec().num_values
     rng = np.random.default_rng(0)

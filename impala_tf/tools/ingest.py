@@ -20,7 +20,6 @@ window it reports:
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,26 +27,22 @@ import threading
 import time
 from typing import Dict, Optional
 
+from impala_tf.tools.benchmark import cpu_seconds
+
 STREAMS_PER_PROCESS = 64
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def honest_unroll(spec, stacked, actor_id: int, seed: int = 0, pack: bool = True) -> bytes:
-    """One encoded unroll of `spec` (name -> (dtype, shape)) from actor `actor_id`, with its
-    stacked observations packed as an actor sends them (`pack`; else whole stacks, as
-    actors sent them before packing: the learner takes both)."""
+def honest_fields(spec, stacked, seed: int = 0):
+    """Flat fields of one honest unroll of `spec` (name -> (dtype, shape)): stacked
+    observations (name -> channels per frame) of random frames that shift by one a step,
+    as an actor's do; integers 0 (actions, tokens), booleans False, discounts 1, other
+    floats standard normal."""
     import numpy as np
-
-    from impala_tf.rpc import codec, frame_packing
     rng = np.random.default_rng(seed)
     fields = {}
     for name, (dtype, shape) in spec.items():
         observation = name[len("observation/"):] if name.startswith("observation/") else None
-        if observation in stacked:  # frames that shift by one a step, as an actor's do
+        if observation in stacked:
             k = stacked[observation]
             depth = shape[-1] // k
             frames = rng.integers(0, 256, (shape[0] + depth,) + tuple(shape[1:-1]) + (k,),
@@ -55,13 +50,22 @@ def honest_unroll(spec, stacked, actor_id: int, seed: int = 0, pack: bool = True
             fields[name] = np.stack([np.concatenate(frames[t:t + depth], axis=-1)
                                      for t in range(shape[0])])
         elif dtype.kind in "ui":
-            fields[name] = np.zeros(shape, dtype)  # actions 0, tokens 0
+            fields[name] = np.zeros(shape, dtype)
         elif dtype.kind == "b":
             fields[name] = np.zeros(shape, bool)
         elif name == "discount":
             fields[name] = np.ones(shape, dtype)
         else:
             fields[name] = rng.normal(size=shape).astype(dtype)
+    return fields
+
+
+def honest_unroll(spec, stacked, actor_id: int, seed: int = 0, pack: bool = True) -> bytes:
+    """One encoded unroll of `honest_fields` from actor `actor_id`, its stacked observations
+    packed as an actor sends them (`pack`; else whole stacks, as actors sent them before
+    packing: the learner takes both)."""
+    from impala_tf.rpc import codec, frame_packing
+    fields = honest_fields(spec, stacked, seed)
     return codec.encode(codec.UNROLL_MAGIC, frame_packing.pack(fields, stacked if pack else {}),
                         {"policy_version": 0, "actor_id": int(actor_id)})
 
@@ -167,9 +171,9 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
         _wait_for_streams(counters, num_actors)
         time.sleep(warmup_seconds)
         by_actor0, rejected0 = counters.by_actor(), counters.rejected
-        batches0, cpu0, t0 = taken[0], _cpu_seconds(), time.time()
+        batches0, cpu0, t0 = taken[0], cpu_seconds(), time.time()
         time.sleep(seconds)
-        batches1, cpu1, t1 = taken[0], _cpu_seconds(), time.time()
+        batches1, cpu1, t1 = taken[0], cpu_seconds(), time.time()
         by_actor1, rejected1 = counters.by_actor(), counters.rejected
     finally:
         for client in clients:
