@@ -37,7 +37,7 @@ from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, LearnerClient
 from impala_tf.run_config import RunConfig
-from impala_tf.specs import Trajectory, tensor_specs, unroll_fields
+from impala_tf.specs import Trajectory, num_tasks, tensor_specs, unroll_fields
 
 
 class LearnerUnreachableError(RuntimeError):
@@ -125,7 +125,8 @@ class Actor:
         self.env = make_environment(num_envs, seed=base_seed, actor_index=self.actor_index)
         self.num_actions = self.env.action_spec().num_values
         self.agent = builders.build_agent(tensor_specs(self.env.observation_spec()),
-                                          self.num_actions)
+                                          self.num_actions,
+                                          num_tasks(self.env.observation_spec()))
         self.policy = BatchedPolicy(self.agent, seed=base_seed)
         self.client = LearnerClient(learner_address, max_message_bytes,
                                     backoff_seconds=reconnect_backoff_seconds,

@@ -10,9 +10,12 @@ from impala_tf.run_config import RunConfig
 from impala_tf.train_step import TrainStep
 
 
-def build_agent(observation_spec: Mapping[str, tf.TensorSpec], num_actions: int) -> Agent:
-    """The `Agent` for these specs; its hyperparameters come from gin."""
-    return Agent(num_actions=num_actions, observation_spec=observation_spec)
+def build_agent(observation_spec: Mapping[str, tf.TensorSpec], num_actions: int,
+                num_tasks: Optional[int] = None) -> Agent:
+    """The `Agent` for these specs (`num_tasks`: `specs.num_tasks` of the environment's
+    spec, for multi-task environments); its hyperparameters come from gin."""
+    return Agent(num_actions=num_actions, observation_spec=observation_spec,
+                 num_tasks=num_tasks)
 
 
 def build_train_step(agent: Agent, run_config: Optional[RunConfig] = None) -> TrainStep:

@@ -1,4 +1,5 @@
-"""Checkpoints: the agent, the optimiser, the learner step and the environment frames, in
+"""Checkpoints: the agent, the optimiser, PopArt's statistics (when on), the learner step and
+the environment frames, in
 LOGDIR/checkpoints, written by `tf.train.CheckpointManager`: a save writes its files into
 `ckpt-N_temp/`, moves them into place, and only then rewrites the `checkpoint` index (an
 atomic rename), so a save interrupted at any point (kill -9, power loss) leaves the previous
@@ -41,13 +42,15 @@ class Checkpointer:
       learner_step, env_frames: int64 variables saved with the model.
     """
 
-    def __init__(self, logdir: str, agent, optimizer=None, max_to_keep: int = 3):
+    def __init__(self, logdir: str, agent, optimizer=None, max_to_keep: int = 3, popart=None):
         self.learner_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="learner_step")
         self.env_frames = tf.Variable(0, dtype=tf.int64, trainable=False, name="env_frames")
         remove_interrupted_saves(checkpoint_dir(logdir))
         objects = dict(agent=agent, learner_step=self.learner_step, env_frames=self.env_frames)
         if optimizer is not None:
             objects["optimizer"] = optimizer
+        if popart is not None:  # the head's units: saved and restored with its weights
+            objects["popart"] = popart
         self._checkpoint = tf.train.Checkpoint(**objects)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, checkpoint_dir(logdir), max_to_keep=max_to_keep

@@ -5,23 +5,29 @@
 
 With `--logdir` the latest checkpoint and, unless `--gin_file` is given, the run's
 `operative_config.gin` are used. Writes `evaluation.csv` and `evaluation.json` next to the
-checkpoints (or to `--out_dir`). DMLab-30 runs (`make_dmlab.dmlab30 = True`) are evaluated on
-all 30 test levels, the others on the configured game or level.
+checkpoints (or to `--out_dir`). Multi-task runs are evaluated on every task: DMLab-30
+(`make_dmlab.dmlab30 = True`) on its 30 test levels, with the mean capped human-normalised
+score; multi-task Atari (`make_environment.kind = 'atari_multitask'`) on each of its games,
+with the median and mean human-normalised score. Each summary is printed beside the paper's
+figures for the same tasks (Tables B.1 and C.1). Other runs play the configured game or level.
 """
 
 import csv
 import dataclasses
+import functools
 import json
 import os
+from typing import Tuple
 
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import builders, checkpoints, config, evaluation, quiet
 from impala_tf.envs import dmlab as dmlab_env
+from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, resolve_games
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
-from impala_tf.specs import tensor_specs
+from impala_tf.specs import num_tasks, tensor_specs
 
 FLAGS = flags.FLAGS
 
@@ -61,48 +67,70 @@ def _resolve_inputs():
 
 
 def evaluation_environments(num_envs: int, seed: int):
-    """(environments, kind, dmlab30) for the configured experiment: one batch of
-    `num_envs` per DMLab-30 test level (30 distinct levels), else one of the configured
-    game or level in evaluation mode."""
+    """(environment makers, kind, multitask) for the configured experiment: one maker per
+    task, each building `num_envs` environments of it in evaluation mode (DMLab-30: its 30
+    distinct test levels; multi-task Atari: each game), else one of the configured game or
+    level. Makers, so that one task's environments exist at a time."""
     kind = config.bound_value("make_environment.kind", "atari")
     dmlab30 = kind == "dmlab" and config.bound_value("make_dmlab.dmlab30", False)
     if dmlab30:  # dmlab30=False: each batch its own level, not the actor's assignment
-        envs = [dmlab_env.make_dmlab(num_envs, seed=seed, level=level, mode="test",
-                                     dmlab30=False)
-                for level in dmlab_env.dmlab30_level_names("test")]
+        makers = [functools.partial(dmlab_env.make_dmlab, num_envs, seed=seed, level=level,
+                                    mode="test", dmlab30=False)
+                  for level in dmlab_env.dmlab30_level_names("test")]
+    elif kind == "atari_multitask":  # the task ids stay those of the configured game list
+        games = resolve_games(config.bound_value("AtariMultiTaskEnv.games", ["atari57"]))
+        makers = [functools.partial(AtariMultiTaskEnv, num_envs, games=games, seed=seed,
+                                    env_games=[game] * num_envs, mode="eval")
+                  for game in games]
     else:
-        envs = [make_environment(num_envs, seed=seed, mode="eval")]
-    return envs, kind, dmlab30
+        makers = [functools.partial(make_environment, num_envs, seed=seed, mode="eval")]
+    return makers, kind, dmlab30 or kind == "atari_multitask"
+
+
+def paper_column(kind: str, multitask: bool, torso: str) -> Tuple[str, str]:
+    """(the paper's per-task column to print beside ours, its name in words)."""
+    if kind == "atari_multitask":
+        return "impala_deep_multitask", "IMPALA deep multi-task (Table C.1)"
+    if kind == "atari":
+        if torso == "deep":
+            return "impala_deep_experts", "IMPALA deep experts (Table C.1)"
+        return "impala_shallow_experts", "IMPALA shallow experts (Table C.1)"
+    if multitask:
+        return "impala", "IMPALA deep DMLab-30 (Table B.1)"
+    return "experts", "IMPALA deep experts (Table B.1)"
 
 
 def evaluate(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
-    """Returns (rows, summary, kind) for the configured experiment."""
-    envs, kind, dmlab30 = evaluation_environments(num_envs, seed)
-    agent = builders.build_agent(tensor_specs(envs[0].observation_spec()),
-                                 envs[0].action_spec().num_values)
-    checkpoints.restore_agent(agent, checkpoint_path)
-    policy = BatchedPolicy(agent, greedy=greedy, seed=seed)
-    episodes = []
-    for env in envs:
+    """Returns (rows, summary, kind, paper summary over the same tasks, its label) for the
+    configured experiment."""
+    makers, kind, multitask = evaluation_environments(num_envs, seed)
+    episodes, agent, policy = [], None, None
+    for make in makers:
+        env = make()
+        if agent is None:
+            spec = env.observation_spec()
+            agent = builders.build_agent(tensor_specs(spec), env.action_spec().num_values,
+                                         num_tasks(spec))
+            checkpoints.restore_agent(agent, checkpoint_path)
+            policy = BatchedPolicy(agent, greedy=greedy, seed=seed)
         episodes += evaluation.run_episodes(policy, env, num_episodes)
         env.close()
-    if kind == "atari":
-        column = ("impala_deep_experts" if agent.torso_name == "deep"
-                  else "impala_shallow_experts")
-    else:
-        column = "impala" if dmlab30 else "experts"
-    rows = evaluation.score_rows(episodes, kind, column)
-    return rows, evaluation.summary(rows, kind), kind
+    column, label = paper_column(kind, multitask, agent.torso_name)
+    scored_as = "atari" if kind == "atari_multitask" else kind
+    rows = evaluation.score_rows(episodes, scored_as, column)
+    return (rows, evaluation.summary(rows, scored_as), kind,
+            evaluation.paper_summary(rows, scored_as), label)
 
 
 def main(argv) -> None:
     del argv
     path, out_dir, gin_files = _resolve_inputs()
     config.parse_config(gin_files, FLAGS.gin_bindings)
-    rows, summary_values, kind = evaluate(
+    rows, summary_values, kind, paper_values, paper_label = evaluate(
         path, FLAGS.num_episodes, FLAGS.num_envs, FLAGS.greedy, FLAGS.seed)
     print(f"checkpoint: {path} ({kind}, {FLAGS.num_episodes} episodes each)")
-    print(evaluation.format_table(rows, summary_values))
+    print(f"paper column: {paper_label}")
+    print(evaluation.format_table(rows, summary_values, paper_values, paper_label))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "evaluation.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[fld.name for fld in dataclasses.fields(rows[0])])
@@ -110,7 +138,8 @@ def main(argv) -> None:
         writer.writerows(dataclasses.asdict(r) for r in rows)
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump({"checkpoint": path, "kind": kind, "num_episodes": FLAGS.num_episodes,
-                   "rows": [dataclasses.asdict(r) for r in rows], "summary": summary_values},
+                   "rows": [dataclasses.asdict(r) for r in rows], "summary": summary_values,
+                   "paper": {"column": paper_label, "summary": paper_values}},
                   f, indent=2)
     print(f"wrote {os.path.join(out_dir, 'evaluation.csv')} and evaluation.json beside it")
 

@@ -95,8 +95,23 @@ def summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
     return {"median": float(np.median(normalized)), "mean": float(np.mean(normalized))}
 
 
-def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float]) -> str:
-    """The scores as a text table for the terminal."""
+def paper_summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
+    """`summary` of the paper's per-task figures (the rows' `paper`) over the same tasks:
+    what the paper's agent scored on the games or levels evaluated here."""
+    paper_rows = [dataclasses.replace(r, mean_return=r.paper) for r in rows
+                  if r.paper is not None and r.human_normalized is not None]
+    if len(paper_rows) != len(rows):  # a task without a paper figure: no like-for-like
+        return {}
+    refs = scores.dmlab30_references() if kind == "dmlab" else scores.atari_references()
+    for r in paper_rows:
+        r.human_normalized = scores.human_normalized(r.paper, refs[r.name])
+    return summary(paper_rows, kind)
+
+
+def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float],
+                 paper_values: Optional[Dict[str, float]] = None, paper_label: str = "") -> str:
+    """The scores as a text table for the terminal; `paper_values` (`paper_summary`) are
+    printed beside the summary, named by `paper_label`."""
     lines = [f"{'game/level':40s} {'episodes':>8s} {'mean':>10s} {'std':>9s} "
              f"{'human %':>8s} {'paper':>10s}"]
     for r in rows:
@@ -104,6 +119,11 @@ def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float]) -> 
         paper = f"{r.paper:10.1f}" if r.paper is not None else f"{'-':>10s}"
         lines.append(f"{r.name:40s} {r.episodes:8d} {r.mean_return:10.2f} {r.std_return:9.2f} "
                      f"{hns} {paper}")
+    paper_values = paper_values or {}
     for key, value in summary_values.items():
-        lines.append(f"human-normalised {key}: {value:.1f}%")
+        line = f"human-normalised {key}: {value:.1f}%"
+        if key in paper_values:
+            line += (f" (the paper's {paper_label} on these {len(rows)}: "
+                     f"{paper_values[key]:.1f}%)")
+        lines.append(line)
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from impala_tf.rpc.counters import EpisodeTally
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
 from impala_tf.rpc.validation import Unroll, UnrollLimits, UnrollValidator
 from impala_tf.run_config import RunConfig
-from impala_tf.specs import unroll_wire_spec
+from impala_tf.specs import num_tasks, unroll_wire_spec
 
 # Stats summed over replicas (the loss terms when the loss is a sum); the rest are averaged.
 _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
@@ -206,11 +206,12 @@ class Learner:
             if seed is not None:  # before the agent is built: its initialisers draw from it
                 keras.utils.set_random_seed(int(seed))
             with self.strategy.scope():
-                self.agent = builders.build_agent(observation_spec, num_actions)
+                self.agent = builders.build_agent(
+                    observation_spec, num_actions, num_tasks(observation_bounds or {}))
                 self.train_step = builders.build_train_step(self.agent, self.run_config)
             self.checkpointer = checkpoints.Checkpointer(
                 checkpoint_logdir, self.agent, self.train_step.optimizer,
-                max_to_keep=checkpoints_to_keep)
+                max_to_keep=checkpoints_to_keep, popart=self.train_step.popart)
             self.restored_from = self.checkpointer.restore_latest()
 
             initial_state = self.agent.initial_state(1)

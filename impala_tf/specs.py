@@ -20,7 +20,7 @@ and the next step is the FIRST of a new episode. The agent still acts at LAST (t
 ignored by the environment); the learner masks that LAST -> FIRST transition out.
 """
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -57,6 +57,16 @@ def observation_bounds(observation_spec: Mapping[str, Any]) -> Dict[str, Tuple[A
     (`specs.BoundedArray`), which the learner holds actors' unrolls to."""
     return {name: (spec.minimum, spec.maximum) for name, spec in observation_spec.items()
             if hasattr(spec, "minimum") and hasattr(spec, "maximum")}
+
+
+def num_tasks(observation_spec: Mapping[str, Any]) -> Optional[int]:
+    """Tasks of a multi-task environment (its `task` observation's maximum + 1, from dm_env
+    specs or from `observation_bounds`' pairs), else None."""
+    spec = observation_spec.get("task")
+    if spec is None:
+        return None
+    maximum = spec[1] if isinstance(spec, tuple) else spec.maximum
+    return int(maximum) + 1
 
 
 def trajectory_spec(

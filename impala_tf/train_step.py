@@ -12,17 +12,29 @@ The log importance weights come from `vtrace.from_logits`' helper, and are set t
 of a LAST observation reached by a time limit is bootstrapped from, not trained to 0);
 every loss term is masked by `valid`. On data with no episode boundary this is exactly
 `vtrace.from_logits`.
+
+With `popart=True` (`popart.py`) the baseline head is in per-task normalised units: the
+V-trace targets are computed from the values sigma n(s) + mu of each step's task (`task`
+observation; task 0 without one), the baseline is trained towards (v_s - mu) / sigma, the
+policy gradient's advantages are divided by sigma, and after each finite update the
+statistics move with the batch's targets (all-reduced across replicas) and the head is
+rescaled so that the values are preserved.
 """
 
 from typing import Dict, Optional, Tuple
 
 import gin
+import keras
 import numpy as np
 import tensorflow as tf
 
 from impala_tf import losses, vtrace
+from impala_tf.popart import PopArt
 from impala_tf.networks.agent import Agent, AgentInput
 from impala_tf.specs import LearnerBatch, Trajectory
+
+
+POPART_MOMENTS = "popart_moments"  # a `[3, num_tasks]` entry of compute_loss' stats
 
 
 def agent_input_from_trajectory(trajectory: Trajectory) -> AgentInput:
@@ -49,6 +61,9 @@ class TrainStep:
       max_grad_norm: global-norm gradient clipping; `None` disables it.
       loss_reduction: `sum` over time and batch (paper) or `mean`.
       jit_compile: XLA-compile the update.
+      popart: normalise each task's value targets (PopArt; one task without a `task`
+        observation).
+      popart_step_size, popart_scale_bounds: PopArt's beta and (sigma_min, sigma_max).
     """
 
     def __init__(
@@ -66,6 +81,9 @@ class TrainStep:
         max_grad_norm: Optional[float] = 40.0,
         loss_reduction: str = "sum",
         jit_compile: bool = False,
+        popart: bool = False,
+        popart_step_size: float = 3e-4,
+        popart_scale_bounds: Tuple[float, float] = (1e-4, 1e6),
     ):
         if reward_clipping not in losses.REWARD_CLIPPING:
             raise ValueError(
@@ -89,6 +107,8 @@ class TrainStep:
         self.max_grad_norm = max_grad_norm
         self.loss_reduction = loss_reduction
         self.jit_compile = bool(jit_compile)
+        self.popart = (PopArt(agent.num_tasks or 1, popart_step_size, popart_scale_bounds)
+                       if popart else None)
         # Create the optimiser slots now, outside any tf.function / XLA cluster.
         self.optimizer.build(self.agent.trainable_variables)
         self._update_fn = tf.function(self.update, jit_compile=self.jit_compile)
@@ -106,7 +126,14 @@ class TrainStep:
         discounts = self.discount * tf.cast(trajectory.discount[1:], tf.float32) * valid_float
         actions = trajectory.action[1:]
         target_logits = outputs.policy_logits[:-1]
-        values = outputs.baseline[:-1]
+        baseline = outputs.baseline  # [T+1, B]; in normalised units with PopArt
+        if self.popart is not None:
+            tasks = tf.cast(trajectory.observation["task"], tf.int32) if (
+                "task" in trajectory.observation) else tf.zeros_like(trajectory.action)
+            scale = tf.gather(self.popart.scale(), tasks)
+            shift = tf.gather(self.popart.mu, tasks)
+            baseline = scale * baseline + shift
+        values = baseline[:-1]
         target_action_log_probs = vtrace.log_probs_from_logits_and_actions(target_logits, actions)
         behaviour_action_log_probs = vtrace.log_probs_from_logits_and_actions(
             trajectory.behaviour_logits[1:], actions
@@ -119,17 +146,22 @@ class TrainStep:
             discounts=discounts,
             rewards=rewards,
             values=values,
-            bootstrap_value=outputs.baseline[-1],
+            bootstrap_value=baseline[-1],
             clip_rho_threshold=self.clip_rho_threshold,
             clip_pg_rho_threshold=self.clip_pg_rho_threshold,
             clip_c_threshold=self.clip_c_threshold,
             lambda_=self.lambda_,
         )
         reduction = self.loss_reduction
+        pg_advantages, vs, trained_values = vtrace_returns.pg_advantages, vtrace_returns.vs, values
+        if self.popart is not None:  # the losses in each task's normalised units
+            pg_advantages = pg_advantages / scale[:-1]
+            vs = (vs - shift[:-1]) / scale[:-1]
+            trained_values = outputs.baseline[:-1]
         pg_loss = losses.policy_gradient_loss(
-            target_logits, actions, vtrace_returns.pg_advantages, reduction, valid_float
+            target_logits, actions, pg_advantages, reduction, valid_float
         )
-        baseline_loss = losses.baseline_loss(vtrace_returns.vs, values, reduction, valid_float)
+        baseline_loss = losses.baseline_loss(vs, trained_values, reduction, valid_float)
         entropy_loss = losses.entropy_loss(target_logits, reduction, valid_float)
         total_loss = (
             pg_loss + self.baseline_cost * baseline_loss + self.entropy_cost * entropy_loss
@@ -158,6 +190,9 @@ class TrainStep:
             "value_target_std": tf.sqrt(vs_variance),
             "baseline_explained_variance": 1.0 - error_variance / tf.maximum(vs_variance, 1e-8),
         }
+        if self.popart is not None:  # taken out (and all-reduced) by `update`
+            stats[POPART_MOMENTS] = self.popart.batch_moments(
+                vtrace_returns.vs, tasks[:-1], valid_float)
         return total_loss, stats
 
     def local_gradients(self, batch: LearnerBatch):
@@ -245,6 +280,43 @@ class TrainStep:
 
         tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, gradients))
 
+    def _assign(self, pairs) -> None:
+        """Assigns each (variable, value) pair; the values are the same on every replica.
+        Mirrored variables take assignments in cross-replica context (`merge_call`)."""
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            for variable, value in pairs:
+                variable.assign(value)
+            return
+
+        def cross_replica(distribution, pairs):
+            for variable, value in pairs:
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value  # its tf.Variable
+                distribution.extended.update(
+                    variable, lambda v, x: v.assign(x), args=(value,), group=False)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(pairs,))
+
+    def update_popart(self, moments: tf.Tensor, finite: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Moves the statistics with the global batch's `moments` (`PopArt.batch_moments`,
+        summed over replicas) and rescales the value head to preserve its outputs; nothing
+        moves after a skipped (non-finite) update. Returns the statistics' summaries."""
+        popart = self.popart
+        head = self.agent.baseline_head
+        mu, nu = popart.mu.read_value(), popart.nu.read_value()
+        sigma = popart.scale_of(mu, nu)
+        new_mu, new_nu = popart.updated_moments(moments)
+        new_mu = tf.where(finite, new_mu, mu)
+        new_nu = tf.where(finite, new_nu, nu)
+        new_sigma = popart.scale_of(new_mu, new_nu)
+        kernel, bias = popart.preserved_head(
+            tf.convert_to_tensor(head.kernel), tf.convert_to_tensor(head.bias),
+            mu, sigma, new_mu, new_sigma)
+        self._assign([(popart.mu, new_mu), (popart.nu, new_nu),
+                      (head.kernel, kernel), (head.bias, bias)])
+        return {"popart_mu_mean": tf.reduce_mean(new_mu),
+                "popart_sigma_mean": tf.reduce_mean(new_sigma)}
+
     def current_learning_rate(self) -> tf.Tensor:
         lr = self.optimizer.learning_rate
         return tf.convert_to_tensor(lr() if callable(lr) else lr, dtype=tf.float32)
@@ -253,7 +325,13 @@ class TrainStep:
         """One update, uncompiled: for `strategy.run` inside the learner's `tf.function`
         (`local_gradients` as in `compute_gradients`)."""
         gradients, stats = self.compute_gradients(batch, local_gradients)
+        moments = stats.pop(POPART_MOMENTS, None)
         stats.update(self.apply_gradients(gradients))
+        if self.popart is not None:
+            replica_context = tf.distribute.get_replica_context()
+            if replica_context and replica_context.num_replicas_in_sync > 1:
+                moments = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, moments)
+            stats.update(self.update_popart(moments, stats["nonfinite_update"] == 0.0))
         return stats
 
     def __call__(self, batch: LearnerBatch) -> Dict[str, tf.Tensor]:

@@ -158,7 +158,8 @@ def test_dmlab30_evaluation_plays_the_30_distinct_test_levels(fake_lab):
     from impala_tf.evaluate import evaluation_environments
     config.parse_config(["dmlab/dmlab30_deep.gin"])
     try:
-        envs, kind, dmlab30 = evaluation_environments(num_envs=2, seed=1)
+        makers, kind, dmlab30 = evaluation_environments(num_envs=2, seed=1)
+        envs = [make() for make in makers]
     finally:
         gin.clear_config()
     assert kind == "dmlab" and dmlab30

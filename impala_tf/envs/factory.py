@@ -1,15 +1,17 @@
 """Builds an experiment's batched environment from gin: `make_environment.kind` picks Atari,
-DMLab or Catch; each kind's own options are bound on its class or function
-(`AtariBatchedEnv.game`, `make_dmlab.dmlab30`, `make_catch.rows`, ...)."""
+multi-task Atari, DMLab or Catch; each kind's own options are bound on its class or function
+(`AtariBatchedEnv.game`, `AtariMultiTaskEnv.games`, `make_dmlab.dmlab30`, `make_catch.rows`,
+...)."""
 
 import gin
 
 from impala_tf.envs.atari import AtariBatchedEnv
+from impala_tf.envs.atari_multitask import AtariMultiTaskEnv
 from impala_tf.envs.base import BatchedEnv
 from impala_tf.envs.catch import make_catch
 from impala_tf.envs.dmlab import make_dmlab
 
-KINDS = ("atari", "catch", "dmlab")
+KINDS = ("atari", "atari_multitask", "catch", "dmlab")
 MODES = ("train", "eval")
 
 
@@ -24,8 +26,9 @@ def make_environment(
       seed: base seed (environment i gets seed + i).
       mode: `train`, or `eval` for the paper's evaluation protocol (Atari: whole games, not
         lives; DMLab: test levels with the reference mixer seed).
-      actor_index: which actor this is (DMLab-30 assigns levels round-robin over actors).
-      kind: `atari`, `catch` or `dmlab`.
+      actor_index: which actor this is (DMLab-30 and multi-task Atari assign levels or games
+        to environments from it).
+      kind: `atari`, `atari_multitask`, `catch` or `dmlab`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -33,6 +36,8 @@ def make_environment(
         if mode == "eval":  # whole games, each after 1 to 30 no-op actions (paper, DQN)
             return AtariBatchedEnv(num_envs, seed=seed, episode_life=False, noop_action_starts=30)
         return AtariBatchedEnv(num_envs, seed=seed, episode_life=True)
+    if kind == "atari_multitask":
+        return AtariMultiTaskEnv(num_envs, seed=seed, actor_index=actor_index, mode=mode)
     if kind == "catch":
         return make_catch(num_envs, seed=seed)
     if kind == "dmlab":

@@ -31,8 +31,9 @@ class AgentInput(NamedTuple):
     prev_action: int32, the action that led to this observation.
     reward: float32, the raw reward that came with this observation (clipped inside).
     episode_start: bool, this observation is the first of an episode.
-    observation: dict name -> tensor, e.g. `frame` uint8 `[..., H, W, C]` and, for DMLab
-      language levels, `instruction` int32 `[..., L]` token ids.
+    observation: dict name -> tensor, e.g. `frame` uint8 `[..., H, W, C]`; for DMLab
+      language levels `instruction` int32 `[..., L]` token ids; in multi-task runs `task`
+      int32 `[...]`, the task's index (it picks the value head; the policy does not read it).
     """
 
     prev_action: tf.Tensor
@@ -42,7 +43,8 @@ class AgentInput(NamedTuple):
 
 
 class AgentOutput(NamedTuple):
-    """policy_logits: float32 `[..., NUM_ACTIONS]`; baseline: float32 `[...]`."""
+    """policy_logits: float32 `[..., NUM_ACTIONS]`; baseline: float32 `[...]`, the value head
+    of the observation's task (with PopArt, the value in that task's normalised units)."""
 
     policy_logits: tf.Tensor
     baseline: tf.Tensor
@@ -61,7 +63,10 @@ class Agent(keras.Model):
       num_actions: size of the discrete action set (from the environment).
       observation_spec: mapping name -> `tf.TensorSpec` of one observation without batch
         dims; must hold `frame` (uint8 `[H, W, C]`); an `instruction` entry (int32 `[L]`)
-        switches the instruction encoder on.
+        switches the instruction encoder on; a `task` entry (int32 `[]`) selects one of
+        `num_tasks` value heads.
+      num_tasks: value heads, one per task (required with a `task` observation; the
+        environment's `task` bound + 1: `specs.num_tasks`). Without one: a single head.
       torso: `shallow` or `deep` (the paper's; gin-configure `ShallowTorso` / `DeepTorso`),
         or `mlp` for tiny test games.
       use_lstm: whether to put the LSTM core between the torso and the heads.
@@ -75,6 +80,7 @@ class Agent(keras.Model):
         torso: str = "shallow",
         use_lstm: bool = True,
         lstm_size: int = 256,
+        num_tasks: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -82,9 +88,15 @@ class Agent(keras.Model):
             raise ValueError(
                 f"observation_spec needs a 'frame' entry, got {sorted(observation_spec)}."
             )
-        unknown = set(observation_spec) - {"frame", "instruction"}
+        unknown = set(observation_spec) - {"frame", "instruction", "task"}
         if unknown:
             raise ValueError(f"Agent cannot read observations {sorted(unknown)}.")
+        if ("task" in observation_spec) != (num_tasks is not None):
+            raise ValueError("A 'task' observation and num_tasks go together: got "
+                             f"observations {sorted(observation_spec)}, num_tasks={num_tasks}.")
+        if num_tasks is not None and int(num_tasks) < 1:
+            raise ValueError(f"num_tasks must be at least 1, got {num_tasks}.")
+        self.num_tasks = int(num_tasks) if num_tasks is not None else None
         self.num_actions = int(num_actions)
         self.observation_spec = dict(observation_spec)
         self.use_lstm = bool(use_lstm)
@@ -98,7 +110,8 @@ class Agent(keras.Model):
             self.num_actions, kernel_initializer=kernel_initializer("policy"),
             name="policy_logits")
         self.baseline_head = keras.layers.Dense(
-            1, kernel_initializer=kernel_initializer("baseline"), name="baseline")
+            self.num_tasks or 1, kernel_initializer=kernel_initializer("baseline"),
+            name="baseline")
         self._create_variables()
 
     # -- state ------------------------------------------------------------------------------
@@ -136,20 +149,23 @@ class Agent(keras.Model):
             parts.append(self.instruction_encoder(inputs.observation["instruction"]))
         return tf.concat(parts, axis=-1)
 
-    def _heads(self, core_output: tf.Tensor) -> AgentOutput:
-        return AgentOutput(
-            policy_logits=self.policy_head(core_output),
-            baseline=tf.squeeze(self.baseline_head(core_output), axis=-1),
-        )
+    def _heads(self, core_output: tf.Tensor, observation) -> AgentOutput:
+        values = self.baseline_head(core_output)  # [N, num_tasks or 1]
+        if self.num_tasks is None:
+            baseline = tf.squeeze(values, axis=-1)
+        else:  # the observation's task's head (a one-hot product: XLA-friendly)
+            task = tf.one_hot(tf.cast(observation["task"], tf.int32), self.num_tasks)
+            baseline = tf.reduce_sum(values * task, axis=-1)
+        return AgentOutput(policy_logits=self.policy_head(core_output), baseline=baseline)
 
     # -- entry points --------------------------------------------------------------------------
     def step(self, inputs: AgentInput, state: CoreState) -> Tuple[AgentOutput, CoreState]:
         """One step for a batch of environments: `[B, ...]` inputs -> `[B, ...]` outputs."""
         core_input = self._encode(inputs)
         if self.core is None:
-            return self._heads(core_input), state
+            return self._heads(core_input, inputs.observation), state
         core_output, state = self.core.step(core_input, state, reset=inputs.episode_start)
-        return self._heads(core_output), state
+        return self._heads(core_output, inputs.observation), state
 
     def unroll(self, inputs: AgentInput, state: CoreState) -> Tuple[AgentOutput, CoreState]:
         """`[T+1, B, ...]` inputs and the state before step 0 -> `[T+1, B, ...]` outputs and
@@ -165,7 +181,7 @@ class Agent(keras.Model):
                 core_input, state, reset=inputs.episode_start
             )
             core_output = _merge_time_and_batch(core_output)
-        outputs = self._heads(core_output)
+        outputs = self._heads(core_output, flat.observation)
         return tf.nest.map_structure(lambda x: _split_time_and_batch(x, leading), outputs), state
 
     def call(self, inputs: AgentInput, state: CoreState):
