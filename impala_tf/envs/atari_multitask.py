@@ -4,7 +4,8 @@ Atari-57) plays them.
 Each of the K environments plays its own game; environments of the same game are stepped
 together by one ALE vector interface (`AtariBatchedEnv`), and the agent sees one batch of K
 observations, so one batched inference serves every game. All games share the full 18-action
-set (`full_action_space=True`), the set multi-task Atari agents use. Environment j of actor i
+set (`full_action_space=True`), the set multi-task Atari agents use (`full_action_map`:
+actions a ROM ignores play as their nearest legal one). Environment j of actor i
 plays game `(i * K + j) mod len(games)` (`envs.dmlab.levels_for_environments`), so any N
 actors of K environments cover min(N * K, len(games)) games.
 
@@ -24,6 +25,23 @@ from impala_tf.envs.base import BatchedEnv, BatchedTimeStep, EpisodeStats
 from impala_tf.envs.dmlab import levels_for_environments
 
 NUM_FULL_ACTIONS = 18
+# ALE's 18 actions in their numbering (ale_py.Action): the multi-task agent's action space.
+FULL_ACTION_NAMES = (
+    "NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT", "DOWNRIGHT",
+    "DOWNLEFT", "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE", "UPRIGHTFIRE", "UPLEFTFIRE",
+    "DOWNRIGHTFIRE", "DOWNLEFTFIRE")
+
+
+def full_action_map(action_names: Sequence[str]) -> np.ndarray:
+    """int64 `[18]`: for each of ALE's 18 actions, its index in a game's action set. A game
+    whose ROM ignores a button has fewer legal actions (ALE 0.12 gives Skiing 9): there an
+    action with FIRE plays as the same move without it, and anything else missing as NOOP."""
+    index = {name: i for i, name in enumerate(action_names)}
+    mapped = []
+    for name in FULL_ACTION_NAMES:
+        without_fire = name.replace("FIRE", "") or "NOOP"
+        mapped.append(index.get(name, index.get(without_fire, index["NOOP"])))
+    return np.array(mapped, np.int64)
 
 
 def atari57_games() -> List[str]:
@@ -112,6 +130,8 @@ class AtariMultiTaskEnv(BatchedEnv):
                 full_action_space=True, num_threads=int(num_threads))
             for game, idx in self._groups.items()
         }
+        self._action_maps = {game: full_action_map(env.action_meanings)
+                             for game, env in self._envs.items()}
         first = next(iter(self._envs.values()))
         self._frame_spec = first.observation_spec()["frame"]
         self._frames_per_step = first.frames_per_step
@@ -165,8 +185,11 @@ class AtariMultiTaskEnv(BatchedEnv):
         actions = np.asarray(actions)
         if actions.shape != (self._num_envs,):
             raise ValueError(f"Expected actions of shape ({self._num_envs},), got {actions.shape}.")
-        return self._gather({game: env.step(actions[self._groups[game]])
-                             for game, env in self._envs.items()})
+        if actions.min(initial=0) < 0 or actions.max(initial=0) >= NUM_FULL_ACTIONS:
+            raise ValueError(f"Actions must be in [0, {NUM_FULL_ACTIONS}), got {actions}.")
+        return self._gather({
+            game: env.step(self._action_maps[game][actions[self._groups[game]]])
+            for game, env in self._envs.items()})
 
     def pop_finished_episodes(self) -> List[EpisodeStats]:
         finished = []
