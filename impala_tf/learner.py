@@ -25,7 +25,7 @@ from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replic
 from impala_tf.logdir_lock import LogdirLock
 from impala_tf.rpc import codec
 from impala_tf.rpc.counters import EpisodeTally
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
 from impala_tf.rpc.validation import Unroll, UnrollLimits, UnrollValidator
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import num_tasks, unroll_wire_spec
@@ -114,8 +114,10 @@ class Learner:
       queue_capacity: unrolls held between the service and the batcher (bounds memory and,
         when the learner is the bottleneck, the policy lag); default: one batch.
       max_message_bytes: the largest unroll message accepted.
-      rpc_threads: threads serving RPCs: each connected actor holds one for its stream, so
-        this must exceed the number of actors.
+      max_concurrent_rpcs: calls the gRPC server serves at once (streams do not hold
+        threads); default: two per accepted actor id plus 16 (each actor holds one stream
+        and pulls parameters now and then). A call beyond it is refused with
+        RESOURCE_EXHAUSTED, which the actor logs and retries.
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
       checkpoints_to_keep: the newest this many are kept (None: all, e.g. to follow the
         torso's health over a run with `experiments/torso_health.py`).
@@ -163,7 +165,7 @@ class Learner:
         server_address: str = "127.0.0.1:0",
         queue_capacity: Optional[int] = None,
         max_message_bytes: int = 64 << 20,
-        rpc_threads: int = 64,
+        max_concurrent_rpcs: Optional[int] = None,
         checkpoint_every_minutes: float = 10.0,
         checkpoints_to_keep: Optional[int] = 3,
         log_every_seconds: float = 10.0,
@@ -217,7 +219,7 @@ class Learner:
             initial_state = self.agent.initial_state(1)
             self.wire_spec = unroll_wire_spec(
                 observation_spec, num_actions, self.run_config.unroll_length, initial_state)
-            self.unrolls: "queue.Queue[Unroll]" = queue.Queue(
+            self.unrolls: "queue.Queue[Unroll]" = UnrollQueue(
                 maxsize=queue_capacity or self.run_config.batch_size)
             self.parameters = ParameterStore()
             self.service = LearnerService(
@@ -226,8 +228,11 @@ class Learner:
                                 num_actors, stacked_observations),
                 self.unrolls, self.parameters, self._stop)
             if batch_source is None:
-                self.server = LearnerServer(self.service, server_address, max_message_bytes,
-                                            max_workers=rpc_threads, insecure=insecure).start()
+                self.server = LearnerServer(
+                    self.service, server_address, max_message_bytes,
+                    max_concurrent_rpcs=max_concurrent_rpcs or (
+                        2 * self.service.validator.num_actors + 16),
+                    insecure=insecure).start()
                 local_batch = self.run_config.batch_size // max(1, self._num_workers())
                 if local_batch % self.run_config.num_minibatches:
                     raise ValueError(

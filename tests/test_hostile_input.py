@@ -273,7 +273,7 @@ def test_ids_outside_the_runs_actors_never_reach_the_per_actor_table():
     """20,000 claimed ids were 20,000 entries (520 KB in every metrics line)."""
     unrolls = queue.Queue()
     service = LearnerService(_validator(), unrolls, ParameterStore(), threading.Event())
-    server = LearnerServer(service, "127.0.0.1:0", 1 << 20, max_workers=4).start()
+    server = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
             stream = channel.stream_unary(STREAM_UNROLLS)
@@ -295,7 +295,7 @@ def test_ids_outside_the_runs_actors_never_reach_the_per_actor_table():
 def test_the_attack_headers_get_invalid_argument_and_are_counted(kind):
     unrolls = queue.Queue()
     service = LearnerService(_validator(), unrolls, ParameterStore(), threading.Event())
-    server = LearnerServer(service, "127.0.0.1:0", 1 << 20, max_workers=4).start()
+    server = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
             with pytest.raises(grpc.RpcError) as error:
@@ -316,7 +316,7 @@ def test_an_unexpected_validator_error_is_a_counted_rejection_not_unknown():
 
     service = LearnerService(broken_validator, queue.Queue(), ParameterStore(),
                              threading.Event())
-    server = LearnerServer(service, "127.0.0.1:0", 1 << 20, max_workers=4).start()
+    server = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
             with pytest.raises(grpc.RpcError) as error:

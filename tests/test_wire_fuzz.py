@@ -218,7 +218,7 @@ def live():
     unrolls = queue.Queue(maxsize=1000)
     stop = threading.Event()
     service = LearnerService(VALIDATOR, unrolls, ParameterStore(), stop)
-    server = LearnerServer(service, "127.0.0.1:0", MAX_MESSAGE_BYTES, max_workers=16).start()
+    server = LearnerServer(service, "127.0.0.1:0", MAX_MESSAGE_BYTES).start()
     channel = grpc.insecure_channel(server.address)
     yield service, unrolls, channel, server.address
     channel.close()

@@ -86,7 +86,8 @@ class Security:
             root_certificates=_read(self.client_ca),
             require_client_auth=bool(self.client_ca))
 
-    def interceptors(self, on_denied=None) -> List[grpc.ServerInterceptor]:
+    def aio_interceptors(self, on_denied=None) -> List[grpc.aio.ServerInterceptor]:
+        """For the learner's asyncio server: the token check, when there is a token."""
         return [TokenInterceptor(self._token, on_denied)] if self._token else []
 
     # -- actor side -----------------------------------------------------------------------
@@ -164,26 +165,26 @@ def check_bind(address: str, security: Security, insecure: bool) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with `authorization: Bearer TOKEN`; else UNAUTHENTICATED."""
 
     def __init__(self, token: str, on_denied=None):
         self._expected = f"Bearer {token}".encode()
         self._on_denied = on_denied
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
 
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_stream = grpc.stream_unary_rpc_method_handler(deny)
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         given = b""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == AUTHORIZATION:
                 given = value.encode() if isinstance(value, str) else value
         if hmac.compare_digest(given, self._expected):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         if self._on_denied is not None:
             self._on_denied()
         streaming = handler_call_details.method.endswith("/StreamUnrolls")

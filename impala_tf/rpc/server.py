@@ -7,7 +7,8 @@
       RESOURCE_EXHAUSTED before it is read; it breaks the stream, as a cancelled call or a
       dropped connection does, and broken streams are counted too (a call refused before
       its handler started, e.g. on its very first message, only gRPC sees). A full queue
-      blocks the stream: actors get back-pressure.
+      holds the stream (not a thread) until there is room, streams in the order they
+      came: actors get back-pressure.
   /impala.Learner/GetParameters  (int64 version, int64 incarnation, little-endian
                                   -> parameters message)
       Returns the newest parameters when they are newer than the caller's version or come
@@ -17,14 +18,15 @@
 Methods are registered as generic handlers over raw bytes (no protobuf code generation).
 """
 
+import asyncio
+import collections
 import json
 import logging
 import queue
 import secrets
 import struct
 import threading
-from concurrent import futures
-from typing import List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -35,7 +37,7 @@ from impala_tf.rpc.security import Security, check_bind, split_address
 from impala_tf.rpc.validation import Unroll, UnrollValidator
 
 __all__ = ["LearnerServer", "LearnerService", "ParameterStore", "PortInUseError", "Unroll",
-           "UnrollValidator", "grpc_options"]
+           "UnrollQueue", "UnrollValidator", "grpc_options"]
 
 SERVICE = "impala.Learner"
 STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
@@ -86,23 +88,64 @@ class ParameterStore:
             return self._payload if newer else b""
 
 
-def _ended_by_transport(context, grace_seconds: float = 0.2) -> bool:
-    """After a stream's requests ran out: whether gRPC ended the call (a refused oversize
-    message, a cancel, a dropped connection) rather than the client closing its side.
+class UnrollQueue(queue.Queue):
+    """The bounded queue between the service and the batcher, which tells listeners (the
+    server's event loop) each time a consumer takes an item, i.e. when there is room."""
 
-    gRPC's request iterator may report either as the end of the requests, and the call's
-    cancellation may land just after; so this waits up to `grace_seconds` for the call to
-    end without a status from us (at once when it does). A stream that ends normally pays
-    the wait once, when its actor shuts down."""
-    ended = threading.Event()
-    if not context.add_callback(ended.set):  # the call has already terminated
-        return True
-    ended.wait(grace_seconds)
-    return not context.is_active()
+    def __init__(self, maxsize: int = 0):
+        super().__init__(maxsize)
+        self._listeners: List[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _get(self):
+        item = super()._get()
+        for listener in self._listeners:
+            listener()
+        return item
+
+
+class _RoomWaiters:
+    """Streams waiting, first come first served, for room in a queue that another thread
+    drains: each item taken wakes the longest waiting stream (no thread is held while it
+    waits, and no stream is passed over)."""
+
+    # A waiting stream looks again at least this often (a queue without notifications, or
+    # the learner stopping).
+    RECHECK_SECONDS = 0.5
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, unrolls: "queue.Queue"):
+        self._loop = loop
+        self._waiters: "collections.deque[asyncio.Future]" = collections.deque()
+        self._notified = isinstance(unrolls, UnrollQueue)
+        if self._notified:
+            unrolls.add_listener(lambda: loop.call_soon_threadsafe(self._wake_one))
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def wait(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        timeout = self.RECHECK_SECONDS if self._notified else 0.02
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
 
 
 class LearnerService:
-    """The two RPCs; see the module docstring."""
+    """The two RPCs, as coroutines of the server's event loop; see the module docstring."""
+
+    # After a stream's requests run out, how long to wait for gRPC to cancel the call: an
+    # oversize message, a cancel or a dropped connection can end the requests as a clean
+    # close does, with the cancellation landing just after.
+    BROKEN_STREAM_GRACE_SECONDS = 0.2
 
     def __init__(self, validator: UnrollValidator, unrolls: "queue.Queue[Unroll]",
                  parameters: ParameterStore, stop_event: threading.Event):
@@ -111,49 +154,62 @@ class LearnerService:
         self.parameters = parameters
         self.stop_event = stop_event
         self.counters = ServiceCounters()
+        self._room: Optional[_RoomWaiters] = None
 
-    def stream_unrolls(self, request_iterator, context) -> bytes:
-        accepted = 0
-        requests = iter(request_iterator)
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called by the server with its event loop, before it serves."""
+        self._room = _RoomWaiters(loop, self.unrolls)
+
+    def _validate(self, data: bytes):
+        """(unroll, episodes, None) or (None, None, the reason it is rejected)."""
+        try:
+            unroll, episodes = self.validator(data)
+            return unroll, episodes, None
+        except codec.CodecError as error:
+            return None, None, str(error)
+        except Exception as error:  # noqa: BLE001 (no input may escape as UNKNOWN)
+            reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
+            logging.warning("An unroll raised %s; rejected and counted.", reason)
+            return None, None, reason
+
+    async def _enqueue(self, unroll: Unroll, context) -> None:
+        """Puts the unroll in the queue; while it is full the stream waits (its next message
+        is not read: gRPC's flow control holds the actor back) without holding a thread."""
         while True:
+            if self.stop_event.is_set():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
             try:
-                data = next(requests)
-            except StopIteration:
-                if _ended_by_transport(context):
-                    self.counters.broken()
-                    return b""
-                break
-            except grpc.RpcError:  # gRPC ended the call: oversize message, cancel, disconnect
-                self.counters.broken()
-                return b""
-            try:
-                unroll, episodes = self.validator(data)
-                reason = None
-            except codec.CodecError as error:
-                reason = str(error)
-            except Exception as error:  # noqa: BLE001 (no input may escape as UNKNOWN)
-                reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
-                logging.warning("An unroll raised %s; rejected and counted.", reason)
-            if reason is not None:
-                self.counters.reject(reason)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed unroll: {reason}")
-            while True:  # blocks while the queue is full: back-pressure on the actor
-                if self.stop_event.is_set():
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
-                try:
-                    self.unrolls.put(unroll, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            self.counters.accept(episodes, unroll.actor_id)
-            accepted += 1
+                self.unrolls.put_nowait(unroll)
+                return
+            except queue.Full:
+                await self._room.wait()
+
+    async def stream_unrolls(self, request_iterator, context) -> bytes:
+        accepted = 0
+        try:
+            async for data in request_iterator:
+                unroll, episodes, reason = self._validate(data)
+                if reason is not None:
+                    self.counters.reject(reason)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"malformed unroll: {reason}")
+                await self._enqueue(unroll, context)
+                self.counters.accept(episodes, unroll.actor_id)
+                accepted += 1
+            await asyncio.sleep(self.BROKEN_STREAM_GRACE_SECONDS)
+        except asyncio.CancelledError:  # gRPC ended the call: oversize, cancel, disconnect
+            self.counters.broken()
+            raise
+        except grpc.RpcError:
+            self.counters.broken()
+            return b""
         return json.dumps({"accepted": accepted}).encode()
 
-    def get_parameters(self, request: bytes, context) -> bytes:
+    async def get_parameters(self, request: bytes, context) -> bytes:
         if len(request) != PARAMETERS_REQUEST.size:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"expected a {PARAMETERS_REQUEST.size}-byte (version, incarnation) "
-                          f"request, got {len(request)} bytes")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"expected a {PARAMETERS_REQUEST.size}-byte (version, "
+                                f"incarnation) request, got {len(request)} bytes")
         version, incarnation = PARAMETERS_REQUEST.unpack(request)
         return self.parameters.newer_than(version, incarnation)
 
@@ -163,7 +219,14 @@ class PortInUseError(RuntimeError):
 
 
 class LearnerServer:
-    """Runs `LearnerService` on a gRPC server.
+    """Runs `LearnerService` on gRPC's asyncio server, in an event loop of its own thread.
+
+    A stream does not hold a thread: hundreds of actors share the loop, and one whose
+    stream stalls (or a full queue) makes no other wait longer. The service decodes and
+    validates each unroll on the loop. At most `max_concurrent_rpcs` calls are served at
+    once (derive it from the actors: each holds one stream, plus a parameter pull now and
+    then); gRPC refuses a call beyond it with RESOURCE_EXHAUSTED, which the actor logs and
+    retries.
 
     The port is bound exclusively (no SO_REUSEPORT, which gRPC sets by default and which
     would let a second learner on the same port start silently and take half the actors'
@@ -173,24 +236,50 @@ class LearnerServer:
       service: the service.
       address: `host:port` to bind (port 0 picks a free one).
       max_message_bytes: the largest message accepted or sent.
-      max_workers: threads serving RPCs (one per concurrent actor stream, plus a few).
+      max_concurrent_rpcs: calls served at once (None: no limit).
       security: TLS and token settings (`security.Security`); a non-loopback `address`
         needs both unless `insecure`.
       insecure: allow a non-loopback bind without them (with a warning).
     """
 
     def __init__(self, service: LearnerService, address: str, max_message_bytes: int,
-                 max_workers: int = 64, security: Optional[Security] = None,
-                 insecure: bool = False):
+                 max_concurrent_rpcs: Optional[int] = None,
+                 security: Optional[Security] = None, insecure: bool = False):
         self.service = service
-        self.max_workers = int(max_workers)
+        self.max_concurrent_rpcs = max_concurrent_rpcs
         host, port = split_address(address)
         security = security or Security()
         check_bind(address, security, insecure)
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="learner-rpc"),
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="learner-rpc",
+                                        daemon=True)
+        self._thread.start()
+        service.bind_loop(self._loop)
+        try:
+            self.port = self._call(self._create(
+                service, address, max_message_bytes, max_concurrent_rpcs, security))
+        except BaseException:
+            self._close_loop()
+            raise
+        if self.port == 0:
+            self._call(self._server.stop(None))
+            self._close_loop()
+            raise PortInUseError(
+                f"Could not bind the learner's gRPC server to {address}: "
+                + (f"port {port} is in use (is another learner running there?)" if port
+                   else "no free port"))
+        self.address = f"{host}:{self.port}"
+
+    def _call(self, coroutine):
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _create(self, service, address, max_message_bytes, max_concurrent_rpcs,
+                      security) -> int:
+        self._server = grpc.aio.server(
             options=grpc_options(max_message_bytes) + [("grpc.so_reuseport", 0)],
-            interceptors=security.interceptors(on_denied=service.counters.deny),
+            interceptors=security.aio_interceptors(on_denied=service.counters.deny),
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         handlers = {
             "StreamUnrolls": grpc.stream_unary_rpc_method_handler(service.stream_unrolls),
@@ -200,22 +289,23 @@ class LearnerServer:
             (grpc.method_handlers_generic_handler(SERVICE, handlers),))
         try:
             if security.server_tls:
-                self.port = self._server.add_secure_port(address, security.server_credentials())
-            else:
-                self.port = self._server.add_insecure_port(address)
+                return self._server.add_secure_port(address, security.server_credentials())
+            return self._server.add_insecure_port(address)
         except RuntimeError:
-            self.port = 0
-        if self.port == 0:
-            self._server.stop(None)
-            raise PortInUseError(
-                f"Could not bind the learner's gRPC server to {address}: "
-                + (f"port {port} is in use (is another learner running there?)" if port
-                   else "no free port"))
-        self.address = f"{host}:{self.port}"
+            return 0
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def start(self) -> "LearnerServer":
-        self._server.start()
+        self._call(self._server.start())
         return self
 
     def stop(self, grace: Optional[float] = 1.0) -> None:
-        self._server.stop(grace).wait()
+        if self._loop.is_closed():
+            return
+        self._call(self._server.stop(grace))
+        self._close_loop()

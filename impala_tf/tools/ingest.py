@@ -194,7 +194,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
             "learner_cpu_us_per_frame": 1e6 * (cpu1 - cpu0) / frames if frames else None,
             "wire_bytes_per_frame": message_bytes / unroll_frames,
             "rejected_unrolls": rejected1 - rejected0,
-            "packed": pack, "rpc_threads": learner.server.max_workers,
+            "packed": pack, "max_concurrent_rpcs": learner.server.max_concurrent_rpcs,
             "client_processes": processes}
 
 
