@@ -59,9 +59,10 @@ class Checkpointer:
     def save(self) -> str:
         return self._manager.save(checkpoint_number=int(self.learner_step.numpy()))
 
-    def restore_latest(self) -> Optional[str]:
-        """Restores the newest checkpoint if there is one; returns its path."""
-        path = self._manager.latest_checkpoint
+    def restore_latest(self, from_dir: Optional[str] = None) -> Optional[str]:
+        """Restores the newest checkpoint if there is one (in this checkpointer's directory,
+        or in `from_dir`: a learner worker resumes from the chief's); returns its path."""
+        path = tf.train.latest_checkpoint(from_dir) if from_dir else self._manager.latest_checkpoint
         if path:
             self._checkpoint.restore(path).assert_existing_objects_matched()
         return path

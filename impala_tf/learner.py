@@ -32,6 +32,7 @@ from impala_tf.specs import num_tasks, unroll_wire_spec
 
 # Stats summed over replicas (the loss terms when the loss is a sum); the rest are averaged.
 _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
+DECISIONS = "decisions"  # the step's stats entry: [stop, checkpoint], summed over workers
 
 
 def _xla_plan(strategy: tf.distribute.Strategy, jit_compile: bool) -> Tuple[bool, bool]:
@@ -49,6 +50,15 @@ class NonFiniteUpdatesError(RuntimeError):
 
 class DiskFullError(RuntimeError):
     """The disk under the logdir is full: the run stopped (see the message)."""
+
+
+class WorkerLostError(RuntimeError):
+    """A learner worker of a multi-worker run lost another (see the message)."""
+
+
+# What a collective op raises on a worker when another worker of the cluster has gone.
+_LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError,
+                       tf.errors.AbortedError, tf.errors.DeadlineExceededError)
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -214,7 +224,10 @@ class Learner:
             self.checkpointer = checkpoints.Checkpointer(
                 checkpoint_logdir, self.agent, self.train_step.optimizer,
                 max_to_keep=checkpoints_to_keep, popart=self.train_step.popart)
-            self.restored_from = self.checkpointer.restore_latest()
+            # Every worker resumes from the chief's checkpoint: workers that restored
+            # different steps would train diverged copies of one model.
+            self.restored_from = self.checkpointer.restore_latest(
+                from_dir=None if is_chief else checkpoints.checkpoint_dir(logdir))
 
             initial_state = self.agent.initial_state(1)
             self.wire_spec = unroll_wire_spec(
@@ -266,6 +279,11 @@ class Learner:
         return self.server.address if self.server else None
 
     @property
+    def checkpoint_dir(self) -> str:
+        """Where this worker saves: LOGDIR/checkpoints (the chief), LOGDIR/worker_N/..."""
+        return checkpoints.checkpoint_dir(self._checkpoint_logdir)
+
+    @property
     def learner_step(self) -> int:
         return int(self.checkpointer.learner_step.numpy())
 
@@ -277,9 +295,18 @@ class Learner:
         return distribute.num_workers(self.strategy)
 
     # -- training --------------------------------------------------------------------------------
-    def _step_on_replicas(self, distributed_batch):
-        per_replica = self.strategy.run(self.train_step.update, args=(distributed_batch,),
-                                        kwargs={"local_gradients": self._local_gradients})
+    def _step_on_replicas(self, distributed_batch, decisions):
+        """One update on every replica; `decisions` float32 `[2]` (stop, checkpoint) are
+        this worker's wishes, summed over all replicas of all workers into the stats'
+        `DECISIONS`, so that every worker stops or checkpoints after the same step."""
+        def update(batch, decisions):
+            stats = self.train_step.update(batch, local_gradients=self._local_gradients)
+            context = tf.distribute.get_replica_context()
+            stats[DECISIONS] = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                  tf.identity(decisions))
+            return stats
+
+        per_replica = self.strategy.run(update, args=(distributed_batch, decisions))
         reduced = {}
         for name, value in per_replica.items():
             summed = name in _SUMMED_STATS and self.train_step.loss_reduction == "sum"
@@ -307,18 +334,46 @@ class Learner:
         checkpoint where one still fits)."""
         try:
             return self._run(max_steps, progress, max_frames)
+        except _LOST_WORKER_ERRORS as error:
+            if self._num_workers() == 1:
+                raise
+            self._stop_on_lost_worker(error)
         except (OSError, tf.errors.OpError) as error:
             if not is_disk_full(error):
                 raise
             self._stop_on_full_disk(error)
 
+    def _stop_on_lost_worker(self, error: BaseException) -> None:
+        """Another worker went away mid-step (its all-reduce failed). The weights are still
+        those of the last whole step: the chief saves them; every worker then stops with one
+        line (`WorkerLostError`), and the same command on every worker resumes."""
+        cause = " ".join((error.message if hasattr(error, "message") else str(error))
+                         .split())[:160]
+        saved = ""
+        if self.is_chief:
+            try:
+                saved = f"; the chief saved step {self.learner_step} to {self.save()}"
+            except (OSError, tf.errors.OpError):
+                saved = "; the chief could not save a final checkpoint"
+        raise WorkerLostError(
+            f"Learner worker {self.worker.index} of {self.worker.count} lost the cluster at "
+            f"learner step {self.learner_step} ({type(error).__name__}: {cause}){saved}. A "
+            "multi-worker run stops whole: start every worker again with the same command and "
+            "TF_CONFIG, and all resume from the chief's last checkpoint.") from None
+
     def _run(self, max_steps, progress, max_frames) -> dict:
+        """The loop. With several workers every decision to leave it or to checkpoint is
+        taken together, at the same step: the frame budget and `max_steps` count the same
+        on every worker, and a `stop()` or a due checkpoint on any worker travels with the
+        next step's all-reduce (`_step_on_replicas`). A worker that left alone would leave
+        the others waiting in the all-reduce for ever."""
         total = min(self.run_config.total_environment_frames, max_frames or float("inf"))
         steps_done = 0
         last_log = last_checkpoint = time.time()
         window = _Window(self.env_frames)
         record: dict = {}
-        while not self._stop.is_set() and self.env_frames < total:
+        together = self._num_workers() > 1
+        while (together or not self._stop.is_set()) and self.env_frames < total:
             if max_steps is not None and steps_done >= max_steps:
                 break
             ready = self._next_batch()
@@ -332,9 +387,13 @@ class Learner:
             # version than this learner's step: counted as 0).
             lags = np.maximum(self.learner_step - ready.policy_versions, 0)
             culprits = None  # a batch is traced to its unrolls once, whatever its updates
+            wishes = tf.constant([float(self._stop.is_set()),
+                                  float(time.time() - last_checkpoint >= self._checkpoint_every)])
             for minibatch in minibatches(ready.batch, self.run_config.num_epochs,
                                          self.run_config.num_minibatches, self._shuffle):
-                stats = self._distributed_step(split_for_replicas(self.strategy, minibatch))
+                stats = self._distributed_step(split_for_replicas(self.strategy, minibatch),
+                                               wishes)
+                decisions = stats.pop(DECISIONS).numpy()
                 if float(stats["nonfinite_update"]) > 0:
                     window.skipped += 1
                     if culprits is None:
@@ -353,9 +412,11 @@ class Learner:
             if now - last_log >= self._log_every:
                 record = self._log(window, progress)
                 last_log = now
-            if now - last_checkpoint >= self._checkpoint_every:
+            if decisions[1] > 0:  # due on some worker: every worker saves after this step
                 self.save()
                 last_checkpoint = now
+            if together and decisions[0] > 0:
+                break
         if window.steps or not record:
             record = self._log(window, progress)
         self.save()

@@ -29,7 +29,7 @@ from impala_tf.distribute import NoTPUError, make_strategy, num_workers
 from impala_tf.envs.atari_multitask import multitask_coverage, resolve_games
 from impala_tf.envs.dmlab import dmlab30_coverage
 from impala_tf.envs.factory import make_environment
-from impala_tf.learner import DiskFullError, Learner
+from impala_tf.learner import DiskFullError, Learner, WorkerLostError
 from impala_tf.logdir_lock import LogdirInUseError
 from impala_tf.rpc.security import SecurityError, local_dial_address, split_address
 from impala_tf.rpc.server import PortInUseError
@@ -258,7 +258,7 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
             RunConfig().total_environment_frames, FLAGS.max_frames, FLAGS.max_minutes,
             stop=learner.stop))
         print(f"done: {learner.env_frames:,d} frames, {learner.learner_step} steps; "
-              f"checkpoint in {os.path.join(logdir, 'checkpoints')}", flush=True)
+              f"checkpoint in {learner.checkpoint_dir}", flush=True)
         return record
     finally:
         if launcher is not None:
@@ -294,7 +294,8 @@ def main(argv) -> None:
         run_learner(FLAGS.logdir, FLAGS.bind, spawn_actors=FLAGS.role == "all")
     except SecurityError as error:
         raise app.UsageError(str(error)) from None
-    except (LogdirInUseError, PortInUseError, DiskFullError, NoTPUError) as error:
+    except (LogdirInUseError, PortInUseError, DiskFullError, NoTPUError,
+            WorkerLostError) as error:
         # One line: gin appends "In call to configurable ..." to errors raised in its calls.
         sys.exit(f"impala_tf: {str(error).splitlines()[0]}")
 

@@ -18,7 +18,9 @@ from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
 
 
-def main(logdir: str, worker_index: int) -> None:
+def main(logdir: str, worker_index: int, stop_after: int = 0) -> None:
+    """`stop_after` > 0: worker 1 alone calls `stop()` once it has made that many batches
+    (as a SIGTERM on its process would); run(max_steps=50) then."""
     strategy = make_strategy("multi_worker")
     config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8"])
     spec = {"frame": tf.TensorSpec([10, 5, 1], tf.uint8)}
@@ -27,10 +29,18 @@ def main(logdir: str, worker_index: int) -> None:
     local = synthetic_batch(Agent(3, spec, torso="mlp", lstm_size=8), spec, 4, 2, 0.2,
                             seed=worker_index)  # each worker its own half of the batch
     tf.random.set_seed(0)
+    made = []
+
+    def batches():
+        made.append(1)
+        if stop_after and worker_index == 1 and len(made) > stop_after:
+            learner.stop()
+        return ReadyBatch(local, np.zeros(2, np.int64))
+
     learner = Learner(spec, 3, logdir, strategy=strategy, run_config=run,
-                      batch_source=lambda: ReadyBatch(local, np.zeros(2, np.int64)),
+                      batch_source=batches,
                       log_every_seconds=0.0)  # the chief comes from TF_CONFIG
-    record = learner.run(max_steps=3)
+    record = learner.run(max_steps=50 if stop_after else 3)
     weights = learner.agent.get_weights()
     print(json.dumps({
         "worker": worker_index, "identity": list(learner.worker),
@@ -41,4 +51,4 @@ def main(logdir: str, worker_index: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)

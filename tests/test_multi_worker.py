@@ -4,9 +4,12 @@ the chief writes into the run's logdir."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -19,7 +22,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_workers_train_in_lockstep(tmp_path):
+def _run_synthetic_workers(tmp_path, *extra):
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
     processes = []
     for index in range(2):
@@ -28,7 +31,7 @@ def test_two_workers_train_in_lockstep(tmp_path):
                    PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
         processes.append(subprocess.Popen(
             [sys.executable, os.path.join(HERE, "multi_worker_process.py"),
-             str(tmp_path / "run"), str(index)],
+             str(tmp_path / "run"), str(index), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     results = []
     for p in processes:
@@ -40,6 +43,20 @@ def test_two_workers_train_in_lockstep(tmp_path):
             pytest.fail("multi-worker processes did not finish")
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def test_a_stop_on_one_worker_stops_every_worker_after_the_same_step(tmp_path):
+    """Worker 1 alone is asked to stop after its 4th batch: the request rides the next
+    step's all-reduce, and both leave after step 5 (alone, worker 0 would wait in the
+    all-reduce for ever)."""
+    results = _run_synthetic_workers(tmp_path, "4")
+    assert [r["steps"] for r in results] == [5, 5]
+    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
+
+
+def test_two_workers_train_in_lockstep(tmp_path):
+    results = _run_synthetic_workers(tmp_path)
     assert [r["replicas"] for r in results] == [2, 2]
     assert [r["steps"] for r in results] == [3, 3]
     assert results[0]["frames"] == 3 * 4 * 4  # the global batch of 4 unrolls of 4 steps
@@ -50,6 +67,84 @@ def test_two_workers_train_in_lockstep(tmp_path):
     assert (run / "metrics.jsonl").exists()  # the chief writes the metrics
     assert (run / "checkpoints").is_dir() and (run / "worker_1" / "checkpoints").is_dir()
     assert not (run / "worker_1" / "metrics.jsonl").exists()
+
+
+def _start_workers(logdir, tmp_path, tag, max_frames):
+    """Two learner workers through the real command, each with its own TF_CONFIG and its
+    own actor processes, on one logdir; their output goes to files."""
+    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    processes, outputs = [], []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        output = tmp_path / f"{tag}_worker{index}.log"
+        with open(output, "w") as out:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "impala_tf.train", "--role=all", "--gin_file=catch.gin",
+                 "--gin_bindings=make_strategy.kind = 'multi_worker'",
+                 "--gin_bindings=Learner.log_every_seconds = 2.0",
+                 f"--logdir={logdir}", f"--max_frames={max_frames}"],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+                env=dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")))
+        outputs.append(output)
+    return processes, outputs
+
+
+def _wait_all(processes, timeout):
+    deadline = time.time() + timeout
+    for p in processes:
+        try:
+            p.wait(max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for q in processes:
+                q.kill()
+            pytest.fail("learner workers did not finish")
+
+
+def test_two_workers_learn_catch_through_the_train_command_and_stop_together(tmp_path):
+    """Two `python -m impala_tf.train --role=all` workers (multi_worker strategy, each with
+    its actors) learn Catch; only the chief writes metrics. Restarted, both resume from the
+    chief's checkpoint; when one is killed the other stops with one line, after the chief
+    saved the last whole step."""
+    logdir = tmp_path / "run"
+    processes, outputs = _start_workers(logdir, tmp_path, "first", 200_000)
+    _wait_all(processes, 420)
+    texts = [o.read_text() for o in outputs]
+    for p, text in zip(processes, texts):
+        assert p.returncode == 0, text[-3000:]
+    assert "(actors 0 to 1)" in texts[0] and "(actors 2 to 3)" in texts[1]
+    records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    returns = [r["episode_return_mean"] for r in records if r["episodes"]]
+    assert returns[-1] >= 0.9, returns
+    assert records[-1]["env_frames"] >= 200_000
+    assert not (logdir / "worker_1" / "metrics.jsonl").exists()
+    assert (logdir / "worker_1" / "checkpoints").is_dir()
+    steps = records[-1]["learner_steps"]
+
+    processes, outputs = _start_workers(logdir, tmp_path, "second", 2_000_000)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # both resumed and trained on
+        texts = [o.read_text() for o in outputs]
+        if all(len(re.findall(r"^frames ", t, re.M)) >= 3 for t in texts):
+            break
+        assert all(p.poll() is None for p in processes), texts
+        time.sleep(1)
+    resumed = [re.search(r"resumed from (\S+): step (\d+)", t) for t in texts]
+    assert all(resumed), texts
+    assert resumed[0].group(1) == resumed[1].group(1)  # the chief's checkpoint, on both
+    assert resumed[0].group(1).startswith(str(logdir / "checkpoints"))
+    assert int(resumed[0].group(2)) == steps
+    processes[1].send_signal(signal.SIGKILL)
+    try:
+        processes[0].wait(120)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        pytest.fail("the surviving worker waited for ever on its lost peer")
+    survivor = outputs[0].read_text()
+    assert processes[0].returncode == 1
+    last = survivor.strip().splitlines()[-1]
+    assert last.startswith("impala_tf: Learner worker 0 of 2 lost the cluster"), survivor[-3000:]
+    assert "the chief saved step" in last and "start every worker again" in last
+    assert "Traceback" not in survivor
 
 
 class _Clustered:
