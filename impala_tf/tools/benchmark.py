@@ -60,6 +60,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("ingest_actors", 16, "ingest: actor streams into one learner.")
     flags.DEFINE_bool("ingest_packed", True, "ingest: send stacked frames packed, each "
                       "frame once (--noingest_packed: whole stacks, the earlier wire format).")
+    flags.DEFINE_bool("gpu", False, "Let the learner use the GPUs (the learner and "
+                      "end_to_end stages); actors and the other stages never do.")
     flags.DEFINE_bool("scaling", False, "Also end-to-end with 1/2/4/8 actors x 1/2 devices.")
     flags.DEFINE_string("json", None, "Write all figures to this file.")
     # Internal: run one stage in this process and write its figures to --stage_out.
@@ -141,6 +143,7 @@ def stage_actor(seconds: float) -> Dict:
 
 def stage_learner(seconds: float, strategy_kind: str) -> Dict:
     import numpy as np
+    import tensorflow as tf
 
     from impala_tf.batcher import ReadyBatch
     from impala_tf.distribute import make_strategy
@@ -171,7 +174,9 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
             learner.run(max_steps=steps)
         learner.close()
     frames = steps * run.frames_per_batch
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     return {"strategy": strategy_kind, "replicas": strategy.num_replicas_in_sync,
+            "device": gpus[0] if gpus else "CPU",
             "batch_size": run.batch_size, "unroll_length": run.unroll_length,
             "seconds_per_update": m.wall / steps, "frames_per_s": frames / m.wall,
             "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall}
@@ -319,7 +324,9 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
         if mirrored:
             command += ["--gin_bindings=make_strategy.kind = 'mirrored'",
                         "--gin_bindings=make_strategy.num_cpu_devices = 2"]
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        if not FLAGS.gpu:  # the learner on the CPU (train hides GPUs from actors anyway)
+            env["CUDA_VISIBLE_DEVICES"] = ""
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    env=env)
         try:
@@ -370,7 +377,9 @@ def _run_stage(stage: str, extra=()) -> Dict:
                f"--stage_out={out}", f"--seconds={FLAGS.seconds}", *extra]
     command += [f"--gin_file={g}" for g in FLAGS.gin_file]
     command += [f"--gin_bindings={b}" for b in FLAGS.gin_bindings]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if not (FLAGS.gpu and stage == "learner"):
+        env["CUDA_VISIBLE_DEVICES"] = ""
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     try:
         if result.returncode != 0:
