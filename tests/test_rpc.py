@@ -180,3 +180,77 @@ def test_bad_meta_is_rejected(meta, message):
               "action": np.zeros(3, np.int32), "reward": np.zeros(3, np.float32)}
     with pytest.raises(codec.CodecError, match=message):
         validator(codec.encode(codec.UNROLL_MAGIC, fields, meta))
+
+
+def _unroll_of(actor_id, version):
+    fields = {"observation/frame": np.zeros((3, 4, 4, 1), np.uint8),
+              "action": np.array([0, 1, 2], np.int32), "reward": np.zeros(3, np.float32)}
+    return codec.encode(codec.UNROLL_MAGIC, fields,
+                        {"policy_version": version, "actor_id": actor_id})
+
+
+def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
+    """150 idle streams held open (the old server's 64 threads froze with 70), then 200
+    streams that each send 3 unrolls into a queue of 4 that the consumer drains: every
+    stream is served, each waiting for room without holding a thread."""
+    from impala_tf.rpc.server import UnrollQueue
+    unrolls = UnrollQueue(maxsize=4)
+    stop = threading.Event()
+    service = LearnerService(UnrollValidator(SPEC, 3, 1 << 20, num_actors=1000), unrolls,
+                             ParameterStore(), stop)
+    srv = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
+    release = threading.Event()
+
+    def idle():
+        release.wait(120)
+        return
+        yield  # a generator that sends nothing until released
+
+    channel = grpc.insecure_channel(srv.address)
+    stream = channel.stream_unary(STREAM_UNROLLS)
+    idle_calls = [stream.future(idle(), timeout=120) for _ in range(150)]
+    senders = 200
+    calls = [stream.future(iter([_unroll_of(a, v) for v in range(3)]), timeout=120)
+             for a in range(senders)]
+    received = []
+    deadline = time.time() + 120
+    while len(received) < 3 * senders and time.time() < deadline:
+        try:
+            received.append(unrolls.get(timeout=1.0))
+        except queue.Empty:
+            continue
+    assert len(received) == 3 * senders
+    assert {u.actor_id for u in received} == set(range(senders))
+    assert all(c.result(timeout=30) for c in calls)
+    assert service.counters.rejected == 0
+    release.set()
+    for call in idle_calls:
+        call.result(timeout=30)
+    channel.close()
+    stop.set()
+    srv.stop(0)
+
+
+def test_a_call_beyond_the_concurrency_limit_is_refused_with_a_clear_code():
+    unrolls = queue.Queue(maxsize=2)
+    service = LearnerService(UnrollValidator(SPEC, 3, 1 << 20), unrolls, ParameterStore(),
+                             threading.Event())
+    srv = LearnerServer(service, "127.0.0.1:0", 1 << 20, max_concurrent_rpcs=2).start()
+    release = threading.Event()
+
+    def idle():
+        release.wait(60)
+        return
+        yield
+
+    channel = grpc.insecure_channel(srv.address)
+    held = [channel.stream_unary(STREAM_UNROLLS).future(idle(), timeout=60) for _ in range(2)]
+    time.sleep(1.0)
+    with pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary(GET_PARAMETERS)(b"\0" * 16, timeout=10)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    release.set()
+    for call in held:
+        call.result(timeout=30)
+    channel.close()
+    srv.stop(0)
