@@ -128,6 +128,8 @@ class Learner:
         threads); default: two per accepted actor id plus 16 (each actor holds one stream
         and pulls parameters now and then). A call beyond it is refused with
         RESOURCE_EXHAUSTED, which the actor logs and retries.
+      rpc_threads: ignored; the server no longer holds a thread per stream. Kept so that
+        the operative_config.gin of earlier runs still parses (`evaluate --logdir`).
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
       checkpoints_to_keep: the newest this many are kept (None: all, e.g. to follow the
         torso's health over a run with `experiments/torso_health.py`).
@@ -176,6 +178,7 @@ class Learner:
         queue_capacity: Optional[int] = None,
         max_message_bytes: int = 64 << 20,
         max_concurrent_rpcs: Optional[int] = None,
+        rpc_threads: Optional[int] = None,
         checkpoint_every_minutes: float = 10.0,
         checkpoints_to_keep: Optional[int] = 3,
         log_every_seconds: float = 10.0,

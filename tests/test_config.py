@@ -11,7 +11,7 @@ import fake_deepmind_lab
 from impala_tf import builders, config
 from impala_tf.envs.factory import make_environment
 from impala_tf.run_config import RunConfig
-from impala_tf.specs import tensor_specs
+from impala_tf.specs import num_tasks, tensor_specs
 
 GIN_FILES = sorted(config.EXPERIMENTS_DIR.rglob("*.gin"))
 
@@ -46,7 +46,7 @@ def test_gin_file_parses_and_builds(path, fake_lab):
     config.parse_config([str(path)])
     env = make_environment(2)
     agent = builders.build_agent(tensor_specs(env.observation_spec()),
-                                 env.action_spec().num_values)
+                                 env.action_spec().num_values, num_tasks(env.observation_spec()))
     step = builders.build_train_step(agent)
     assert RunConfig().num_action_repeats == env.frames_per_step
     assert agent.count_params() > 1_000
@@ -55,7 +55,9 @@ def test_gin_file_parses_and_builds(path, fake_lab):
                           "pong_shallow_reuse.gin": 1.0,
                           "pong_shallow_adam_a2c_batch.gin": 1.0,
                           "pong_shallow_adam_t5_b8.gin": 1.0,
-                          "pong_shallow_adam_t5_b8_centred.gin": 1.0}.get(path.name, 0.5)
+                          "pong_shallow_adam_t5_b8_centred.gin": 1.0,
+                          "multitask_shallow_small.gin": 1.0,
+                          "multitask_shallow_small_popart.gin": 1.0}.get(path.name, 0.5)
     assert step.discount == 0.99 and step.baseline_cost == want_baseline_cost
     assert "Agent.torso" in gin.operative_config_str()
 
