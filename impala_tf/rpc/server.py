@@ -108,8 +108,8 @@ class UnrollQueue(queue.Queue):
 
 class _RoomWaiters:
     """Streams waiting, first come first served, for room in a queue that another thread
-    drains: each item taken wakes the longest waiting stream (no thread is held while it
-    waits, and no stream is passed over)."""
+    drains: each item taken wakes the longest waiting stream, and no stream overtakes one
+    that waits (no thread is held while it waits, and no stream is passed over)."""
 
     # A waiting stream looks again at least this often (a queue without notifications, or
     # the learner stopping).
@@ -118,25 +118,38 @@ class _RoomWaiters:
     def __init__(self, loop: asyncio.AbstractEventLoop, unrolls: "queue.Queue"):
         self._loop = loop
         self._waiters: "collections.deque[asyncio.Future]" = collections.deque()
+        self._live = 0  # streams inside `wait` (woken ones too, until they resume)
         self._notified = isinstance(unrolls, UnrollQueue)
         if self._notified:
-            unrolls.add_listener(lambda: loop.call_soon_threadsafe(self._wake_one))
+            unrolls.add_listener(lambda: loop.call_soon_threadsafe(self.wake_one))
 
-    def _wake_one(self) -> None:
+    @property
+    def waiting(self) -> bool:
+        return self._live > 0
+
+    def wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
 
-    async def wait(self) -> None:
+    async def wait(self, front: bool = False) -> None:
+        """Until woken or the recheck period passed; `front`: ahead of every other waiter
+        (a stream that was woken but found no room keeps its place)."""
         waiter = self._loop.create_future()
-        self._waiters.append(waiter)
+        if front:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        self._live += 1
         timeout = self.RECHECK_SECONDS if self._notified else 0.02
         try:
             await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
             pass
+        finally:
+            self._live -= 1
 
 
 class LearnerService:
@@ -175,14 +188,21 @@ class LearnerService:
     async def _enqueue(self, unroll: Unroll, context) -> None:
         """Puts the unroll in the queue; while it is full the stream waits (its next message
         is not read: gRPC's flow control holds the actor back) without holding a thread."""
+        front = False
+        if self._room.waiting:  # others came first: join the line behind them
+            await self._room.wait()
+            front = True
         while True:
             if self.stop_event.is_set():
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
             try:
                 self.unrolls.put_nowait(unroll)
+                if self._room.waiting and not self.unrolls.full():
+                    self._room.wake_one()  # room for the next in line too
                 return
             except queue.Full:
-                await self._room.wait()
+                await self._room.wait(front=front)
+                front = True
 
     async def stream_unrolls(self, request_iterator, context) -> bytes:
         accepted = 0
