@@ -122,7 +122,7 @@ class Learner:
       run_config: unroll length, batch size, frame budget.
       server_address: where the gRPC server listens (port 0: any free port).
       queue_capacity: unrolls held between the service and the batcher (bounds memory and,
-        when the learner is the bottleneck, the policy lag); default: one batch.
+        when the learner is the bottleneck, the policy lag); default: one of this worker's batches.
       max_message_bytes: the largest unroll message accepted.
       max_concurrent_rpcs: calls the gRPC server serves at once (streams do not hold
         threads); default: two per accepted actor id plus 16 (each actor holds one stream
@@ -236,7 +236,8 @@ class Learner:
             self.wire_spec = unroll_wire_spec(
                 observation_spec, num_actions, self.run_config.unroll_length, initial_state)
             self.unrolls: "queue.Queue[Unroll]" = UnrollQueue(
-                maxsize=queue_capacity or self.run_config.batch_size)
+                maxsize=queue_capacity or max(
+                    1, self.run_config.batch_size // max(1, self._num_workers())))
             self.parameters = ParameterStore()
             self.service = LearnerService(
                 UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
