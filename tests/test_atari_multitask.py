@@ -227,3 +227,13 @@ def test_the_papers_summary_over_all_57_is_its_table_4_median():
         "impala_deep_multitask")
     assert evaluation.paper_summary(rows, "atari")["median"] == pytest.approx(59.7, abs=0.05)
     assert len(rows) == len(scores.paper_atari_scores()) == 57
+
+
+@pytest.mark.parametrize("column, table_3", [("experts", 44.5), ("impala", 49.4)])
+def test_the_papers_dmlab30_summary_over_its_30_levels_is_table_3(column, table_3):
+    from impala_tf import evaluation
+    from impala_tf.envs.dmlab import dmlab30_level_names
+    rows = evaluation.score_rows([evaluation.EpisodeStats(0.0, 1, level)
+                                  for level in dmlab30_level_names("test")], "dmlab", column)
+    assert evaluation.paper_summary(rows, "dmlab")["mean_capped"] == pytest.approx(
+        table_3, abs=0.06)
