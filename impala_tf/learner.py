@@ -122,7 +122,8 @@ class Learner:
       run_config: unroll length, batch size, frame budget.
       server_address: where the gRPC server listens (port 0: any free port).
       queue_capacity: unrolls held between the service and the batcher (bounds memory and,
-        when the learner is the bottleneck, the policy lag); default: one of this worker's batches.
+        when the learner is the bottleneck, the policy lag); default: one of this worker's
+        batches.
       max_message_bytes: the largest unroll message accepted.
       max_concurrent_rpcs: calls the gRPC server serves at once (streams do not hold
         threads); default: two per accepted actor id plus 16 (each actor holds one stream

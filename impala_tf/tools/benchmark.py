@@ -438,7 +438,8 @@ def print_table(results: Dict) -> None:
               f"{i['frames_per_s']:,.0f} frames/s, learner "
               f"{_fmt(i['learner_cpu_us_per_frame'], '.1f')} us CPU per frame, "
               f"{i['wire_bytes_per_frame']:,.0f} wire bytes per frame, "
-              f"{i['rejected_unrolls']} rejected (at most {i['max_concurrent_rpcs']} calls at once)")
+              f"{i['rejected_unrolls']} rejected "
+              f"(at most {i['max_concurrent_rpcs']} calls at once)")
     if "bound" in results:
         b = results["bound"]
         print(f"\nbound on {b['cores']} cores: {b['frames_per_s']:,.0f} frames/s "
