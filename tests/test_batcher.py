@@ -1,0 +1,64 @@
+"""The batcher's hand-over to TensorFlow: stacked arrays are shared through DLPack when they
+can be (aligned, a supported dtype), copied otherwise, and equal numpy's stack either way."""
+
+import gc
+
+import numpy as np
+import tensorflow as tf
+
+from impala_tf.batcher import aligned_empty, as_tensor, stack_unrolls
+from impala_tf.rpc.validation import Unroll
+
+
+def test_aligned_empty_is_aligned_and_contiguous():
+    for shape, dtype in [((21, 32, 84, 84, 4), np.uint8), ((7, 3), np.float32), ((5,), np.int64)]:
+        array = aligned_empty(shape, dtype)
+        assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous
+        assert array.ctypes.data % 64 == 0
+
+
+def test_a_shared_tensor_has_the_arrays_values_and_outlives_it():
+    array = aligned_empty((16, 256, 256), np.uint8)
+    array[...] = np.arange(256, dtype=np.uint8)
+    tensor = as_tensor(array)
+    array[0, 0, 0] = 99
+    assert int(tensor[0, 0, 0]) == 99  # the same buffer: no copy was made
+    array[0, 0, 0] = 0
+    del array
+    gc.collect()
+    junk = [np.full((16, 256, 256), 9, np.uint8) for _ in range(4)]  # would reuse it if freed
+    np.testing.assert_array_equal(tensor.numpy()[3, 7], np.arange(256, dtype=np.uint8))
+    del junk
+
+
+def test_unshareable_arrays_are_copied():
+    misaligned = aligned_empty((4097,), np.uint8)[1:]
+    misaligned[...] = 5
+    booleans = aligned_empty((3, 4), np.bool_)
+    booleans[...] = True
+    for array in (misaligned, booleans, np.zeros((0, 3), np.float32)):
+        tensor = as_tensor(array)
+        np.testing.assert_array_equal(tensor.numpy(), array)
+        assert tensor.dtype == tf.as_dtype(array.dtype)
+
+
+def test_stacked_unrolls_equal_numpys_stack():
+    rng = np.random.default_rng(0)
+    unrolls = [Unroll({"observation/frame": rng.integers(0, 255, (5, 6, 6, 4), dtype=np.uint8),
+                       "action": rng.integers(0, 3, 5).astype(np.int32),
+                       "reward": rng.normal(size=5).astype(np.float32),
+                       "discount": np.ones(5, np.float32),
+                       "episode_start": rng.random(5) < 0.3,
+                       "behaviour_logits": rng.normal(size=(5, 3)).astype(np.float32)},
+                      policy_version=i, actor_id=i) for i in range(4)]
+    ready = stack_unrolls(unrolls, ["frame"], ())
+    trajectory = ready.batch.trajectory
+    np.testing.assert_array_equal(
+        trajectory.observation["frame"],
+        np.stack([u.fields["observation/frame"] for u in unrolls], axis=1))
+    np.testing.assert_array_equal(trajectory.episode_start,
+                                  np.stack([u.fields["episode_start"] for u in unrolls], 1))
+    shared = tf.nest.map_structure(as_tensor, ready.batch)
+    np.testing.assert_array_equal(shared.trajectory.behaviour_logits.numpy(),
+                                  trajectory.behaviour_logits)
+    assert list(ready.policy_versions) == [0, 1, 2, 3]
