@@ -16,7 +16,6 @@ are loaded even if their version is older (see `server.ParameterStore`). SIGTERM
 it promptly, whatever it is waiting for.
 """
 
-import inspect
 import logging
 import os
 import threading
@@ -254,8 +253,7 @@ class Actor:
 
 def configured_num_envs() -> int:
     """`Actor.num_envs` as the parsed gin config sets it, else its default."""
-    default = inspect.signature(Actor.__init__).parameters["num_envs"].default
-    return int(config.bound_value("Actor.num_envs", default))
+    return int(config.configured_value(Actor, "num_envs"))
 
 
 FLAGS = flags.FLAGS

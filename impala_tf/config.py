@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.resources
+import inspect
 import logging
 import os
 import pathlib
@@ -139,6 +140,14 @@ def bound_value(binding: str, default=None):
         return gin.query_parameter(binding)
     except ValueError:
         return default
+
+
+def configured_value(configurable, parameter: str):
+    """What the parsed config binds to `configurable`'s `parameter` (a gin-configurable class
+    or function), else the parameter's default in its signature."""
+    function = configurable.__init__ if inspect.isclass(configurable) else configurable
+    default = inspect.signature(function).parameters[parameter].default
+    return bound_value(f"{configurable.__name__}.{parameter}", default)
 
 
 def is_bound(binding: str) -> bool:

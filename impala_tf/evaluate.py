@@ -24,7 +24,7 @@ from absl import app, flags
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import builders, checkpoints, config, evaluation, quiet
 from impala_tf.envs import dmlab as dmlab_env
-from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, resolve_games
+from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, configured_games
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
 from impala_tf.specs import num_tasks, tensor_specs
@@ -78,7 +78,7 @@ def evaluation_environments(num_envs: int, seed: int):
                                     mode="test", dmlab30=False)
                   for level in dmlab_env.dmlab30_level_names("test")]
     elif kind == "atari_multitask":  # the task ids stay those of the configured game list
-        games = resolve_games(config.bound_value("AtariMultiTaskEnv.games", ["atari57"]))
+        games = configured_games()
         makers = [functools.partial(AtariMultiTaskEnv, num_envs, games=games, seed=seed,
                                     env_games=[game] * num_envs, mode="eval")
                   for game in games]

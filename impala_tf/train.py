@@ -26,7 +26,7 @@ from absl import app, flags
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import config, quiet
 from impala_tf.distribute import NoTPUError, make_strategy, num_workers
-from impala_tf.envs.atari_multitask import multitask_coverage, resolve_games
+from impala_tf.envs.atari_multitask import multitask_coverage
 from impala_tf.envs.dmlab import dmlab30_coverage
 from impala_tf.envs.factory import make_environment
 from impala_tf.learner import DiskFullError, Learner, WorkerLostError
@@ -238,15 +238,12 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
     kind = config.bound_value("make_environment.kind")
-    if kind == "dmlab" and config.bound_value("make_dmlab.dmlab30"):
+    dmlab30 = kind == "dmlab" and config.bound_value("make_dmlab.dmlab30")
+    if dmlab30 or kind == "atari_multitask":
         from impala_tf.actor import configured_num_envs
-        print(dmlab30_coverage(learner.service.validator.num_actors, configured_num_envs()),
-              flush=True)
-    elif kind == "atari_multitask":
-        from impala_tf.actor import configured_num_envs
-        print(multitask_coverage(learner.service.validator.num_actors, configured_num_envs(),
-                                 len(resolve_games(config.bound_value(
-                                     "AtariMultiTaskEnv.games", ["atari57"])))), flush=True)
+        actors, envs = learner.service.validator.num_actors, configured_num_envs()
+        print(dmlab30_coverage(actors, envs) if kind == "dmlab" else
+              multitask_coverage(actors, envs, learner.agent.num_tasks), flush=True)
     try:
         if launcher is not None:
             first = learner.worker.index * launcher.num_actors

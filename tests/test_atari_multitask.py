@@ -122,7 +122,8 @@ def test_games_are_spread_over_environments_across_actors():
         seen += env.levels
         env.close()
     assert seen == ["pong", "breakout", "boxing", "krull", "atlantis", "pong"]
-    assert "play 5 of the 5 games" in multitask_coverage(2, 3, 5)
+    assert "cover 5 of the 5 games" in multitask_coverage(2, 3, 5)
+    assert "(one environment more for 1 of the games)" in multitask_coverage(2, 3, 5)
     assert "raise Launcher.num_actors" in multitask_coverage(2, 8, 57)
 
 
@@ -165,7 +166,7 @@ def test_multitask_training_writes_per_game_returns(tmp_path):
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "play 3 of the 3 games" in result.stdout
+    assert "cover 3 of the 3 games" in result.stdout
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     games = set()
     for record in records:

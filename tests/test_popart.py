@@ -11,7 +11,7 @@ from impala_tf.networks import Agent
 from impala_tf.optimizers import make_optimizer
 from impala_tf.specs import LearnerBatch, Trajectory
 from impala_tf.train_step import POPART_MOMENTS, TrainStep, agent_input_from_trajectory
-from test_vtrace import reference_vtrace
+from test_vtrace import _log_softmax, reference_vtrace
 
 A, N = 4, 3  # actions, tasks
 SPEC = {"frame": tf.TensorSpec([6, 6, 1], tf.uint8), "task": tf.TensorSpec([], tf.int32)}
@@ -49,11 +49,6 @@ def _step(agent, learning_rate=0.0, **kwargs):
 def _set_statistics(step, mu=MU, sigma=SIGMA):
     step.popart.mu.assign(mu)
     step.popart.nu.assign(np.square(sigma) + np.square(mu))
-
-
-def _log_softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def _reference(agent, trajectory, discount=0.99, baseline_cost=0.5, entropy_cost=0.01):

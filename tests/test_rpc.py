@@ -20,11 +20,11 @@ SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 4, 4, 1)),
         "reward": (np.dtype(np.float32), (3,))}
 
 
-def _unroll(i, reward=None):
+def _unroll(i, reward=None, actor_id=1):
     fields = {"observation/frame": np.full((3, 4, 4, 1), i, np.uint8),
               "action": np.array([0, 1, 2], np.int32),
               "reward": np.full(3, float(i) if reward is None else reward, np.float32)}
-    meta = {"policy_version": i, "actor_id": 1, "episodes": [[float(i), 40, "catch"]]}
+    meta = {"policy_version": i, "actor_id": actor_id, "episodes": [[float(i), 40, "catch"]]}
     return codec.encode(codec.UNROLL_MAGIC, fields, meta)
 
 
@@ -182,11 +182,11 @@ def test_bad_meta_is_rejected(meta, message):
         validator(codec.encode(codec.UNROLL_MAGIC, fields, meta))
 
 
-def _unroll_of(actor_id, version):
-    fields = {"observation/frame": np.zeros((3, 4, 4, 1), np.uint8),
-              "action": np.array([0, 1, 2], np.int32), "reward": np.zeros(3, np.float32)}
-    return codec.encode(codec.UNROLL_MAGIC, fields,
-                        {"policy_version": version, "actor_id": actor_id})
+def _idle_requests(release: threading.Event):
+    """A stream's requests that send nothing until `release` is set."""
+    release.wait(120)
+    return
+    yield
 
 
 def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
@@ -200,17 +200,11 @@ def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
                              ParameterStore(), stop)
     srv = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
     release = threading.Event()
-
-    def idle():
-        release.wait(120)
-        return
-        yield  # a generator that sends nothing until released
-
     channel = grpc.insecure_channel(srv.address)
     stream = channel.stream_unary(STREAM_UNROLLS)
-    idle_calls = [stream.future(idle(), timeout=120) for _ in range(150)]
+    idle_calls = [stream.future(_idle_requests(release), timeout=120) for _ in range(150)]
     senders = 200
-    calls = [stream.future(iter([_unroll_of(a, v) for v in range(3)]), timeout=120)
+    calls = [stream.future(iter([_unroll(v, actor_id=a) for v in range(3)]), timeout=120)
              for a in range(senders)]
     received = []
     deadline = time.time() + 120
@@ -237,14 +231,9 @@ def test_a_call_beyond_the_concurrency_limit_is_refused_with_a_clear_code():
                              threading.Event())
     srv = LearnerServer(service, "127.0.0.1:0", 1 << 20, max_concurrent_rpcs=2).start()
     release = threading.Event()
-
-    def idle():
-        release.wait(60)
-        return
-        yield
-
     channel = grpc.insecure_channel(srv.address)
-    held = [channel.stream_unary(STREAM_UNROLLS).future(idle(), timeout=60) for _ in range(2)]
+    held = [channel.stream_unary(STREAM_UNROLLS).future(_idle_requests(release), timeout=60)
+            for _ in range(2)]
     time.sleep(1.0)
     with pytest.raises(grpc.RpcError) as error:
         channel.unary_unary(GET_PARAMETERS)(b"\0" * 16, timeout=10)

@@ -6,7 +6,7 @@ together by one ALE vector interface (`AtariBatchedEnv`), and the agent sees one
 observations, so one batched inference serves every game. All games share the full 18-action
 set (`full_action_space=True`), the set multi-task Atari agents use (`full_action_map`:
 actions a ROM ignores play as their nearest legal one). Environment j of actor i
-plays game `(i * K + j) mod len(games)` (`envs.dmlab.levels_for_environments`), so any N
+plays game `(i * K + j) mod len(games)` (`envs.base.levels_for_environments`), so any N
 actors of K environments cover min(N * K, len(games)) games.
 
 Observations add `task`: int32 `[]`, the game's index in `games` (the PopArt statistics and
@@ -21,8 +21,8 @@ import numpy as np
 from dm_env import specs
 
 from impala_tf.envs.atari import AtariBatchedEnv, resolve_game
-from impala_tf.envs.base import BatchedEnv, BatchedTimeStep, EpisodeStats
-from impala_tf.envs.dmlab import levels_for_environments
+from impala_tf.envs.base import (BatchedEnv, BatchedTimeStep, EpisodeStats,
+                                 levels_for_environments, task_coverage)
 
 NUM_FULL_ACTIONS = 18
 # ALE's 18 actions in their numbering (ale_py.Action): the multi-task agent's action space.
@@ -66,15 +66,17 @@ def resolve_games(games: Sequence[str]) -> List[str]:
 
 
 def multitask_coverage(num_actors: int, num_envs: int, num_games: int) -> str:
-    """One line on how many of the games `num_actors` actors of `num_envs` environments play."""
-    environments = num_actors * num_envs
-    covered = min(environments, num_games)
-    line = (f"Atari multi-task: {num_actors} actors x {num_envs} environments = {environments} "
-            f"environments play {covered} of the {num_games} games")
-    if covered < num_games:
-        line += ("; raise Launcher.num_actors (or Learner.num_actors for remote actors) times "
-                 f"Actor.num_envs to {num_games} or more to train on all of them")
-    return line
+    """One line on how many of the games `num_actors` actors of `num_envs` environments play
+    (`base.task_coverage`)."""
+    return task_coverage("Atari multi-task", num_actors, num_envs, num_games, "games")
+
+
+def configured_games() -> List[str]:
+    """`AtariMultiTaskEnv.games` as the parsed gin config sets it (else its default),
+    resolved: the task list, in task-id order."""
+    from impala_tf import config  # the config module imports every environment
+
+    return resolve_games(config.configured_value(AtariMultiTaskEnv, "games"))
 
 
 @gin.configurable

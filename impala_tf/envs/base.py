@@ -94,6 +94,30 @@ class BatchedEnv(abc.ABC):
         """Releases native resources."""
 
 
+def levels_for_environments(actor_index: int, num_envs: int,
+                            levels: Sequence[str]) -> List[str]:
+    """Environment j of actor i plays level (or game) `(i * num_envs + j) mod len(levels)`:
+    any N actors of K environments cover min(N * K, len(levels)) distinct ones."""
+    return [levels[(actor_index * num_envs + j) % len(levels)] for j in range(num_envs)]
+
+
+def task_coverage(title: str, num_actors: int, num_envs: int, num_tasks: int,
+                  noun: str) -> str:
+    """One line on how many of `num_tasks` levels or games (`noun`) `num_actors` actors of
+    `num_envs` environments train on (`levels_for_environments`), with what to change when
+    it is not all of them."""
+    environments = num_actors * num_envs
+    covered = min(environments, num_tasks)
+    line = (f"{title}: {num_actors} actors x {num_envs} environments = {environments} "
+            f"environments cover {covered} of the {num_tasks} {noun}")
+    if covered < num_tasks:
+        line += ("; raise Launcher.num_actors (or Learner.num_actors for remote actors) "
+                 f"times Actor.num_envs to {num_tasks} or more to train on all of them")
+    elif environments % num_tasks:
+        line += f" (one environment more for {environments % num_tasks} of the {noun})"
+    return line
+
+
 def stack_observations(observations: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {name: np.stack([o[name] for o in observations]) for name in observations[0]}
 

@@ -19,14 +19,14 @@ import csv
 import importlib
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import dm_env
 import gin
 import numpy as np
 from dm_env import specs
 
-from impala_tf.envs.base import SequentialBatchedEnv
+from impala_tf.envs.base import SequentialBatchedEnv, levels_for_environments, task_coverage
 from impala_tf.networks.instruction import (
     DEFAULT_MAX_INSTRUCTION_LENGTH, DEFAULT_NUM_BUCKETS, tokenize_instruction)
 from impala_tf.scores import DATA_DIR, dmlab30_levels
@@ -66,26 +66,10 @@ def dmlab30_level_names(mode: str = "train") -> List[str]:
     return [lvl.train_level if mode == "train" else lvl.test_level for lvl in dmlab30_levels()]
 
 
-def levels_for_environments(actor_index: int, num_envs: int,
-                            levels: Sequence[str]) -> List[str]:
-    """Environment j of actor i plays level `(i * num_envs + j) mod len(levels)`: any N
-    actors of K environments cover min(N * K, len(levels)) distinct levels."""
-    return [levels[(actor_index * num_envs + j) % len(levels)] for j in range(num_envs)]
-
-
 def dmlab30_coverage(num_actors: int, num_envs: int) -> str:
     """One line on how many DMLab-30 levels `num_actors` actors of `num_envs` environments
-    train on (`levels_for_environments`), with what to change when it is not all 30."""
-    environments = num_actors * num_envs
-    covered = min(environments, 30)
-    line = (f"DMLab-30: {num_actors} actors x {num_envs} environments = {environments} "
-            f"environments cover {covered} of the 30 levels")
-    if covered < 30:
-        line += ("; raise Launcher.num_actors (or Learner.num_actors for remote actors) "
-                 "times Actor.num_envs to 30 or more to train on all of them")
-    elif environments % 30:
-        line += f" ({environments % 30} levels have one environment more than the others)"
-    return line
+    train on (`base.task_coverage`)."""
+    return task_coverage("DMLab-30", num_actors, num_envs, 30, "levels")
 
 
 def level_path(level: str) -> str:
