@@ -87,7 +87,11 @@ def score_rows(
 
 def summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
     """Atari: median and mean human-normalised score; DMLab-30: mean capped at 100."""
-    normalized = [r.human_normalized for r in rows if r.human_normalized is not None]
+    return _summarise([r.human_normalized for r in rows if r.human_normalized is not None],
+                      kind)
+
+
+def _summarise(normalized: Sequence[float], kind: str) -> Dict[str, float]:
     if not normalized:
         return {}
     if kind == "dmlab":
@@ -100,18 +104,14 @@ def paper_summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
     what the paper's agent scored on the games or levels evaluated here. DMLab levels are
     normalised by the human and random scores the paper printed beside its figures, which
     reproduces Table 3 (44.5% experts, 49.4% IMPALA deep PBT over the 30)."""
-    paper_rows = [dataclasses.replace(r, mean_return=r.paper) for r in rows
-                  if r.paper is not None and r.human_normalized is not None]
-    if len(paper_rows) != len(rows):  # a task without a paper figure: no like-for-like
-        return {}
+    if any(r.paper is None or r.human_normalized is None for r in rows):
+        return {}  # a task without a paper figure: no like-for-like
     if kind == "dmlab":  # the human and random scores Table B.1 printed beside each figure
         refs = {name: scores.Reference(row["random"], row["human"])
                 for name, row in scores.paper_dmlab30_scores().items()}
     else:
         refs = scores.atari_references()
-    for r in paper_rows:
-        r.human_normalized = scores.human_normalized(r.paper, refs[r.name])
-    return summary(paper_rows, kind)
+    return _summarise([scores.human_normalized(r.paper, refs[r.name]) for r in rows], kind)
 
 
 def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float],

@@ -324,11 +324,9 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
         if mirrored:
             command += ["--gin_bindings=make_strategy.kind = 'mirrored'",
                         "--gin_bindings=make_strategy.num_cpu_devices = 2"]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        if not FLAGS.gpu:  # the learner on the CPU (train hides GPUs from actors anyway)
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        # train hides GPUs from its actors itself; its learner sees them with --gpu
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   env=env)
+                                   env=_child_environ(gpu=FLAGS.gpu))
         try:
             deadline = time.time() + 600
             while time.time() < deadline and process.poll() is None:
@@ -369,6 +367,14 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
     }
 
 
+def _child_environ(gpu: bool) -> Dict[str, str]:
+    """A child process's environment: quiet TensorFlow, and no GPU unless `gpu`."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 # -- the parent: runs each stage in a child process and prints the table ------------------
 def _run_stage(stage: str, extra=()) -> Dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -377,9 +383,7 @@ def _run_stage(stage: str, extra=()) -> Dict:
                f"--stage_out={out}", f"--seconds={FLAGS.seconds}", *extra]
     command += [f"--gin_file={g}" for g in FLAGS.gin_file]
     command += [f"--gin_bindings={b}" for b in FLAGS.gin_bindings]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if not (FLAGS.gpu and stage == "learner"):
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    env = _child_environ(gpu=FLAGS.gpu and stage == "learner")
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     try:
         if result.returncode != 0:
