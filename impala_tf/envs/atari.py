@@ -50,6 +50,17 @@ def resolve_game(name: str) -> str:
     raise ValueError(f"Unknown Atari game {name!r}.{hint}")
 
 
+def protocol_settings(mode: str) -> dict:
+    """`AtariBatchedEnv` arguments of the paper's protocol for `mode`: in `train` a lost life
+    ends the training episode; in `eval` whole games are scored, each after 1 to 30 no-op
+    actions (DQN's evaluation protocol, which the paper used)."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+    if mode == "eval":
+        return {"episode_life": False, "noop_action_starts": 30}
+    return {"episode_life": True}
+
+
 @gin.configurable
 class AtariBatchedEnv(BatchedEnv):
     """K Atari games stepped by ALE's C++ vector interface.

@@ -20,7 +20,7 @@ import gin
 import numpy as np
 from dm_env import specs
 
-from impala_tf.envs.atari import AtariBatchedEnv, resolve_game
+from impala_tf.envs.atari import AtariBatchedEnv, protocol_settings, resolve_game
 from impala_tf.envs.base import (BatchedEnv, BatchedTimeStep, EpisodeStats,
                                  levels_for_environments, task_coverage)
 
@@ -105,8 +105,7 @@ class AtariMultiTaskEnv(BatchedEnv):
         mode: str = "train",
         num_threads: int = 1,
     ):
-        if mode not in ("train", "eval"):
-            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+        protocol = protocol_settings(mode)
         self.games = resolve_games(games)
         num_envs = int(num_envs)
         if env_games is None:
@@ -120,16 +119,14 @@ class AtariMultiTaskEnv(BatchedEnv):
         self._num_envs = num_envs
         self.task_ids = np.array([self.games.index(g) for g in self.env_games], np.int32)
         # One ALE vector interface per distinct game, over the environments that play it.
-        self._groups: Dict[str, np.ndarray] = {}
+        groups: Dict[str, List[int]] = {}
         for j, game in enumerate(self.env_games):
-            self._groups.setdefault(game, []).append(j)
-        self._groups = {g: np.array(idx, np.int64) for g, idx in self._groups.items()}
-        evaluation = mode == "eval"
+            groups.setdefault(game, []).append(j)
+        self._groups = {g: np.array(idx, np.int64) for g, idx in groups.items()}
         self._envs = {
-            game: AtariBatchedEnv(
-                len(idx), game=game, seed=int(seed) + int(idx[0]),
-                episode_life=not evaluation, noop_action_starts=30 if evaluation else 0,
-                full_action_space=True, num_threads=int(num_threads))
+            game: AtariBatchedEnv(len(idx), game=game, seed=int(seed) + int(idx[0]),
+                                  full_action_space=True, num_threads=int(num_threads),
+                                  **protocol)
             for game, idx in self._groups.items()
         }
         self._action_maps = {game: full_action_map(env.action_meanings)

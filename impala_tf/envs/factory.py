@@ -5,7 +5,7 @@ multi-task Atari, DMLab or Catch; each kind's own options are bound on its class
 
 import gin
 
-from impala_tf.envs.atari import AtariBatchedEnv
+from impala_tf.envs.atari import AtariBatchedEnv, protocol_settings
 from impala_tf.envs.atari_multitask import AtariMultiTaskEnv
 from impala_tf.envs.base import BatchedEnv
 from impala_tf.envs.catch import make_catch
@@ -33,9 +33,7 @@ def make_environment(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if kind == "atari":
-        if mode == "eval":  # whole games, each after 1 to 30 no-op actions (paper, DQN)
-            return AtariBatchedEnv(num_envs, seed=seed, episode_life=False, noop_action_starts=30)
-        return AtariBatchedEnv(num_envs, seed=seed, episode_life=True)
+        return AtariBatchedEnv(num_envs, seed=seed, **protocol_settings(mode))
     if kind == "atari_multitask":
         return AtariMultiTaskEnv(num_envs, seed=seed, actor_index=actor_index, mode=mode)
     if kind == "catch":
