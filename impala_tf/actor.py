@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import gin
 import grpc
@@ -101,8 +101,8 @@ class Actor:
       reconnect_timeout_seconds: give up (`LearnerUnreachableError`) after the learner has
         been unreachable this long; None waits for ever (remote actors of a long run).
       pack_stacked_frames: send stacked observations packed, each frame once
-        (`rpc.frame_packing`: a quarter of the bytes, for networks between hosts), or whole
-        stacks (less learner CPU per frame on one host); the learner takes both.
+        (`rpc.frame_packing`: a quarter of the bytes, and less learner CPU per frame), or
+        whole stacks; the learner takes both.
     """
 
     def __init__(self, learner_address: str, actor_index: int = 0, num_envs: int = 8,
@@ -201,9 +201,10 @@ class Actor:
         self.policy_version, self.incarnation = newer.version, newer.incarnation
         return True
 
-    def act(self) -> List[bytes]:
+    def act(self) -> List[Union[bytes, frame_packing.StreamedUnroll]]:
         """Steps the K environments for one unroll (T steps, batched inference each step) and
-        returns the K encoded unroll messages. The environments, core state and last step
+        returns the K encoded unroll messages (packed stacked frames: `StreamedUnroll`s, whole
+        and continued). The environments, core state and last step
         carry over to the next call."""
         k = self.env.num_envs
         if self._builder is None:  # first call: start the episodes
@@ -222,11 +223,14 @@ class Actor:
             self.steps_taken += k
         episodes = [[e.episode_return, e.episode_frames, e.level]
                     for e in self.env.pop_finished_episodes()]
-        stacked = self.env.stacked_observations if self.pack_stacked_frames else {}
-        return [codec.encode(codec.UNROLL_MAGIC, frame_packing.pack(fields, stacked),
-                             {"policy_version": max(version, 0), "actor_id": self.actor_index,
-                              "episodes": episodes if i == 0 else []})
-                for i, fields in enumerate(builder.unrolls(initial_state))]
+        metas = [{"policy_version": max(version, 0), "actor_id": self.actor_index,
+                  "episodes": episodes if i == 0 else []} for i in range(k)]
+        unrolls = builder.unrolls(initial_state)
+        if not (self.pack_stacked_frames and self.env.stacked_observations):
+            return [codec.encode(codec.UNROLL_MAGIC, fields, meta)
+                    for fields, meta in zip(unrolls, metas)]
+        return [frame_packing.encode_streamed(fields, self.env.stacked_observations, meta, i)
+                for i, (fields, meta) in enumerate(zip(unrolls, metas))]
 
     def run(self, stop_event: Optional[threading.Event] = None,
             max_unrolls: Optional[int] = None) -> None:

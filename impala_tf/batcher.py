@@ -14,6 +14,7 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from impala_tf.rpc.frame_packing import PackedStack
 from impala_tf.rpc.validation import Unroll
 from impala_tf.specs import LearnerBatch, trajectory_from_fields, unflatten_core_state
 
@@ -58,7 +59,8 @@ class ReadyBatch(NamedTuple):
 
 
 def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -> ReadyBatch:
-    """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states."""
+    """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states;
+    packed frames (`PackedStack`) are written straight into their slot of the batch."""
     names = list(unrolls[0].fields)
     stacked = {}
     for name in names:
@@ -66,7 +68,16 @@ def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -
         parts = [u.fields[name] for u in unrolls]
         shape = list(parts[0].shape)
         shape.insert(axis, len(parts))
-        stacked[name] = np.stack(parts, axis=axis, out=aligned_empty(shape, parts[0].dtype))
+        out = aligned_empty(shape, parts[0].dtype)
+        if any(isinstance(part, PackedStack) for part in parts):
+            for b, part in enumerate(parts):
+                if isinstance(part, PackedStack):
+                    part.write_into(out[:, b])
+                else:
+                    out[:, b] = part
+            stacked[name] = out
+            continue
+        stacked[name] = np.stack(parts, axis=axis, out=out)
     trajectory = trajectory_from_fields(stacked, observation_names)
     core_state = unflatten_core_state(stacked, initial_state) if tf.nest.flatten(initial_state) else ()
     versions = np.array([u.policy_version for u in unrolls], np.int64)

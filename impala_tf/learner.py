@@ -162,6 +162,9 @@ class Learner:
         (`specs.observation_bounds`): unrolls outside them are rejected.
       stacked_observations: the environment's (`BatchedEnv.stacked_observations`): actors
         send those observations packed, each frame once (`rpc.frame_packing`).
+      num_envs: environments per actor (`Actor.num_envs`; `train` passes the configured
+        one): a stream keeps the last stack of at most this many (None:
+        `validation.DEFAULT_NUM_ENVS`).
       seed: when set, seeds the agent's initial weights (`keras.utils.set_random_seed`, which
         also seeds this process's Python and NumPy generators) and the minibatch order when
         batches are reused (`RunConfig.num_minibatches`). None: a fresh draw every run.
@@ -192,6 +195,7 @@ class Learner:
         num_actors: Optional[int] = None,
         observation_bounds: Optional[Mapping[str, Tuple]] = None,
         stacked_observations: Optional[Mapping[str, int]] = None,
+        num_envs: Optional[int] = None,
         seed: Optional[int] = None,
     ):
         self.logdir = logdir
@@ -243,7 +247,7 @@ class Learner:
             self.service = LearnerService(
                 UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
                                 max_message_bytes, UnrollLimits(), observation_bounds,
-                                num_actors, stacked_observations),
+                                num_actors, stacked_observations, num_envs),
                 self.unrolls, self.parameters, self._stop)
             if batch_source is None:
                 self.server = LearnerServer(

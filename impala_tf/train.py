@@ -217,9 +217,11 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     kwargs = {}
     if not config.is_bound("Learner.num_actors"):  # else gin supplies it
         kwargs["num_actors"] = Launcher().num_actors * num_workers(strategy)
+    from impala_tf.actor import configured_num_envs
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
-                   observation_bounds=bounds, stacked_observations=stacked, **kwargs)
+                   observation_bounds=bounds, stacked_observations=stacked,
+                   num_envs=configured_num_envs(), **kwargs)
 
 
 

@@ -86,11 +86,12 @@ def test_the_ingest_streams_unrolls_pass_the_learners_validator():
             "behaviour_logits": (np.dtype(np.float32), (21, 6))}
     validator = UnrollValidator(spec, 6, 8 << 20, observation_bounds={"frame": (0, 255)},
                                 num_actors=8, stacked_observations={"frame": 1})
-    packed = honest_unroll(spec, {"frame": 1}, actor_id=5)
-    whole = honest_unroll(spec, {"frame": 1}, actor_id=5, pack=False)
-    assert len(packed) < 0.3 * len(whole)
-    for message in (packed, whole):
-        unroll, _ = validator(message)
-        frames = unroll.fields["observation/frame"]
+    first, continued = honest_unroll(spec, {"frame": 1}, actor_id=5)
+    whole, again = honest_unroll(spec, {"frame": 1}, actor_id=5, pack=False)
+    assert whole == again and len(continued) < len(first) < 0.3 * len(whole)
+    stream = validator.new_stream()
+    for message in (first, continued, continued, whole):  # a stream sends first, then next
+        unroll, _ = validator(message, stream)
+        frames = np.asarray(unroll.fields["observation/frame"])
         assert unroll.actor_id == 5
         np.testing.assert_array_equal(frames[1:, ..., :-1], frames[:-1, ..., 1:])

@@ -1,5 +1,10 @@
 """Each frame crosses the wire once: packed stacks rebuild exactly, pixel for pixel, on real
-Pong with episode ends inside unrolls; malformed packed fields are rejected."""
+Pong with episode ends inside unrolls, whole and continued over a real stream; malformed
+packed fields and continuations without what they continue are rejected."""
+
+import queue
+import threading
+import time
 
 import gin
 import numpy as np
@@ -10,6 +15,8 @@ from impala_tf.actor import Actor
 from impala_tf.batcher import stack_unrolls
 from impala_tf.learner import Learner
 from impala_tf.rpc import codec, frame_packing
+from impala_tf.rpc.client import LearnerClient
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
 from impala_tf.rpc.validation import UnrollValidator
 from impala_tf.specs import tensor_specs
 
@@ -51,7 +58,8 @@ def test_packed_stacks_rebuild_exactly(k):
                              p["observation/frame/newest"].astype(np.int32)), "newest"),
     (lambda p: p.__setitem__("observation/frame/first", p["observation/frame/first"][..., :2]),
      "first"),
-    (lambda p: p.pop("observation/frame/first"), "missing"),
+    (lambda p: p.pop("observation/frame/restart"), "missing"),
+    (lambda p: p.pop("observation/frame/first"), "a continued unroll .* needs meta .env."),
 ])
 def test_malformed_packed_fields_are_codec_errors(change, message):
     stack = _stacks(np.random.default_rng(0))
@@ -74,11 +82,20 @@ def _learners_validator(actor, logdir):
     return learner.service.validator
 
 
+def _wait(condition, what, timeout=60.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_the_learner_rebuilds_the_stacks_real_pong_acted_on(tmp_path, monkeypatch):
     """Real Pong, episodes capped at 100 agent steps so that resets (with their no-op
-    starts) fall inside T=20 unrolls: what the learner validates and batches equals, pixel
-    for pixel, the stacked unrolls the actor built, and the wire carries about a quarter of
-    their bytes."""
+    starts) fall inside T=20 unrolls, sent by the real client to a real server on loopback:
+    each environment's first unroll on a stream goes whole and the rest continued, a
+    rejected message ends the stream and the next one starts both environments whole again,
+    and what the learner batches equals, pixel for pixel, the stacked unrolls the actor
+    built, from about a quarter of their bytes."""
     config.parse_config(["atari/pong_shallow.gin"], [
         f"RunConfig.unroll_length = {T}", "Agent.lstm_size = 8", "Actor.num_envs = 2",
         "AtariBatchedEnv.max_episode_frames = 400"])
@@ -99,21 +116,95 @@ def test_the_learner_rebuilds_the_stacks_real_pong_acted_on(tmp_path, monkeypatc
         gin.clear_config()
     specs = tensor_specs(specs)
     assert stacked == {"frame": 1} and isinstance(validator, UnrollValidator)
-    unrolls = [validator(m)[0] for m in messages]
-    assert len(unrolls) == len(built) == 24
+    assert len(messages) == len(built) == 24
+    assert all(isinstance(m, frame_packing.StreamedUnroll) for m in messages)
+
+    received_sizes = []
+
+    class Spy(UnrollValidator):
+        def __call__(self, data, stream=None):
+            received_sizes.append(len(data))
+            return validator(data, stream)
+
+    spy_validator = Spy.__new__(Spy)
+    spy_validator.__dict__.update(validator.__dict__)
+    unrolls = queue.Queue()
+    service = LearnerService(spy_validator, unrolls, ParameterStore(), threading.Event())
+    server = LearnerServer(service, "127.0.0.1:0", 8 << 20).start()
+    client = LearnerClient(server.address, 8 << 20, backoff_seconds=0.05)
+    try:
+        for message in messages[:12]:
+            client.send_unroll(message)
+        _wait(lambda: service.counters.accepted == 12, "the first 12 unrolls")
+        client.send_unroll(b"not an unroll")
+        _wait(lambda: service.counters.rejected == 1, "the rejection")
+        for message in messages[12:]:
+            client.send_unroll(message)
+        _wait(lambda: service.counters.accepted == 24, "all 24 unrolls")
+    finally:
+        client.close()
+        server.stop(0)
+    whole_size, continued_size = len(messages[0].whole), len(messages[0].continued)
+    sizes = [size for size in received_sizes if size > 100]
+    # Whole: each environment's first unroll on the first stream and on the second.
+    assert [i for i, size in enumerate(sizes) if size >= whole_size] == [0, 1, 12, 13]
+    received = [unrolls.get_nowait() for _ in range(24)]
     restarts = 0
-    for unroll, fields in zip(unrolls, built):
+    for unroll, fields in zip(received, built):
         assert list(unroll.fields) == list(fields)
         for name in fields:
-            np.testing.assert_array_equal(unroll.fields[name], fields[name])
-        episode_start = fields["episode_start"]
-        restarts += int(episode_start[1:].sum())
+            np.testing.assert_array_equal(np.asarray(unroll.fields[name]), fields[name])
+        restarts += int(fields["episode_start"][1:].sum())
     assert restarts >= 2  # episodes ended inside unrolls
-    batch = stack_unrolls(unrolls[:4], list(specs), ())
+    batch = stack_unrolls(received[:4], list(specs), ())
     expected = np.stack([f["observation/frame"] for f in built[:4]], axis=1)
     np.testing.assert_array_equal(batch.batch.trajectory.observation["frame"], expected)
     stacked_bytes = np.mean([len(codec.encode(codec.UNROLL_MAGIC, f, {})) for f in built])
-    assert np.mean([len(m) for m in messages]) < 0.32 * stacked_bytes
+    assert continued_size < 0.28 * stacked_bytes < whole_size
+
+
+def _continued_pair(rng, k=1):
+    """Two consecutive packed unrolls of one environment (the second starts from the
+    first's last stack), as `StreamedUnroll`s, and their stacks."""
+    stacks = _stacks(rng, steps=2 * T + 1, k=k, restarts=(5, 30))
+    first, second = stacks[:T + 1], stacks[T:]
+    meta = {"policy_version": 0, "actor_id": 1}
+    return ([frame_packing.encode_streamed({"observation/frame": s}, {"frame": k}, meta, env=1)
+             for s in (first, second)], (first, second))
+
+
+def test_a_stream_continues_each_environment_from_its_last_stack():
+    (one, two), (first, second) = _continued_pair(np.random.default_rng(3))
+    spec = {"observation/frame": (np.dtype(np.uint8), first.shape)}
+    validator = UnrollValidator(spec, 3, 1 << 20, num_actors=2,
+                                stacked_observations={"frame": 1}, num_envs=2)
+    stream = validator.new_stream()
+    assert len(two.continued) < len(two.whole) - 80
+    for message, stacks in ((one.whole, first), (two.continued, second)):
+        unroll, _ = validator(message, stream)
+        np.testing.assert_array_equal(np.asarray(unroll.fields["observation/frame"]), stacks)
+    # A continued unroll needs the stream's last stack of its environment, from its actor.
+    for message, stream, match in (
+            (two.continued, None, "needs meta 'env'"),
+            (two.continued, validator.new_stream(), "has not carried that environment"),
+            (one.continued, _stream_after(validator, one.whole), "not the newest frame")):
+        with pytest.raises(codec.CodecError, match=match):
+            validator(message, stream)
+    other_actor = frame_packing.encode_streamed(
+        {"observation/frame": second}, {"frame": 1}, {"policy_version": 0, "actor_id": 0}, 1)
+    with pytest.raises(codec.CodecError, match="has not carried"):
+        validator(other_actor.continued, _stream_after(validator, one.whole))
+    beyond = frame_packing.encode_streamed(
+        {"observation/frame": first}, {"frame": 1}, {"policy_version": 0, "actor_id": 1}, 2)
+    with pytest.raises(codec.CodecError, match=r"'env' must be an int in \[0, 2\)"):
+        validator(beyond.whole, validator.new_stream())
+
+
+def _stream_after(validator, *messages):
+    stream = validator.new_stream()
+    for message in messages:
+        validator(message, stream)
+    return stream
 
 
 def test_an_actor_can_send_whole_stacks_and_the_learner_takes_both(tmp_path):
@@ -129,6 +220,7 @@ def test_an_actor_can_send_whole_stacks_and_the_learner_takes_both(tmp_path):
     finally:
         gin.clear_config()
     assert "observation/frame" in codec.decode(whole, codec.UNROLL_MAGIC)[0]
-    assert "observation/frame/newest" in codec.decode(packed, codec.UNROLL_MAGIC)[0]
-    for message in (whole, packed):
+    assert "observation/frame/newest" in codec.decode(packed.whole, codec.UNROLL_MAGIC)[0]
+    assert isinstance(packed, frame_packing.StreamedUnroll)
+    for message in (whole, packed.whole):
         assert validator(message)[0].fields["observation/frame"].shape == (6, 84, 84, 4)

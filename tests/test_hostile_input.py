@@ -311,10 +311,12 @@ def test_the_attack_headers_get_invalid_argument_and_are_counted(kind):
 def test_an_unexpected_validator_error_is_a_counted_rejection_not_unknown():
     """A second line: whatever a future validator bug raises, the stream ends with
     INVALID_ARGUMENT and a count, not gRPC's UNKNOWN and a traceback."""
-    def broken_validator(data):
-        raise TypeError("a bug")
+    class BrokenValidator(UnrollValidator):
+        def __call__(self, data, stream=None):
+            raise TypeError("a bug")
 
-    service = LearnerService(broken_validator, queue.Queue(), ParameterStore(),
+    service = LearnerService(BrokenValidator(SPEC, NUM_ACTIONS, 1 << 20), queue.Queue(),
+                             ParameterStore(),
                              threading.Event())
     server = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
     try:

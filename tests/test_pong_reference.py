@@ -135,7 +135,7 @@ def pong_batch():
         actor.run_config.unroll_length, agent.initial_state(1)))
     unrolls = []
     for message in messages:  # the stacks rebuilt from each frame sent once
-        fields, meta = codec.decode(message, codec.UNROLL_MAGIC)
+        fields, meta = codec.decode(message.whole, codec.UNROLL_MAGIC)
         fields = frame_packing.unpack(fields, wire_spec, actor.env.stacked_observations)
         unrolls.append(Unroll(fields, meta["policy_version"], 0))
     batch = stack_unrolls(unrolls, ["frame"], agent.initial_state(1)).batch

@@ -2,7 +2,8 @@
 
 `send_unroll` hands an encoded unroll to a bounded outbox that a background thread streams
 to the learner; when the outbox is full it blocks (the learner's back-pressure reaches the
-actor). If the stream breaks (the learner rejected a message or went away) the thread opens
+actor). A `frame_packing.StreamedUnroll` goes whole as its environment's first unroll on a
+stream and continued (without the frames the stream already carried) after it. If the stream breaks (the learner rejected a message or went away) the thread opens
 a new one after a backoff; the message in flight is lost, the rest are not. (gRPC may keep
 pulling from a dead call's request iterator, so each call gets its own iterator that stops
 and hands back what it took once its call is over.)
@@ -15,12 +16,13 @@ RPC deadline), and the channel redials a learner that went away within
 import logging
 import queue
 import threading
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Union
 
 import grpc
 import numpy as np
 
 from impala_tf.rpc import codec
+from impala_tf.rpc.frame_packing import StreamedUnroll
 from impala_tf.rpc.security import Security
 from impala_tf.rpc.server import (GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
                                   grpc_options)
@@ -101,9 +103,11 @@ class LearnerClient:
     def wait_until_ready(self, timeout: float) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
-    def send_unroll(self, message: bytes, stop_event: Optional[threading.Event] = None) -> bool:
-        """Queues one encoded unroll; blocks while the outbox is full. Returns False if the
-        client was closed or `stop_event` set before the unroll could be queued."""
+    def send_unroll(self, message: Union[bytes, StreamedUnroll],
+                    stop_event: Optional[threading.Event] = None) -> bool:
+        """Queues one encoded unroll (bytes, or a `StreamedUnroll`); blocks while the outbox
+        is full. Returns False if the client was closed or `stop_event` set before the unroll
+        could be queued."""
         while not self._closed.is_set() and not (stop_event and stop_event.is_set()):
             try:
                 self._outbox.put(message, timeout=0.1)
@@ -113,6 +117,7 @@ class LearnerClient:
         return False
 
     def _requests(self, call: _Call):
+        carried = set()  # environments whose whole unroll this call has sent
         while True:
             with self._carry_lock:
                 item = self._carry.pop(0) if self._carry and not call.over else None
@@ -129,6 +134,12 @@ class LearnerClient:
                 return
             if item is _CLOSE:
                 return
+            if isinstance(item, StreamedUnroll):
+                if item.env in carried and item.continued is not None:
+                    item = item.continued
+                else:
+                    carried.add(item.env)
+                    item = item.whole
             yield item
 
     def _run(self) -> None:

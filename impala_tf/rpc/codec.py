@@ -10,6 +10,10 @@ floats, value ranges). Every failure raises `CodecError` with a clear message, w
 header holds: JSON nested deeper than `MAX_HEADER_DEPTH`, integers of more than
 `MAX_INT_DIGITS` digits, floats that overflow to infinity and the NaN/Infinity literals are
 refused while parsing, before Python builds them.
+
+An actor's unrolls share their field list, so `decode` remembers the layouts of the last
+`MAX_CACHED_LAYOUTS` field lists it checked, keyed by their exact header bytes: a header
+that starts with one of them parses only its meta (checked the same way).
 """
 
 import json
@@ -27,6 +31,7 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_FIELDS = 1024  # an unroll has a few dozen; parameters a few hundred
 MAX_HEADER_DEPTH = 16  # a header nests 4 deep (header, fields, entry, shape)
 MAX_INT_DIGITS = 19  # int64's range; Python would parse 4,300 digits (and then refuse more)
+MAX_CACHED_LAYOUTS = 64
 ALLOWED_DTYPES = {
     np.dtype(t).str: np.dtype(t)
     for t in (np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_)
@@ -120,7 +125,11 @@ def decode(
     (header_length,) = _HEADER_LENGTH.unpack_from(view, len(magic))
     if header_length > MAX_HEADER_BYTES or prefix + header_length > len(view):
         raise CodecError(f"declared header length {header_length} does not fit the message")
-    header = parse_header(bytes(view[prefix: prefix + header_length]))
+    raw = bytes(view[prefix: prefix + header_length])
+    known = _decode_known_layout(view, raw, prefix + header_length)
+    if known is not None:
+        return known
+    header = parse_header(raw)
     if not isinstance(header, dict) or "fields" not in header or "meta" not in header:
         raise CodecError("malformed header: expected an object with 'fields' and 'meta'")
     field_list, meta = header["fields"], header["meta"]
@@ -157,6 +166,53 @@ def decode(
         offset += num_bytes
     if offset != len(view):
         raise CodecError(f"{len(view) - offset} trailing bytes after the declared fields")
+    _remember_layout(raw, header, fields)
+    return fields, meta
+
+
+# Headers as `encode` writes them: the field list first, then the meta.
+_FIELDS_OPEN, _META_KEY = b'{"fields":', b',"meta":'
+_layouts: Dict[bytes, Tuple[Tuple[Tuple[str, np.dtype, tuple, int], ...], int]] = {}
+
+
+def _remember_layout(raw: bytes, header: dict, fields: Mapping[str, np.ndarray]) -> None:
+    """Remembers a checked header's field layout, keyed by its bytes up to the meta, when
+    those bytes are exactly `encode`'s writing of the field list (so any header that starts
+    with them declares these fields)."""
+    if list(header) != ["fields", "meta"]:
+        return
+    key = (_FIELDS_OPEN + json.dumps(header["fields"], separators=(",", ":")).encode("utf-8")
+           + _META_KEY)
+    if not raw.startswith(key) or key in _layouts:
+        return
+    if len(_layouts) >= MAX_CACHED_LAYOUTS:
+        _layouts.clear()
+    _layouts[key] = (tuple((name, a.dtype, a.shape, a.nbytes) for name, a in fields.items()),
+                     sum(a.nbytes for a in fields.values()))
+
+
+def _decode_known_layout(view: memoryview, raw: bytes, offset: int):
+    """(fields, meta) of a message whose header starts with a remembered field list and
+    whose size matches it, parsing only the meta; None for anything else (the full path
+    then decodes it, or says what is wrong)."""
+    split = raw.find(_META_KEY)
+    known = _layouts.get(raw[:split + len(_META_KEY)]) if split > 0 else None
+    if known is None or not raw.endswith(b"}"):
+        return None
+    entries, payload_bytes = known
+    if offset + payload_bytes != len(view):
+        return None
+    try:
+        meta = parse_header(raw[split + len(_META_KEY):-1])
+    except CodecError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    fields = {}
+    for name, dtype, shape, num_bytes in entries:
+        fields[name] = np.frombuffer(view, dtype=dtype, count=num_bytes // dtype.itemsize,
+                                     offset=offset).reshape(shape)
+        offset += num_bytes
     return fields, meta
 
 
@@ -167,12 +223,15 @@ def validate_fields(
 ) -> None:
     """Checks names, dtypes and shapes against `spec` (name -> (dtype, shape)), that floats
     are finite, booleans are 0/1 and `bounds` (name -> (low, high), both included; scalars
-    or arrays that broadcast against the field) hold."""
+    or arrays that broadcast against the field) hold. A field's values are checked by its
+    minimum and maximum where that suffices (NaN or Inf shows in them), elementwise where
+    they do not, or to name what is wrong."""
     if list(fields) != list(spec):
         missing = sorted(set(spec) - set(fields))
         extra = sorted(set(fields) - set(spec))
         raise CodecError(f"field names differ from the spec: missing {missing}, unexpected "
                          f"{extra}" if missing or extra else "fields are out of the spec's order")
+    bounds = bounds or {}
     for name, (dtype, shape) in spec.items():
         array = fields[name]
         if array.dtype != dtype:
@@ -180,12 +239,30 @@ def validate_fields(
         if tuple(array.shape) != tuple(shape):
             raise CodecError(f"field {name!r}: shape {tuple(array.shape)} != expected "
                              f"{tuple(shape)}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise CodecError(f"field {name!r}: contains NaN or Inf")
-        if array.dtype == np.bool_ and (array.view(np.uint8) > 1).any():
-            raise CodecError(f"field {name!r}: boolean bytes other than 0 and 1")
-    for name, (low, high) in (bounds or {}).items():
-        array = fields[name]
+        kind, bound = array.dtype.kind, bounds.get(name)
+        scalar_bound = (bound is not None and getattr(bound[0], "ndim", 0) == 0
+                        and getattr(bound[1], "ndim", 0) == 0)
+        if not (kind in "fb" or bound is not None) or not array.size:
+            continue
+        if kind in "fb" or scalar_bound:
+            values = array.view(np.uint8) if kind == "b" else array
+            lowest, highest = values.min(), values.max()
+            fine = ((kind != "f" or (np.isfinite(lowest) and np.isfinite(highest)))
+                    and (kind != "b" or highest <= 1)
+                    and (not scalar_bound or (lowest >= bound[0] and highest <= bound[1])))
+            if fine and (bound is None or scalar_bound):
+                continue
+        _check_values(name, array, bound)
+
+
+def _check_values(name: str, array: np.ndarray, bound: Optional[Tuple[Any, Any]]) -> None:
+    """The elementwise checks of `validate_fields`, naming the first fault."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise CodecError(f"field {name!r}: contains NaN or Inf")
+    if array.dtype == np.bool_ and (array.view(np.uint8) > 1).any():
+        raise CodecError(f"field {name!r}: boolean bytes other than 0 and 1")
+    if bound is not None:
+        low, high = bound
         outside = (array < low) | (array > high)
         if outside.any():
             found = array[outside].flat[0]

@@ -3,7 +3,8 @@
   /impala.Learner/StreamUnrolls  (client stream of unroll messages -> JSON summary)
       Every unroll is decoded and validated against the spec before it enters the bounded
       queue; a malformed one ends the stream with INVALID_ARGUMENT and is counted, and the
-      learner goes on. A message above the size limit is refused by gRPC itself with
+      learner goes on. A stream keeps each environment's last stack of frames, so that
+      its later unrolls need not repeat them (`frame_packing`, stream continuation). A message above the size limit is refused by gRPC itself with
       RESOURCE_EXHAUSTED before it is read; it breaks the stream, as a cancelled call or a
       dropped connection does, and broken streams are counted too (a call refused before
       its handler started, e.g. on its very first message, only gRPC sees). A full queue
@@ -173,10 +174,11 @@ class LearnerService:
         """Called by the server with its event loop, before it serves."""
         self._room = _RoomWaiters(loop, self.unrolls)
 
-    def _validate(self, data: bytes):
-        """(unroll, episodes, None) or (None, None, the reason it is rejected)."""
+    def _validate(self, data: bytes, stream):
+        """(unroll, episodes, None) or (None, None, the reason it is rejected); `stream`: what
+        the stream keeps between its unrolls (`UnrollValidator.new_stream`)."""
         try:
-            unroll, episodes = self.validator(data)
+            unroll, episodes = self.validator(data, stream)
             return unroll, episodes, None
         except codec.CodecError as error:
             return None, None, str(error)
@@ -206,9 +208,10 @@ class LearnerService:
 
     async def stream_unrolls(self, request_iterator, context) -> bytes:
         accepted = 0
+        stream = self.validator.new_stream()  # ends with the stream, at its first rejection
         try:
             async for data in request_iterator:
-                unroll, episodes, reason = self._validate(data)
+                unroll, episodes, reason = self._validate(data, stream)
                 if reason is not None:
                     self.counters.reject(reason)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,

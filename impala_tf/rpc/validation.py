@@ -15,6 +15,8 @@ a non-finite update, and an instruction token past the embedding table fails the
   core_state/...       |x| <= UnrollLimits.max_abs_core_state
   meta policy_version  an int in [0, 2^62)
   meta actor_id        an int in [0, num_actors): the run's actors, no other id
+  meta env             (stacked observations) an int in [0, num_envs): the environment
+                       within its actor, whose last stack a stream keeps
   meta episodes        at most max_episodes_per_unroll entries [return, frames, level]:
                        |return| <= max_abs_episode_return, frames in [0, max_episode_frames],
                        a level name of at most 200 characters
@@ -35,6 +37,8 @@ from impala_tf.rpc import codec, frame_packing
 MAX_LEVEL_NAME = 200
 # Actor ids a learner accepts when it is not told the run's actor count (library use).
 DEFAULT_NUM_ACTORS = 4096
+# Environments per actor a learner accepts when it is not told `Actor.num_envs`.
+DEFAULT_NUM_ENVS = 256
 
 
 class Unroll(NamedTuple):
@@ -161,20 +165,34 @@ class UnrollValidator:
         dm_env spec (`specs.observation_bounds`).
       num_actors: actor ids accepted are [0, num_actors) (default `DEFAULT_NUM_ACTORS`).
       stacked_observations: observation name -> channels per frame for the observations
-        actors send packed (`frame_packing`), each frame once; rebuilt before any check.
+        actors send packed (`frame_packing`), each frame once; their stacks are built by the
+        batcher (`frame_packing.PackedStack`), from parts checked here.
+      num_envs: environments per actor (`Actor.num_envs`): the `env` ids accepted are
+        [0, num_envs), and a stream keeps at most that many last stacks (default
+        `DEFAULT_NUM_ENVS`).
     """
 
     def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
                  max_message_bytes: int, limits: Optional[UnrollLimits] = None,
                  observation_bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
                  num_actors: Optional[int] = None,
-                 stacked_observations: Optional[Mapping[str, int]] = None):
+                 stacked_observations: Optional[Mapping[str, int]] = None,
+                 num_envs: Optional[int] = None):
         self.wire_spec = dict(wire_spec)
         self.stacked = dict(stacked_observations or {})
+        self._unpack = frame_packing.Unpacker(self.wire_spec, self.stacked)
         self.limits = limits or UnrollLimits()
         self.bounds = field_bounds(self.wire_spec, num_actions, self.limits, observation_bounds)
         self.max_message_bytes = max_message_bytes
         self.num_actors = int(num_actors or DEFAULT_NUM_ACTORS)
+        self.num_envs = int(num_envs or DEFAULT_NUM_ENVS)
+        # Stacked observations whose values need a check (floats, booleans, bounds narrower
+        # than the dtype): their stacks are built here and checked whole. Atari's uint8 [0, 255]
+        # frames need none, and stay packed until the batcher writes them.
+        self._checked_whole = {
+            name for name in self.stacked
+            if f"observation/{name}" in self.bounds
+            or np.dtype(self.wire_spec[f"observation/{name}"][0]).kind in "fb"}
         self._refused: Set[int] = set()
         self._lock = threading.Lock()
 
@@ -190,7 +208,14 @@ class UnrollValidator:
         with self._lock:
             return sorted(self._refused)
 
-    def __call__(self, data: bytes) -> Tuple[Unroll, List[EpisodeStats]]:
+    def new_stream(self) -> frame_packing.StreamFrames:
+        """What one stream keeps between its unrolls (pass it to every call of that stream)."""
+        return frame_packing.StreamFrames(self.num_envs)
+
+    def __call__(self, data: bytes, stream: Optional[frame_packing.StreamFrames] = None
+                 ) -> Tuple[Unroll, List[EpisodeStats]]:
+        """The unroll in `data` and the episodes reported with it; `stream`: the state of the
+        stream it came on (continued unrolls need it; None takes whole ones only)."""
         fields, meta = codec.decode(data, codec.UNROLL_MAGIC, self.max_message_bytes)
         actor_id = meta.get("actor_id")
         if isinstance(actor_id, int) and not 0 <= actor_id < self.num_actors:
@@ -202,9 +227,30 @@ class UnrollValidator:
         if actor_id in self._refused:
             raise codec.CodecError(f"actor {actor_id} is refused: its unrolls made non-finite "
                                    "updates (restart the learner to accept it again)")
+        env = None
         if self.stacked and list(fields) != list(self.wire_spec):
-            fields = frame_packing.unpack(fields, self.wire_spec, self.stacked)
+            env = frame_packing.env_id(meta, self.num_envs)
+            previous = (stream.previous(env, actor_id)
+                        if stream is not None and env is not None
+                        and list(fields) == self._unpack.continued_names else None)
+            fields = self._unpack(fields, previous)
+            for name in self._checked_whole:
+                fields[f"observation/{name}"] = np.asarray(fields[f"observation/{name}"])
         codec.validate_fields(fields, self.wire_spec, self.bounds)
         unroll = Unroll(fields, meta_int(meta.get("policy_version"), "policy_version"),
                         actor_id)
-        return unroll, parse_episodes(meta.get("episodes", []), self.limits)
+        episodes = parse_episodes(meta.get("episodes", []), self.limits)
+        if env is not None and stream is not None:
+            stream.remember(env, actor_id, {
+                f"observation/{name}": _last_frames(fields[f"observation/{name}"],
+                                                    self.stacked[name])
+                for name in self.stacked})
+        return unroll, episodes
+
+
+def _last_frames(stacks, k: int) -> np.ndarray:
+    """The frames of step T's stack, `[S, H, W, k]`, of a `PackedStack` or of stacks built
+    whole (`[T+1, H, W, S*k]`), a copy."""
+    if isinstance(stacks, frame_packing.PackedStack):
+        return stacks.last_frames()
+    return np.array(frame_packing._frames(stacks[-1], k))

@@ -3,9 +3,10 @@
     python -m impala_tf.tools.benchmark --stages=ingest --ingest_actors=N [--seconds 20]
 
 N actor streams come from light client processes (no environment, no model; up to
-`STREAMS_PER_PROCESS` streams a process, one thread each), each sending one pre-encoded
-unroll of the experiment's spec, over and over, as fast as the learner takes it: frames
-stacked as the actor packs them (`rpc.frame_packing`), random pixels, honest values. The
+`STREAMS_PER_PROCESS` streams a process, one thread each), each sending pre-encoded
+unrolls of the experiment's spec, over and over, as fast as the learner takes them: frames
+as the actor packs them (`rpc.frame_packing`: the first unroll of a stream whole, then
+continued), random pixels, honest values. The
 learner in this process is built as the training command builds it (its gRPC server,
 validator and batcher) and hands each batch to a step that does nothing. Over the measured
 window it reports:
@@ -13,7 +14,7 @@ window it reports:
   actors, actors_served      streams, and how many had an unroll accepted in the window;
   frames_per_s               emulator frames in the batches taken;
   learner_cpu_us_per_frame   this process's CPU (getrusage) per frame;
-  wire_bytes_per_frame       one unroll's message bytes over the frames it carries;
+  wire_bytes_per_frame       one (continued) unroll's message bytes over its frames;
   rejected_unrolls           rejections in the window (0 for honest streams).
 """
 
@@ -35,8 +36,9 @@ STREAMS_PER_PROCESS = 64
 def honest_fields(spec, stacked, seed: int = 0):
     """Flat fields of one honest unroll of `spec` (name -> (dtype, shape)): stacked
     observations (name -> channels per frame) of random frames that shift by one a step,
-    as an actor's do; integers 0 (actions, tokens), booleans False, discounts 1, other
-    floats standard normal."""
+    as an actor's do, and repeat every T steps, so that step T's stack is step 0's (the
+    unroll continues itself: sent again and again, it is a valid stream); integers 0
+    (actions, tokens), booleans False, discounts 1, other floats standard normal."""
     import numpy as np
     rng = np.random.default_rng(seed)
     fields = {}
@@ -44,9 +46,10 @@ def honest_fields(spec, stacked, seed: int = 0):
         observation = name[len("observation/"):] if name.startswith("observation/") else None
         if observation in stacked:
             k = stacked[observation]
-            depth = shape[-1] // k
-            frames = rng.integers(0, 256, (shape[0] + depth,) + tuple(shape[1:-1]) + (k,),
-                                  dtype=np.uint8).astype(dtype)
+            depth, period = shape[-1] // k, max(1, shape[0] - 1)
+            base = rng.integers(0, 256, (period,) + tuple(shape[1:-1]) + (k,),
+                                dtype=np.uint8).astype(dtype)
+            frames = base[np.arange(shape[0] + depth) % period]
             fields[name] = np.stack([np.concatenate(frames[t:t + depth], axis=-1)
                                      for t in range(shape[0])])
         elif dtype.kind in "ui":
@@ -60,14 +63,19 @@ def honest_fields(spec, stacked, seed: int = 0):
     return fields
 
 
-def honest_unroll(spec, stacked, actor_id: int, seed: int = 0, pack: bool = True) -> bytes:
-    """One encoded unroll of `honest_fields` from actor `actor_id`, its stacked observations
-    packed as an actor sends them (`pack`; else whole stacks, as actors sent them before
-    packing: the learner takes both)."""
+def honest_unroll(spec, stacked, actor_id: int, seed: int = 0, pack: bool = True):
+    """(first, next): the encoded messages of `honest_fields` from actor `actor_id` that a
+    stream sends first and then again and again. Packed (`pack`) as an actor sends them:
+    first whole, then continued (`frame_packing.StreamedUnroll`); else whole stacks both, as
+    actors sent them before packing (the learner takes both)."""
     from impala_tf.rpc import codec, frame_packing
     fields = honest_fields(spec, stacked, seed)
-    return codec.encode(codec.UNROLL_MAGIC, frame_packing.pack(fields, stacked if pack else {}),
-                        {"policy_version": 0, "actor_id": int(actor_id)})
+    meta = {"policy_version": 0, "actor_id": int(actor_id)}
+    if not (pack and stacked):
+        message = codec.encode(codec.UNROLL_MAGIC, fields, meta)
+        return message, message
+    streamed = frame_packing.encode_streamed(fields, stacked, meta, env=0)
+    return streamed.whole, streamed.continued or streamed.whole
 
 
 def client_main(address: str, first: int, count: int, spec_file: str, stop_at: float) -> None:
@@ -82,11 +90,12 @@ def client_main(address: str, first: int, count: int, spec_file: str, stop_at: f
     options = grpc_options(64 << 20)
 
     def stream(actor_id):
-        message = honest_unroll(spec, saved["stacked"], actor_id, seed=actor_id,
-                                pack=saved["pack"])
+        first, message = honest_unroll(spec, saved["stacked"], actor_id, seed=actor_id,
+                                       pack=saved["pack"])
         channel = grpc.insecure_channel(address, options=options)
 
         def requests():
+            yield first
             while time.time() < stop_at:
                 yield message
 
@@ -143,7 +152,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
         json.dump({"spec": {n: [d.str, list(s)] for n, (d, s) in spec.items()},
                    "stacked": stacked, "pack": pack}, f)
     unroll_frames = learner.frames_per_batch // learner.run_config.batch_size
-    message_bytes = len(honest_unroll(spec, stacked, 0, pack=pack))
+    message_bytes = len(honest_unroll(spec, stacked, 0, pack=pack)[1])
     taken = [0]
     stop = threading.Event()
 
