@@ -1,5 +1,9 @@
 """Batcher: B validated unrolls -> one `[T+1, B, ...]` learner batch, stacked ahead of time.
 
+Frames that came packed (`frame_packing.PackedStack`) are written once, straight into the
+batch: as stacks (a learner on CPU), or frame-major for the train step to stack on the
+learner's accelerator (`frames_on_device`; `specs.FrameMajorStacks`).
+
 A background thread takes unrolls from the service's queue, stacks them with numpy (time
 stays the leading axis, the batch is axis 1; core states stack on axis 0), hands them to
 TensorFlow without a copy where it can (`as_tensor`) and keeps `prefetch` batch(es) ready,
@@ -16,7 +20,8 @@ import tensorflow as tf
 
 from impala_tf.rpc.frame_packing import PackedStack
 from impala_tf.rpc.validation import Unroll
-from impala_tf.specs import LearnerBatch, trajectory_from_fields, unflatten_core_state
+from impala_tf.specs import (FrameMajorStacks, LearnerBatch, trajectory_from_fields,
+                             unflatten_core_state)
 
 
 # dtypes whose arrays TensorFlow takes over through DLPack without a copy.
@@ -58,26 +63,23 @@ class ReadyBatch(NamedTuple):
     actor_ids: Optional[np.ndarray] = None
 
 
-def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -> ReadyBatch:
+def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state,
+                  frames_on_device: bool = False) -> ReadyBatch:
     """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states;
-    packed frames (`PackedStack`) are written straight into their slot of the batch."""
+    packed frames (`PackedStack`) are written straight into their slot of the batch: as
+    stacks, or with `frames_on_device` frame-major (`FrameMajorStacks`, stacked by the
+    train step on the learner's accelerator)."""
     names = list(unrolls[0].fields)
     stacked = {}
     for name in names:
         axis = 0 if name.startswith("core_state/") else 1
         parts = [u.fields[name] for u in unrolls]
+        if any(isinstance(part, PackedStack) for part in parts):
+            stacked[name] = _write_packed(parts, frames_on_device)
+            continue
         shape = list(parts[0].shape)
         shape.insert(axis, len(parts))
-        out = aligned_empty(shape, parts[0].dtype)
-        if any(isinstance(part, PackedStack) for part in parts):
-            for b, part in enumerate(parts):
-                if isinstance(part, PackedStack):
-                    part.write_into(out[:, b])
-                else:
-                    out[:, b] = part
-            stacked[name] = out
-            continue
-        stacked[name] = np.stack(parts, axis=axis, out=out)
+        stacked[name] = np.stack(parts, axis=axis, out=aligned_empty(shape, parts[0].dtype))
     trajectory = trajectory_from_fields(stacked, observation_names)
     core_state = unflatten_core_state(stacked, initial_state) if tf.nest.flatten(initial_state) else ()
     versions = np.array([u.policy_version for u in unrolls], np.int64)
@@ -85,15 +87,39 @@ def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state) -
     return ReadyBatch(LearnerBatch(trajectory, core_state), versions, actor_ids)
 
 
+def _write_packed(parts, frames_on_device: bool):
+    """One stacked observation of a batch, `[T+1, B, H, W, S*k]`, or `FrameMajorStacks` of
+    `[T+1, B, S, H, W, k]`, from `PackedStack`s (or whole stacks) of its unrolls."""
+    shape = list(parts[0].shape)
+    if not frames_on_device:
+        out = aligned_empty(shape[:1] + [len(parts)] + shape[1:], parts[0].dtype)
+        for b, part in enumerate(parts):
+            if isinstance(part, PackedStack):
+                part.write_into(out[:, b])
+            else:
+                out[:, b] = part
+        return out
+    packed = next(part for part in parts if isinstance(part, PackedStack))
+    depth, k = packed.depth, packed.k
+    out = aligned_empty(shape[:1] + [len(parts), depth] + shape[1:-1] + [k], parts[0].dtype)
+    for b, part in enumerate(parts):
+        if isinstance(part, PackedStack):
+            part.write_frames_into(out[:, b])
+        else:  # [T+1, H, W, S*k] -> [T+1, S, H, W, k]
+            out[:, b] = np.moveaxis(np.asarray(part).reshape(shape[:-1] + [depth, k]), -2, 1)
+    return FrameMajorStacks(out)
+
+
 class Batcher:
     """Prefetches batches of `batch_size` unrolls from `unrolls` in a background thread."""
 
     def __init__(self, unrolls: "queue.Queue[Unroll]", batch_size: int, observation_names,
-                 initial_state: Any, prefetch: int = 1):
+                 initial_state: Any, prefetch: int = 1, frames_on_device: bool = False):
         self._unrolls = unrolls
         self._batch_size = int(batch_size)
         self._observation_names = list(observation_names)
         self._initial_state = initial_state
+        self._frames_on_device = bool(frames_on_device)
         self._ready: "queue.Queue[ReadyBatch]" = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self.error: Optional[BaseException] = None
@@ -117,7 +143,8 @@ class Batcher:
                 unrolls = self._take()
                 if unrolls is None:
                     return
-                ready = stack_unrolls(unrolls, self._observation_names, self._initial_state)
+                ready = stack_unrolls(unrolls, self._observation_names, self._initial_state,
+                                      self._frames_on_device)
                 ready = ready._replace(
                     batch=tf.nest.map_structure(as_tensor, ready.batch))
                 while not self._stop.is_set():

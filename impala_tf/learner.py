@@ -35,6 +35,23 @@ _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
 DECISIONS = "decisions"  # the step's stats entry: [stop, checkpoint], summed over workers
 
 
+def _frames_on_device(stack_frames_on: str, strategy: tf.distribute.Strategy) -> bool:
+    """Whether the train step stacks frames on the learner's device (`Learner`'s
+    `stack_frames_on`: 'host', 'device' or 'auto')."""
+    if stack_frames_on not in ("auto", "host", "device"):
+        raise ValueError(f"Learner.stack_frames_on = {stack_frames_on!r}: expected 'auto', "
+                         "'host' or 'device'.")
+    if stack_frames_on != "auto":
+        return stack_frames_on == "device"
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's placement, GPU first
+        devices = ()
+    return (isinstance(strategy, tf.distribute.TPUStrategy)
+            or any("GPU" in device.upper() for device in devices)
+            or bool(tf.config.list_logical_devices("GPU")))
+
+
 def _xla_plan(strategy: tf.distribute.Strategy, jit_compile: bool) -> Tuple[bool, bool]:
     """(XLA-compile the whole step, XLA-compile each replica's gradients) for `strategy`."""
     if not jit_compile or isinstance(strategy, tf.distribute.TPUStrategy):
@@ -162,6 +179,11 @@ class Learner:
         (`specs.observation_bounds`): unrolls outside them are rejected.
       stacked_observations: the environment's (`BatchedEnv.stacked_observations`): actors
         send those observations packed, each frame once (`rpc.frame_packing`).
+      stack_frames_on: where stacked frames that came packed become the agent's stacks:
+        'host' (the batcher interleaves their pixels: for a learner on CPU, where
+        TensorFlow's transpose costs more), 'device' (the batcher copies whole frames,
+        `specs.FrameMajorStacks`, and the train step stacks them on the accelerator), or
+        'auto': 'device' when the learner has a GPU or TPU.
       num_envs: environments per actor (`Actor.num_envs`; `train` passes the configured
         one): a stream keeps the last stack of at most this many (None:
         `validation.DEFAULT_NUM_ENVS`).
@@ -196,6 +218,7 @@ class Learner:
         observation_bounds: Optional[Mapping[str, Tuple]] = None,
         stacked_observations: Optional[Mapping[str, int]] = None,
         num_envs: Optional[int] = None,
+        stack_frames_on: str = "auto",
         seed: Optional[int] = None,
     ):
         self.logdir = logdir
@@ -249,6 +272,7 @@ class Learner:
                                 max_message_bytes, UnrollLimits(), observation_bounds,
                                 num_actors, stacked_observations, num_envs),
                 self.unrolls, self.parameters, self._stop)
+            self.frames_on_device = _frames_on_device(stack_frames_on, self.strategy)
             if batch_source is None:
                 self.server = LearnerServer(
                     self.service, server_address, max_message_bytes,
@@ -261,7 +285,7 @@ class Learner:
                         f"Each worker's batch of {local_batch} unrolls does not split into "
                         f"RunConfig.num_minibatches = {self.run_config.num_minibatches}.")
                 self.batcher = Batcher(self.unrolls, local_batch, list(observation_spec),
-                                       initial_state)
+                                       initial_state, frames_on_device=self.frames_on_device)
                 self._next_batch = self.batcher.next
             else:
                 self.batcher = None

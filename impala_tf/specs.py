@@ -36,6 +36,32 @@ class Trajectory(NamedTuple):
     behaviour_logits: Any
 
 
+class FrameMajorStacks(NamedTuple):
+    """A stacked observation in a learner batch as the batcher writes it for a learner on an
+    accelerator: `frames` `[T+1, B, S, H, W, k]`, each step's S frames oldest first, whole
+    frames one after another (the host copies frames, no pixel interleaving). The train
+    step turns it into the agent's `[T+1, B, H, W, S*k]` on the device
+    (`stacks_from_frames`)."""
+
+    frames: Any
+
+
+def stacks_from_frames(frames: tf.Tensor) -> tf.Tensor:
+    """`[T+1, B, S, H, W, k]` -> `[T+1, B, H, W, S*k]`, channels oldest frame first."""
+    shape = tf.shape(frames)
+    stacks = tf.transpose(frames, [0, 1, 3, 4, 2, 5])
+    static = frames.shape
+    channels = (static[2] * static[5] if static[2] is not None and static[5] is not None
+                else shape[2] * shape[5])
+    return tf.reshape(stacks, tf.concat([shape[:2], shape[3:5], [channels]], 0))
+
+
+def agent_observation(observation: Mapping[str, Any]) -> Dict[str, Any]:
+    """A batch's observations as the agent reads them (`FrameMajorStacks` stacked)."""
+    return {name: stacks_from_frames(value.frames) if isinstance(value, FrameMajorStacks)
+            else value for name, value in observation.items()}
+
+
 class LearnerBatch(NamedTuple):
     """trajectory: `Trajectory` of `[T+1, B, ...]`; initial_core_state: the agent's core
     state before step 0 of each unroll, `[B, ...]` leaves (an empty tuple without LSTM)."""

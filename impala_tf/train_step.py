@@ -31,19 +31,20 @@ import tensorflow as tf
 from impala_tf import losses, vtrace
 from impala_tf.popart import PopArt
 from impala_tf.networks.agent import Agent, AgentInput
-from impala_tf.specs import LearnerBatch, Trajectory
+from impala_tf.specs import LearnerBatch, Trajectory, agent_observation
 
 
 POPART_MOMENTS = "popart_moments"  # a `[3, num_tasks]` entry of compute_loss' stats
 
 
 def agent_input_from_trajectory(trajectory: Trajectory) -> AgentInput:
-    """The agent reads the stored action and reward that led to each observation."""
+    """The agent reads the stored action and reward that led to each observation (stacked
+    frames that came frame-major are stacked here, on the learner's device)."""
     return AgentInput(
         prev_action=trajectory.action,
         reward=trajectory.reward,
         episode_start=trajectory.episode_start,
-        observation=trajectory.observation,
+        observation=agent_observation(trajectory.observation),
     )
 
 

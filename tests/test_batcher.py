@@ -62,3 +62,36 @@ def test_stacked_unrolls_equal_numpys_stack():
     np.testing.assert_array_equal(shared.trajectory.behaviour_logits.numpy(),
                                   trajectory.behaviour_logits)
     assert list(ready.policy_versions) == [0, 1, 2, 3]
+
+
+def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
+    """Packed unrolls (restarts inside, one at the last step) and a whole one, batched for a
+    learner on CPU (stacks) and on an accelerator (frames, stacked in the graph, XLA too):
+    both equal numpy's stack of the stacks the actor built."""
+    from test_frame_packing import _stacks
+
+    from impala_tf.rpc import frame_packing
+    from impala_tf.specs import FrameMajorStacks, stacks_from_frames
+    rng = np.random.default_rng(1)
+    stacks = [_stacks(rng, restarts=r) for r in [(), (7, 15), (1, 2, 3), (20,)]] + [
+        _stacks(rng, k=1, restarts=(4,))]
+    spec = {"observation/frame": (np.dtype(np.uint8), stacks[0].shape)}
+    steps = stacks[0].shape[0]
+    others = {"action": np.zeros(steps, np.int32), "reward": np.zeros(steps, np.float32),
+              "discount": np.ones(steps, np.float32), "episode_start": np.zeros(steps, bool),
+              "behaviour_logits": np.zeros((steps, 3), np.float32)}
+    unrolls = [Unroll({**frame_packing.unpack(frame_packing.pack(
+        {"observation/frame": s}, {"frame": 1}), spec, {"frame": 1}), **others}, 0, i)
+        for i, s in enumerate(stacks[:-1])]
+    unrolls.append(Unroll({"observation/frame": stacks[-1], **others}, 0, 4))  # sent whole
+    expected = np.stack(stacks, axis=1)
+    host = stack_unrolls(unrolls, ["frame"], ()).batch.trajectory.observation["frame"]
+    np.testing.assert_array_equal(host, expected)
+    device = stack_unrolls(unrolls, ["frame"], (), frames_on_device=True)
+    frames = device.batch.trajectory.observation["frame"]
+    assert isinstance(frames, FrameMajorStacks) and frames.frames.shape == (
+        steps, 5, 4) + expected.shape[2:4] + (1,)
+    tensor = as_tensor(frames.frames)
+    np.testing.assert_array_equal(stacks_from_frames(tensor).numpy(), expected)
+    np.testing.assert_array_equal(
+        tf.function(stacks_from_frames, jit_compile=True)(tensor).numpy(), expected)

@@ -7,6 +7,7 @@ import threading
 import time
 
 import gin
+import tensorflow as tf
 import numpy as np
 import pytest
 
@@ -224,3 +225,52 @@ def test_an_actor_can_send_whole_stacks_and_the_learner_takes_both(tmp_path):
     assert isinstance(packed, frame_packing.StreamedUnroll)
     for message in (whole, packed.whole):
         assert validator(message)[0].fields["observation/frame"].shape == (6, 84, 84, 4)
+
+
+def test_a_learner_stacking_frames_in_its_graph_makes_the_same_update(tmp_path):
+    """Real Pong unrolls batched frame-major (as for a learner on an accelerator) train a
+    mirrored learner over two CPUs, the stacks built in its graph, to the weights a default
+    learner reaches from the same unrolls batched as stacks."""
+    from impala_tf.batcher import ReadyBatch, as_tensor
+    from impala_tf.distribute import make_strategy
+    config.parse_config(["atari/pong_shallow.gin"], [
+        "RunConfig.unroll_length = 5", "RunConfig.batch_size = 2", "Agent.lstm_size = 8",
+        "Actor.num_envs = 2"])
+    try:
+        actor = Actor("127.0.0.1:9", actor_index=0)
+        streamed = actor.act()
+        specs = tensor_specs(actor.env.observation_spec())
+        stacked, num_actions = actor.env.stacked_observations, actor.num_actions
+        validator = _learners_validator(actor, tmp_path / "validator")
+        stream = validator.new_stream()
+        unrolls = [validator(message.whole, stream)[0] for message in streamed]
+        learners = {}
+        for name, strategy in (("stacks", None),
+                               ("frames", make_strategy("mirrored", num_cpu_devices=2))):
+            batches = {}
+            learners[name] = Learner(specs, num_actions, str(tmp_path / name), strategy=strategy,
+                                     batch_source=lambda b=batches: b["ready"],
+                                     stacked_observations=stacked,
+                                     stack_frames_on="host" if name == "stacks" else "device")
+            ready = stack_unrolls(unrolls, list(specs), learners[name].agent.initial_state(1),
+                                  frames_on_device=learners[name].frames_on_device)
+            batches["ready"] = ReadyBatch(tf.nest.map_structure(as_tensor, ready.batch),
+                                          ready.policy_versions)
+        assert learners["frames"].frames_on_device and not learners["stacks"].frames_on_device
+        initial = learners["stacks"].agent.get_weights()
+        learners["frames"].agent.set_weights(initial)
+        records = {name: learner.run(max_steps=2) for name, learner in learners.items()}
+    finally:
+        gin.clear_config()
+        for learner in locals().get("learners", {}).values():
+            learner.close()
+    assert records["frames"]["total_loss"] == pytest.approx(records["stacks"]["total_loss"],
+                                                            rel=1e-4)
+    for a, b in zip(learners["stacks"].agent.get_weights(),
+                    learners["frames"].agent.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert max(np.abs(a - b).max() for a, b in zip(
+        initial, learners["stacks"].agent.get_weights())) > 1e-4
+    with pytest.raises(ValueError, match="stack_frames_on = 'gpu'"):
+        Learner(specs, num_actions, str(tmp_path / "bad"), batch_source=lambda: None,
+                stack_frames_on="gpu")

@@ -32,7 +32,7 @@ from impala_tf.learner import Learner
 from impala_tf.networks.agent import AgentOutput
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.server import Unroll
-from impala_tf.specs import Trajectory, tensor_specs, unroll_wire_spec
+from impala_tf.specs import FrameMajorStacks, Trajectory, tensor_specs, unroll_wire_spec
 from impala_tf.train_step import agent_input_from_trajectory
 
 PADDLE_COLUMNS = slice(72, 77)  # our (right, green) paddle in the 84x84 frame
@@ -140,7 +140,11 @@ def pong_batch():
         unrolls.append(Unroll(fields, meta["policy_version"], 0))
     batch = stack_unrolls(unrolls, ["frame"], agent.initial_state(1)).batch
     batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
-    yield actor, batch
+    # The same unrolls as a learner on an accelerator batches them: frames, stacked in-graph.
+    frame_major = stack_unrolls(unrolls, ["frame"], agent.initial_state(1),
+                                frames_on_device=True).batch
+    assert isinstance(frame_major.trajectory.observation["frame"], FrameMajorStacks)
+    yield actor, batch, tf.nest.map_structure(tf.convert_to_tensor, frame_major)
     actor.env.close()
     gin.clear_config()
 
@@ -151,7 +155,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def test_the_learner_recomputes_the_behaviour_logits_step_by_step(pong_batch):
-    actor, batch = pong_batch
+    actor, batch, _ = pong_batch
     trajectory = batch.trajectory
     outputs, _ = actor.agent.unroll(agent_input_from_trajectory(trajectory),
                                     batch.initial_core_state)
@@ -174,7 +178,7 @@ def _likelihood_z(log_policy: np.ndarray, actions: np.ndarray) -> float:
 
 
 def test_sampled_actions_follow_the_behaviour_logits(pong_batch):
-    _, batch = pong_batch
+    _, batch, _ = pong_batch
     trajectory = batch.trajectory
     valid = ~trajectory.episode_start.numpy()[1:]
     log_mu = _log_softmax(trajectory.behaviour_logits.numpy()[1:])
@@ -240,7 +244,7 @@ class _FixedOutputs:
 
 
 def test_real_pong_gradient_matches_a_numpy_implementation_of_the_paper_loss(pong_batch):
-    actor, batch = pong_batch
+    actor, batch, frame_major = pong_batch
     agent = actor.agent
     step = builders.build_train_step(agent)
     # The learner has moved on from the behaviour policy: off-policy, rho != 1.
@@ -294,6 +298,13 @@ def test_real_pong_gradient_matches_a_numpy_implementation_of_the_paper_loss(pon
             np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2e-3,
                                        atol=2e-4 * np.abs(w.numpy()).max() + 1e-7,
                                        err_msg=variable.path)
+        # Frames stacked in the graph (a learner on an accelerator) give the same update.
+        with tf.GradientTape() as tape:
+            device_loss, _ = step.compute_loss(frame_major)
+        for variable, g, d in zip(variables, got, tape.gradient(device_loss, variables)):
+            np.testing.assert_allclose(d.numpy(), g.numpy(), rtol=1e-6, atol=1e-9,
+                                       err_msg=variable.path)
+        assert float(device_loss) == pytest.approx(float(loss), rel=1e-6)
     finally:
         agent.policy_head.kernel.assign(agent.policy_head.kernel / 1.3)
         step.agent = agent

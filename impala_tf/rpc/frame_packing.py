@@ -141,9 +141,9 @@ class PackedStack:
         yield from zip(starts, starts[1:] + [steps], olders)
 
     def write_into(self, out: np.ndarray) -> None:
-        """Writes the stacks into `out` (`shape`, any strides): for each of the S slots of a
-        stack, one strided copy of a run of frames; where a pixel's stack is a 2, 4 or 8
-        byte word (grey uint8 frames), shifts and ors of whole words instead."""
+        """Writes the stacks into `out` (`shape`, any strides): where a pixel's stack is a
+        2, 4 or 8 byte word (grey uint8 frames), by shifts and ors of whole words; else one
+        strided copy of a run of frames for each of the S slots of a stack."""
         depth, k = self.depth, self.k
         words = _WORDS.get(depth * k * self.dtype.itemsize)
         if (words is not None and k == 1 and self.dtype.itemsize == 1 and _LITTLE
@@ -151,17 +151,23 @@ class PackedStack:
                 and all(s % np.dtype(words).itemsize == 0 for s in out.strides[:-1])):
             self._write_words(out.view(words)[..., 0], words)
             return
-        slots = out.reshape(out.shape[:-1] + (depth, k))  # a view, whatever out's strides
+        # [T+1, H, W, S*k] -> a [T+1, S, H, W, k] view of the same memory.
+        self.write_frames_into(np.moveaxis(out.reshape(out.shape[:-1] + (depth, k)), -2, 1))
+
+    def write_frames_into(self, out: np.ndarray) -> None:
+        """Writes the stacks frame-major into `out` `[T+1, S, H, W, k]` (any strides; a slot
+        of a `specs.FrameMajorStacks` batch): slot j of step t is frame j of its stack."""
+        depth = self.depth
         for start, end, older in self._segments():
             n = end - start
             for j in range(depth):
                 # Slot j of step start+i holds timeline frame j+i (older frames, then newest).
                 from_older = max(0, min(n, depth - 1 - j))
                 if from_older:
-                    slots[start:start + from_older, ..., j, :] = older[j:j + from_older]
+                    out[start:start + from_older, j] = older[j:j + from_older]
                 if n > from_older:
                     first_newest = start + j + from_older - (depth - 1)
-                    slots[start + from_older:end, ..., j, :] = self.newest[
+                    out[start + from_older:end, j] = self.newest[
                         first_newest:first_newest + n - from_older]
 
     def _write_words(self, out: np.ndarray, words) -> None:
