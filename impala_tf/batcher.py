@@ -1,8 +1,8 @@
 """Batcher: B validated unrolls -> one `[T+1, B, ...]` learner batch, stacked ahead of time.
 
-Frames that came packed (`frame_packing.PackedStack`) are written once, straight into the
-batch: as stacks (a learner on CPU), or frame-major for the train step to stack on the
-learner's accelerator (`frames_on_device`; `specs.FrameMajorStacks`).
+Frames that came packed (`frame_packing.PackedStack`) are written straight into the batch:
+as stacks (a learner on CPU), or each frame once for the train step to stack on the
+learner's accelerator (`frames_on_device`; `specs.PackedFrames`).
 
 A background thread takes unrolls from the service's queue, stacks them with numpy (time
 stays the leading axis, the batch is axis 1; core states stack on axis 0), hands them to
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from impala_tf.rpc.frame_packing import PackedStack
 from impala_tf.rpc.validation import Unroll
-from impala_tf.specs import (FrameMajorStacks, LearnerBatch, trajectory_from_fields,
+from impala_tf.specs import (PackedFrames, LearnerBatch, trajectory_from_fields,
                              unflatten_core_state)
 
 
@@ -67,7 +67,7 @@ def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state,
                   frames_on_device: bool = False) -> ReadyBatch:
     """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states;
     packed frames (`PackedStack`) are written straight into their slot of the batch: as
-    stacks, or with `frames_on_device` frame-major (`FrameMajorStacks`, stacked by the
+    stacks, or with `frames_on_device` each frame once (`PackedFrames`, stacked by the
     train step on the learner's accelerator)."""
     names = list(unrolls[0].fields)
     stacked = {}
@@ -88,8 +88,8 @@ def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state,
 
 
 def _write_packed(parts, frames_on_device: bool):
-    """One stacked observation of a batch, `[T+1, B, H, W, S*k]`, or `FrameMajorStacks` of
-    `[T+1, B, S, H, W, k]`, from `PackedStack`s (or whole stacks) of its unrolls."""
+    """One stacked observation of a batch, `[T+1, B, H, W, S*k]`, or its `PackedFrames`
+    (`frames_on_device`), from `PackedStack`s (or whole stacks) of its unrolls."""
     shape = list(parts[0].shape)
     if not frames_on_device:
         out = aligned_empty(shape[:1] + [len(parts)] + shape[1:], parts[0].dtype)
@@ -100,14 +100,17 @@ def _write_packed(parts, frames_on_device: bool):
                 out[:, b] = part
         return out
     packed = next(part for part in parts if isinstance(part, PackedStack))
-    depth, k = packed.depth, packed.k
-    out = aligned_empty(shape[:1] + [len(parts), depth] + shape[1:-1] + [k], parts[0].dtype)
+    depth, k, steps = packed.depth, packed.k, shape[0]
+    timeline = aligned_empty([depth * steps, len(parts)] + shape[1:-1] + [k], parts[0].dtype)
+    index = aligned_empty([steps, len(parts), depth], np.int32)
     for b, part in enumerate(parts):
         if isinstance(part, PackedStack):
-            part.write_frames_into(out[:, b])
-        else:  # [T+1, H, W, S*k] -> [T+1, S, H, W, k]
-            out[:, b] = np.moveaxis(np.asarray(part).reshape(shape[:-1] + [depth, k]), -2, 1)
-    return FrameMajorStacks(out)
+            part.write_timeline_into(timeline[:, b], index[:, b])
+        else:  # a whole stack: each step's S frames in turn
+            frames = np.moveaxis(np.asarray(part).reshape(shape[:-1] + [depth, k]), -2, 1)
+            timeline[:, b] = frames.reshape([depth * steps] + shape[1:-1] + [k])
+            index[:, b] = np.arange(depth * steps).reshape(steps, depth)
+    return PackedFrames(timeline, index)
 
 
 class Batcher:

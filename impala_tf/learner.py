@@ -181,9 +181,9 @@ class Learner:
         send those observations packed, each frame once (`rpc.frame_packing`).
       stack_frames_on: where stacked frames that came packed become the agent's stacks:
         'host' (the batcher interleaves their pixels: for a learner on CPU, where
-        TensorFlow's transpose costs more), 'device' (the batcher copies whole frames,
-        `specs.FrameMajorStacks`, and the train step stacks them on the accelerator), or
-        'auto': 'device' when the learner has a GPU or TPU.
+        TensorFlow's gather and transpose cost more), 'device' (the batcher copies each
+        frame once, `specs.PackedFrames`, and the train step gathers the stacks on the
+        accelerator), or 'auto': 'device' when the learner has a GPU or TPU.
       num_envs: environments per actor (`Actor.num_envs`; `train` passes the configured
         one): a stream keeps the last stack of at most this many (None:
         `validation.DEFAULT_NUM_ENVS`).

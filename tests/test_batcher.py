@@ -66,12 +66,12 @@ def test_stacked_unrolls_equal_numpys_stack():
 
 def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     """Packed unrolls (restarts inside, one at the last step) and a whole one, batched for a
-    learner on CPU (stacks) and on an accelerator (frames, stacked in the graph, XLA too):
-    both equal numpy's stack of the stacks the actor built."""
+    learner on CPU (stacks) and on an accelerator (each frame once, stacked in the graph,
+    XLA too): both equal numpy's stack of the stacks the actor built."""
     from test_frame_packing import _stacks
 
     from impala_tf.rpc import frame_packing
-    from impala_tf.specs import FrameMajorStacks, stacks_from_frames
+    from impala_tf.specs import PackedFrames, stacks_from_frames
     rng = np.random.default_rng(1)
     stacks = [_stacks(rng, restarts=r) for r in [(), (7, 15), (1, 2, 3), (20,)]] + [
         _stacks(rng, k=1, restarts=(4,))]
@@ -89,9 +89,14 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     np.testing.assert_array_equal(host, expected)
     device = stack_unrolls(unrolls, ["frame"], (), frames_on_device=True)
     frames = device.batch.trajectory.observation["frame"]
-    assert isinstance(frames, FrameMajorStacks) and frames.frames.shape == (
-        steps, 5, 4) + expected.shape[2:4] + (1,)
-    tensor = as_tensor(frames.frames)
-    np.testing.assert_array_equal(stacks_from_frames(tensor).numpy(), expected)
+    assert isinstance(frames, PackedFrames) and frames.timeline.shape == (
+        4 * steps, 5) + expected.shape[2:4] + (1,) and frames.index.shape == (steps, 5, 4)
+    # Each frame once: an unroll without restarts reads only its first S-1+T+1 places.
+    assert frames.index[:, 0].max() == 3 + steps - 1
+    tensors = PackedFrames(as_tensor(frames.timeline), as_tensor(frames.index))
+    np.testing.assert_array_equal(stacks_from_frames(tensors).numpy(), expected)
     np.testing.assert_array_equal(
-        tf.function(stacks_from_frames, jit_compile=True)(tensor).numpy(), expected)
+        tf.function(stacks_from_frames, jit_compile=True)(tensors).numpy(), expected)
+    # A replica's slice of the batch (axis 1 of both parts) gathers its own unrolls' stacks.
+    half = PackedFrames(tensors.timeline[:, 2:4], tensors.index[:, 2:4])
+    np.testing.assert_array_equal(stacks_from_frames(half).numpy(), expected[:, 2:4])

@@ -32,7 +32,7 @@ from impala_tf.learner import Learner
 from impala_tf.networks.agent import AgentOutput
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.server import Unroll
-from impala_tf.specs import FrameMajorStacks, Trajectory, tensor_specs, unroll_wire_spec
+from impala_tf.specs import PackedFrames, Trajectory, tensor_specs, unroll_wire_spec
 from impala_tf.train_step import agent_input_from_trajectory
 
 PADDLE_COLUMNS = slice(72, 77)  # our (right, green) paddle in the 84x84 frame
@@ -143,7 +143,7 @@ def pong_batch():
     # The same unrolls as a learner on an accelerator batches them: frames, stacked in-graph.
     frame_major = stack_unrolls(unrolls, ["frame"], agent.initial_state(1),
                                 frames_on_device=True).batch
-    assert isinstance(frame_major.trajectory.observation["frame"], FrameMajorStacks)
+    assert isinstance(frame_major.trajectory.observation["frame"], PackedFrames)
     yield actor, batch, tf.nest.map_structure(tf.convert_to_tensor, frame_major)
     actor.env.close()
     gin.clear_config()

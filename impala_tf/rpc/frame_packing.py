@@ -26,7 +26,9 @@ disagree about what came before. A T=20 Pong unroll: 21 stacks (592,704 bytes of
 
 `unpack` checks every packed field before it uses it and raises `codec.CodecError` for
 anything malformed. It builds no stacks: each becomes a `PackedStack`, which the batcher
-writes straight into its batch (`write_into`), one pass over the stacked bytes.
+writes straight into its batch: as stacks (`write_into`, one pass over the stacked bytes),
+or each frame once with the places of each stack's frames (`write_timeline_into`), for the
+learner's accelerator to gather.
 """
 
 import sys
@@ -155,8 +157,8 @@ class PackedStack:
         self.write_frames_into(np.moveaxis(out.reshape(out.shape[:-1] + (depth, k)), -2, 1))
 
     def write_frames_into(self, out: np.ndarray) -> None:
-        """Writes the stacks frame-major into `out` `[T+1, S, H, W, k]` (any strides; a slot
-        of a `specs.FrameMajorStacks` batch): slot j of step t is frame j of its stack."""
+        """Writes the stacks frame-major into `out` `[T+1, S, H, W, k]` (any strides): slot j
+        of step t is frame j of its stack."""
         depth = self.depth
         for start, end, older in self._segments():
             n = end - start
@@ -169,6 +171,24 @@ class PackedStack:
                     first_newest = start + j + from_older - (depth - 1)
                     out[start + from_older:end, j] = self.newest[
                         first_newest:first_newest + n - from_older]
+
+    def write_timeline_into(self, timeline: np.ndarray, index: np.ndarray) -> None:
+        """Writes each frame once into `timeline` `[S(T+1), H, W, k]` (any strides; only the
+        places used) and the places of each step's S frames into `index` `[T+1, S]`: one
+        unroll of `specs.PackedFrames`."""
+        depth, steps = self.depth, self.shape[0]
+        timeline[:depth - 1] = self.first
+        timeline[depth - 1:depth - 1 + steps] = self.newest
+        slots = np.arange(depth)
+        index[...] = np.arange(steps)[:, None] + slots  # newest of t at S-1+t: t + j
+        restarts = np.flatnonzero(self.restart)
+        for r, (start, older) in enumerate(zip(restarts, self.restarted)):
+            place = depth - 1 + steps + r * (depth - 1)
+            timeline[place:place + depth - 1] = _frames(older, self.k)
+            rows = np.arange(start, min(start + depth - 1, steps))
+            into = rows - start  # steps into the restarted stack
+            reads_older = slots[None, :] < (depth - 1 - into)[:, None]
+            index[rows] = np.where(reads_older, place + into[:, None] + slots, index[rows])
 
     def _write_words(self, out: np.ndarray, words) -> None:
         """`out` `[T+1, H, W]` of words: the newest frame in the highest byte, each older one
