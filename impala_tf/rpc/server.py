@@ -120,9 +120,17 @@ class _RoomWaiters:
         self._loop = loop
         self._waiters: "collections.deque[asyncio.Future]" = collections.deque()
         self._live = 0  # streams inside `wait` (woken ones too, until they resume)
+        self._unrolls = unrolls
         self._notified = isinstance(unrolls, UnrollQueue)
         if self._notified:
-            unrolls.add_listener(lambda: loop.call_soon_threadsafe(self.wake_one))
+            unrolls.add_listener(self._taken)
+
+    def _taken(self) -> None:
+        """The consumer took an item (its thread, under the queue's lock): wake the next
+        waiting stream. With none waiting the loop is not disturbed; a stream that starts
+        waiting later finds the room itself (`wait`)."""
+        if self._live:
+            self._loop.call_soon_threadsafe(self.wake_one)
 
     @property
     def waiting(self) -> bool:
@@ -138,19 +146,27 @@ class _RoomWaiters:
     async def wait(self, front: bool = False) -> None:
         """Until woken or the recheck period passed; `front`: ahead of every other waiter
         (a stream that was woken but found no room keeps its place)."""
-        waiter = self._loop.create_future()
-        if front:
-            self._waiters.appendleft(waiter)
-        else:
-            self._waiters.append(waiter)
         self._live += 1
-        timeout = self.RECHECK_SECONDS if self._notified else 0.02
+        waiter = None
         try:
+            if self._notified and not self._waiters and not self._unrolls.full():
+                return  # room made while no stream waited (so none was told): take it
+            waiter = self._loop.create_future()
+            if front:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            timeout = self.RECHECK_SECONDS if self._notified else 0.02
             await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
             self._live -= 1
+            if waiter is not None and waiter.cancelled():  # timed out, or the stream ended
+                try:
+                    self._waiters.remove(waiter)  # the line holds only waiting streams
+                except ValueError:
+                    pass
 
 
 class LearnerService:
