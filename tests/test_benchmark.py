@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from impala_tf.tools.benchmark import bound
+from impala_tf.tools.benchmark import bound, physical_limit
 
 
 def test_the_bound_is_cores_over_the_cpu_cost_of_a_frame():
@@ -23,11 +23,19 @@ def test_the_bound_is_cores_over_the_cpu_cost_of_a_frame():
         pytest.approx(1 / 350e-6)
 
 
+def test_the_physical_limit_takes_the_cheapest_ale_threads_and_the_raw_work():
+    envs = {"default": {"core_s_per_frame": 120e-6}, "1": {"core_s_per_frame": 115e-6},
+            "2": {"core_s_per_frame": 95e-6}}
+    limit = physical_limit(envs, {"core_s_per_frame": 60e-6}, {"core_s_per_frame": 245e-6}, 2)
+    assert limit["ale_threads"] == "2"
+    assert limit["frames_per_s"] == pytest.approx(2 / 400e-6)
+
+
 def test_a_short_run_on_catch_reports_every_stage(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
         [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=1",
-         "--stages=env,actor,learner,vtrace,transport", f"--json={out}"],
+         "--stages=env,forward,actor,learner,vtrace,transport", f"--json={out}"],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -53,6 +61,14 @@ def test_a_short_run_on_catch_reports_every_stage(tmp_path):
         + b["learning_core_s_per_frame"]), rel=1e-6)
     assert b["learning_core_s_per_frame"] == stages["learner"][0]["core_s_per_frame"]
     assert "bound on" in result.stdout and "learner, mirrored (2 replicas)" in result.stdout
+    forward = stages["forward"]
+    assert forward["num_envs"] == 8 and forward["core_s_per_frame"] == min(
+        forward["graph_core_s_per_frame"], forward["xla_core_s_per_frame"])
+    limit = figures["physical_limit"]  # Catch: no ALE threads to sweep
+    assert limit["ale_threads"] == "default" and limit["frames_per_s"] == pytest.approx(
+        limit["cores"] / (stages["env"]["core_s_per_frame"] + forward["core_s_per_frame"]
+             + stages["learner"][0]["core_s_per_frame"]), rel=1e-6)
+    assert "physical limit on" in result.stdout and "forward pass alone" in result.stdout
 
 
 def test_the_ingest_stage_serves_every_stream_and_reports_its_figures(tmp_path):

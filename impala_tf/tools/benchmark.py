@@ -7,7 +7,10 @@ Every stage runs in its own process, with the thread settings it has in training
 `--seconds` after a warm-up, and reports frames/s (a frame is an emulator frame: 4 per agent
 step with action repeat 4) and the CPU it used (core-seconds per frame, from getrusage):
 
-  env         the K environments of one actor, random actions;
+  env         the K environments of one actor, random actions (Atari: also with ALE's
+              vector interface at 1 and 2 threads; the cheapest counts);
+  forward     the agent's step alone at the actors' batch K: the raw forward pass (inputs
+              already tensors, nothing sampled or converted; graph and XLA, the cheaper);
   actor       one actor's loop (environments, batched inference, unroll encoding), no learner;
   learner     the learner's update loop on synthetic batches, per strategy (default; mirrored
               over 2 logical CPU devices);
@@ -22,9 +25,12 @@ step with action repeat 4) and the CPU it used (core-seconds per frame, from get
               and the wire's bytes per frame (`impala_tf/tools/ingest.py`).
 
 The bound is the frames/s this machine could reach if its cores did nothing but step the
-environments, run the actors' inference and learn, each at its measured cost per frame:
-cores / (env + inference + learning core-seconds per frame); end-to-end is reported as a
-fraction of it. `--scaling` adds end-to-end runs with 1, 2, 4 and 8 actor processes, with
+environments, run the actors' inference and learn, each at its cost per frame in our
+stages: cores / (env + inference + learning core-seconds per frame), inference being the
+actor stage less the env stage. The physical limit puts the raw work in its place: the
+environments at their best ALE thread count, the raw forward pass and the learner's step,
+cores / (env + forward + learning). End-to-end is reported as a fraction of both, with each
+actor process's resident memory. `--scaling` adds end-to-end runs with 1, 2, 4 and 8 actor processes, with
 the learner on 1 and on 2 (mirrored) logical devices. Nothing is asserted: the figures are
 this machine's, today.
 """
@@ -46,7 +52,8 @@ from absl import app, flags
 from impala_tf import quiet
 
 FLAGS = flags.FLAGS
-DEFAULT_STAGES = ("env", "actor", "learner", "vtrace", "transport", "end_to_end")
+DEFAULT_STAGES = ("env", "forward", "actor", "learner", "vtrace", "transport", "end_to_end")
+ALE_THREADS = (1, 2)  # besides ALE's default, for the env stage on Atari
 STAGES = DEFAULT_STAGES + ("ingest",)  # ingest: on request (--stages=ingest)
 
 
@@ -121,6 +128,41 @@ def stage_env(seconds: float) -> Dict:
     env.close()
     return {"num_envs": num_envs, "frames_per_s": frames / m.wall,
             "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall}
+
+
+def stage_forward(seconds: float) -> Dict:
+    import tensorflow as tf
+
+    from impala_tf import builders
+    from impala_tf.actor import configure_actor_threads, configured_num_envs
+    from impala_tf.envs.factory import make_environment
+    from impala_tf.networks.agent import AgentInput
+    from impala_tf.specs import num_tasks, tensor_specs
+    configure_actor_threads()  # as in an actor process
+    k = configured_num_envs()
+    env = make_environment(k, seed=0)
+    agent = builders.build_agent(tensor_specs(env.observation_spec()),
+                                 env.action_spec().num_values,
+                                 num_tasks(env.observation_spec()))
+    timestep, frames_per_step = env.reset(), env.frames_per_step
+    env.close()
+    inputs = AgentInput(
+        prev_action=tf.zeros([k], tf.int32), reward=tf.constant(timestep.reward, tf.float32),
+        episode_start=tf.constant(timestep.first()),
+        observation={name: tf.constant(v) for name, v in timestep.observation.items()})
+    state = agent.initial_state(k)
+    per_frame = {}
+    for name, jit in (("graph", False), ("xla", True)):
+        step = tf.function(agent.step, jit_compile=jit)
+        for _ in range(5):
+            step(inputs, state)
+        with Meter() as m:
+            calls = _until(seconds / 2, lambda: step(inputs, state))
+        per_frame[name] = m.cpu / (calls * k * frames_per_step)
+    best = min(per_frame, key=per_frame.get)
+    return {"num_envs": k, "core_s_per_frame": per_frame[best], "compiled": best,
+            "graph_core_s_per_frame": per_frame["graph"],
+            "xla_core_s_per_frame": per_frame["xla"]}
 
 
 def stage_actor(seconds: float) -> Dict:
@@ -287,6 +329,18 @@ def _proc_cpu_seconds(pid: int) -> Optional[float]:
         return None
 
 
+def _proc_rss_mb(pid: int) -> Optional[float]:
+    """A process's resident memory in MB (/proc/PID/status), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def children(pid: int) -> List[int]:
     """PIDs whose parent is `pid` (from /proc)."""
     found = []
@@ -337,6 +391,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
                 raise RuntimeError("training exited: " + process.stderr.read().decode()[-2000:])
             pids = [process.pid] + children(process.pid)
             cpu0 = {p: _proc_cpu_seconds(p) for p in pids}
+            rss = {p: _proc_rss_mb(p) for p in pids[1:]}
             first = _records(logdir)[-1]
             t0 = time.time()
             time.sleep(seconds)
@@ -363,6 +418,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
         "queue_fill_mean": sum(r["queue_fill"] for r in window) / len(window),
         "learner_cores_used": used.get(pids[0]),
         "actor_cores_used": [used.get(p) for p in pids[1:]],
+        "actor_rss_mb": [rss.get(p) for p in pids[1:]],
         "total_cores_used": sum(used.values()),
     }
 
@@ -394,6 +450,19 @@ def _run_stage(stage: str, extra=()) -> Dict:
         os.unlink(out)
 
 
+def physical_limit(envs: Dict, forward: Dict, learner: Dict, num_cores: int) -> Dict:
+    """Frames/s if the cores did only the raw work: the environments at their cheapest ALE
+    thread count (`envs`: threads -> env stage), the raw forward pass and the learning."""
+    threads, env = min(envs.items(), key=lambda item: item[1]["core_s_per_frame"])
+    per_frame = (env["core_s_per_frame"] + forward["core_s_per_frame"]
+                 + learner["core_s_per_frame"])
+    return {"cores": num_cores, "ale_threads": threads,
+            "env_core_s_per_frame": env["core_s_per_frame"],
+            "forward_core_s_per_frame": forward["core_s_per_frame"],
+            "learning_core_s_per_frame": learner["core_s_per_frame"],
+            "frames_per_s": num_cores / per_frame}
+
+
 def bound(env: Dict, actor: Dict, learner: Dict, num_cores: int) -> Dict:
     """Frames/s if the cores did only env stepping, inference and learning."""
     inference = max(0.0, actor["core_s_per_frame"] - env["core_s_per_frame"])
@@ -421,6 +490,14 @@ def print_table(results: Dict) -> None:
     s = results["stages"]
     if "env" in s:
         row(f"env ({s['env']['num_envs']} envs, random actions)", s["env"])
+        for threads, r in s.get("env_by_ale_threads", {}).items():
+            if threads != "default":
+                row(f"env, ALE at {threads} thread{'s' * (threads != '1')}", r)
+    if "forward" in s:
+        f = s["forward"]
+        row(f"forward pass alone (batch {f['num_envs']})", f,
+            f"graph {1e6 * f['graph_core_s_per_frame']:.1f}, XLA "
+            f"{1e6 * f['xla_core_s_per_frame']:.1f} us/frame")
     if "actor" in s:
         row("actor (envs + inference + encode)", s["actor"],
             f"{s['actor']['unroll_bytes'] / 1e3:,.0f} kB per unroll")
@@ -450,19 +527,37 @@ def print_table(results: Dict) -> None:
               f"(per frame: env {1e6 * b['env_core_s_per_frame']:.1f} us, inference "
               f"{1e6 * b['inference_core_s_per_frame']:.1f} us, learning "
               f"{1e6 * b['learning_core_s_per_frame']:.1f} us of CPU)")
+    if "physical_limit" in results:
+        p = results["physical_limit"]
+        print(f"physical limit on {p['cores']} cores: {p['frames_per_s']:,.0f} frames/s (per "
+              f"frame: env {1e6 * p['env_core_s_per_frame']:.1f} us with ALE's "
+              f"{p['ale_threads']} threads, forward {1e6 * p['forward_core_s_per_frame']:.1f}"
+              f" us, learning {1e6 * p['learning_core_s_per_frame']:.1f} us of CPU)")
     for r in s.get("end_to_end", []):
         if "error" in r:
             print(f"end-to-end, {r['num_actors']} actors, learner on {r['learner_devices']} "
                   f"device(s): failed ({r['error'][-200:]})")
             continue
-        ratio = (f"{r['frames_per_s'] / results['bound']['frames_per_s']:.0%} of the bound"
-                 if "bound" in results else "")
+        ratio = ", ".join(
+            f"{r['frames_per_s'] / results[key]['frames_per_s']:.0%} of the {name}"
+            for key, name in (("bound", "bound"), ("physical_limit", "physical limit"))
+            if key in results)
+        memory = [m for m in r.get("actor_rss_mb", []) if m is not None]
+        if memory:
+            ratio += f"; actors resident {', '.join(f'{m:,.0f}' for m in memory)} MB"
         print(f"end-to-end, {r['num_actors']} actors, learner on {r['learner_devices']} "
               f"device(s): {r['frames_per_s']:,.0f} frames/s {ratio}; lag "
               f"{_fmt(r['policy_lag_mean'], '.1f')}, queue fill {r['queue_fill_mean']:.2f}, "
               f"cores: learner {_fmt(r['learner_cores_used'], '.2f')}, actors "
               f"{', '.join(_fmt(a, '.2f') for a in r['actor_cores_used'])} "
               f"(total {r['total_cores_used']:.2f})")
+
+
+def _is_atari() -> bool:
+    """Whether the parsed config's environments are single-game Atari (ALE's threads)."""
+    from impala_tf import config
+    from impala_tf.envs.factory import make_environment
+    return config.configured_value(make_environment, "kind") == "atari"
 
 
 def run_all() -> Dict:
@@ -482,6 +577,13 @@ def run_all() -> Dict:
                             for k in ("default", "mirrored")]
         elif stage == "end_to_end":
             s["end_to_end"] = [end_to_end(FLAGS.seconds, FLAGS.gin_file, FLAGS.gin_bindings)]
+        elif stage == "env":
+            s["env"] = _run_stage("env")
+            if _is_atari():
+                s["env_by_ale_threads"] = {"default": s["env"]}
+                for threads in ALE_THREADS:
+                    s["env_by_ale_threads"][str(threads)] = _run_stage(
+                        "env", [f"--gin_bindings=AtariBatchedEnv.num_threads = {threads}"])
         elif stage == "ingest":
             s["ingest"] = _run_stage("ingest", [f"--ingest_actors={FLAGS.ingest_actors}",
                                                 f"--ingest_packed={FLAGS.ingest_packed}"])
@@ -490,6 +592,10 @@ def run_all() -> Dict:
             s[stage] = _run_stage(stage)
     if all(k in s for k in ("env", "actor", "learner")):
         results["bound"] = bound(s["env"], s["actor"], s["learner"][0], cores())
+    if all(k in s for k in ("env", "forward", "learner")):
+        results["physical_limit"] = physical_limit(
+            s.get("env_by_ale_threads", {"default": s["env"]}), s["forward"], s["learner"][0],
+            cores())
     if FLAGS.scaling:
         print("running end-to-end scaling ...", flush=True)
         s.setdefault("end_to_end", [])
