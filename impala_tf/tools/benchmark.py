@@ -130,6 +130,14 @@ def stage_env(seconds: float) -> Dict:
             "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall}
 
 
+def _wire_bytes(message) -> int:
+    """The bytes of an actor's encoded unroll as a stream sends it once it has started: a
+    `StreamedUnroll`'s continued form (else whole), or the message itself."""
+    if hasattr(message, "whole"):
+        return len(message.continued or message.whole)
+    return len(message)
+
+
 def stage_forward(seconds: float) -> Dict:
     import tensorflow as tf
 
@@ -175,7 +183,7 @@ def stage_actor(seconds: float) -> Dict:
     sizes = []
     steps_before = actor.steps_taken
     with Meter() as m:
-        _until(seconds, lambda: sizes.extend(len(x) for x in actor.act()))
+        _until(seconds, lambda: sizes.extend(_wire_bytes(x) for x in actor.act()))
     frames = (actor.steps_taken - steps_before) * frames_per_step
     actor.close(flush=False)
     return {"num_envs": actor.env.num_envs, "frames_per_s": frames / m.wall,
@@ -264,7 +272,8 @@ def stage_transport(seconds: float) -> Dict:
     from impala_tf.rpc.client import LearnerClient
     from impala_tf.specs import tensor_specs
     actor = Actor("127.0.0.1:1", actor_index=0)
-    messages = actor.act()
+    # Whole messages: sent again and again, a continued unroll would not continue its stream.
+    messages = [getattr(m, "whole", m) for m in actor.act()]
     spec = tensor_specs(actor.env.observation_spec())
     num_actions = actor.num_actions
     stacked = actor.env.stacked_observations
