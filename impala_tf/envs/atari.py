@@ -20,6 +20,7 @@ import numpy as np
 from dm_env import specs
 
 from impala_tf.envs.base import FIRST, LAST, MID, BatchedEnv, BatchedTimeStep, EpisodeStats
+from impala_tf.stack_words import stack_into, word_view
 
 try:  # ale-py >= 0.11 ships the vector interface in its native module.
     from ale_py import roms as ale_roms
@@ -175,7 +176,13 @@ class AtariBatchedEnv(BatchedEnv):
     def _frames(self, observation: np.ndarray) -> np.ndarray:
         # ALE gives [K, stack, H, W] (grey) or [K, stack, H, W, 3]; the agent reads HWC.
         if self._grayscale:
-            return np.ascontiguousarray(observation.transpose(0, 2, 3, 1))
+            out = np.empty(observation.shape[:1] + observation.shape[2:] + observation.shape[1:2],
+                           observation.dtype)
+            words = word_view(out)
+            if words is None:
+                return np.ascontiguousarray(observation.transpose(0, 2, 3, 1))
+            stack_into(words, [observation[:, j] for j in range(observation.shape[1])])
+            return out
         k, s, h, w, c = observation.shape
         return np.ascontiguousarray(observation.transpose(0, 2, 3, 1, 4).reshape(k, h, w, s * c))
 

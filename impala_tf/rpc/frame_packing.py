@@ -31,15 +31,12 @@ or each frame once with the places of each stack's frames (`write_timeline_into`
 learner's accelerator to gather.
 """
 
-import sys
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from impala_tf.rpc import codec
-
-_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # bytes of one pixel's stack -> a word
-_LITTLE = sys.byteorder == "little"
+from impala_tf.stack_words import stack_into, word_view
 PARTS = ("newest", "first", "restart", "restarted")
 # What an unroll of a stream leaves out once the stream holds its environment's last stack.
 CONTINUED_PARTS = ("newest", "restart", "restarted")
@@ -143,15 +140,17 @@ class PackedStack:
         yield from zip(starts, starts[1:] + [steps], olders)
 
     def write_into(self, out: np.ndarray) -> None:
-        """Writes the stacks into `out` (`shape`, any strides): where a pixel's stack is a
-        2, 4 or 8 byte word (grey uint8 frames), by shifts and ors of whole words; else one
-        strided copy of a run of frames for each of the S slots of a stack."""
+        """Writes the stacks into `out` (`shape`, any strides): grey uint8 stacks of 2, 4 or
+        8 frames as whole words (`stack_words`); else one strided copy of a run of frames
+        for each of the S slots of a stack."""
         depth, k = self.depth, self.k
-        words = _WORDS.get(depth * k * self.dtype.itemsize)
-        if (words is not None and k == 1 and self.dtype.itemsize == 1 and _LITTLE
-                and out.strides[-1] == 1 and out.ctypes.data % np.dtype(words).itemsize == 0
-                and all(s % np.dtype(words).itemsize == 0 for s in out.strides[:-1])):
-            self._write_words(out.view(words)[..., 0], words)
+        words = word_view(out) if k == 1 else None
+        if words is not None:
+            for start, end, older in self._segments():
+                timeline = np.concatenate([older[..., 0], self.newest[start:end, ..., 0]])
+                wide = timeline.astype(words.dtype)
+                n = end - start
+                stack_into(words[start:end], [wide[j:j + n] for j in range(depth)])
             return
         # [T+1, H, W, S*k] -> a [T+1, S, H, W, k] view of the same memory.
         self.write_frames_into(np.moveaxis(out.reshape(out.shape[:-1] + (depth, k)), -2, 1))
@@ -189,20 +188,6 @@ class PackedStack:
             into = rows - start  # steps into the restarted stack
             reads_older = slots[None, :] < (depth - 1 - into)[:, None]
             index[rows] = np.where(reads_older, place + into[:, None] + slots, index[rows])
-
-    def _write_words(self, out: np.ndarray, words) -> None:
-        """`out` `[T+1, H, W]` of words: the newest frame in the highest byte, each older one
-        or-ed in below it after a shift (little-endian: the oldest frame is the first byte)."""
-        depth = self.depth
-        for start, end, older in self._segments():
-            n = end - start
-            timeline = np.concatenate([older[..., 0], self.newest[start:end, ..., 0]])
-            wide = timeline.astype(words)
-            target = out[start:end]
-            target[...] = wide[depth - 1:depth - 1 + n]
-            for j in range(depth - 2, -1, -1):
-                target <<= words(8)
-                target |= wide[j:j + n]
 
     def __array__(self, dtype=None, copy=None):
         out = np.empty(self.shape, self.dtype)
