@@ -4,7 +4,7 @@ Keeps nothing but the agent: the caller holds the previous actions and the core 
 an actor can carry them across unrolls and an evaluator can start fresh each round.
 """
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +38,9 @@ class BatchedPolicy:
         self._rng = (tf.random.Generator.from_seed(seed) if seed is not None
                      else tf.random.Generator.from_non_deterministic_state())
         self._step = tf.function(self._step_graph, jit_compile=jit_compile, reduce_retracing=True)
+        # K -> the traced step: calling it skips tf.function's per-call signature matching
+        # (about 0.3 ms of CPU a call, 15% of a shallow Atari step for K=8).
+        self._concrete: Dict[int, Any] = {}
 
     def initial_state(self, num_envs: int) -> Any:
         return self.agent.initial_state(num_envs)
@@ -64,5 +67,9 @@ class BatchedPolicy:
             episode_start=tf.convert_to_tensor(timestep.first()),
             observation={k: tf.convert_to_tensor(v) for k, v in timestep.observation.items()},
         )
-        actions, logits, baseline, state = self._step(inputs, state)
+        step = self._concrete.get(len(prev_actions))
+        if step is None:
+            step = self._concrete[len(prev_actions)] = self._step.get_concrete_function(
+                inputs, state)
+        actions, logits, baseline, state = step(inputs, state)
         return PolicyStep(actions.numpy(), logits.numpy(), baseline.numpy()), state
