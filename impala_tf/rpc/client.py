@@ -3,8 +3,9 @@
 `send_unroll` hands an encoded unroll to a bounded outbox that a background thread streams
 to the learner; when the outbox is full it blocks (the learner's back-pressure reaches the
 actor). A `frame_packing.StreamedUnroll` goes whole as its environment's first unroll on a
-stream and continued (without the frames the stream already carried) after it. If the stream breaks (the learner rejected a message or went away) the thread opens
-a new one after a backoff; the message in flight is lost, the rest are not. (gRPC may keep
+stream and continued (without the frames the stream already carried) after it. If the
+stream breaks (the learner rejected a message or went away) the thread opens a new one
+after a backoff; the message in flight is lost, the rest are not. (gRPC may keep
 pulling from a dead call's request iterator, so each call gets its own iterator that stops
 and hands back what it took once its call is over.)
 

@@ -4,9 +4,10 @@
       Every unroll is decoded and validated against the spec before it enters the bounded
       queue; a malformed one ends the stream with INVALID_ARGUMENT and is counted, and the
       learner goes on. A stream keeps each environment's last stack of frames, so that
-      its later unrolls need not repeat them (`frame_packing`, stream continuation). A message above the size limit is refused by gRPC itself with
-      RESOURCE_EXHAUSTED before it is read; it breaks the stream, as a cancelled call or a
-      dropped connection does, and broken streams are counted too (a call refused before
+      its later unrolls need not repeat them (`frame_packing`, stream continuation). A
+      message above the size limit is refused by gRPC itself with RESOURCE_EXHAUSTED
+      before it is read; it breaks the stream, as a cancelled call or a dropped
+      connection does, and broken streams are counted too (a call refused before
       its handler started, e.g. on its very first message, only gRPC sees). A full queue
       holds the stream (not a thread) until there is room, streams in the order they
       came: actors get back-pressure.

@@ -30,9 +30,9 @@ stages: cores / (env + inference + learning core-seconds per frame), inference b
 actor stage less the env stage. The physical limit puts the raw work in its place: the
 environments at their best ALE thread count, the raw forward pass and the learner's step,
 cores / (env + forward + learning). End-to-end is reported as a fraction of both, with each
-actor process's resident memory. `--scaling` adds end-to-end runs with 1, 2, 4 and 8 actor processes, with
-the learner on 1 and on 2 (mirrored) logical devices. Nothing is asserted: the figures are
-this machine's, today.
+actor process's resident memory. `--scaling` adds end-to-end runs with 1, 2, 4 and 8 actor
+processes, with the learner on 1 and on 2 (mirrored) logical devices. Nothing is asserted:
+the figures are this machine's, today.
 """
 
 import json
