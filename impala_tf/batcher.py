@@ -18,7 +18,7 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from impala_tf.rpc.frame_packing import PackedStack
+from impala_tf.rpc.frame_packing import PackedStack, frame_major
 from impala_tf.rpc.validation import Unroll
 from impala_tf.specs import (PackedFrames, LearnerBatch, trajectory_from_fields,
                              unflatten_core_state)
@@ -107,7 +107,7 @@ def _write_packed(parts, frames_on_device: bool):
         if isinstance(part, PackedStack):
             part.write_timeline_into(timeline[:, b], index[:, b])
         else:  # a whole stack: each step's S frames in turn
-            frames = np.moveaxis(np.asarray(part).reshape(shape[:-1] + [depth, k]), -2, 1)
+            frames = frame_major(np.asarray(part), k)
             timeline[:, b] = frames.reshape([depth * steps] + shape[1:-1] + [k])
             index[:, b] = np.arange(depth * steps).reshape(steps, depth)
     return PackedFrames(timeline, index)

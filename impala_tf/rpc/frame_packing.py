@@ -37,6 +37,7 @@ import numpy as np
 
 from impala_tf.rpc import codec
 from impala_tf.stack_words import stack_into, word_view
+
 PARTS = ("newest", "first", "restart", "restarted")
 # What an unroll of a stream leaves out once the stream holds its environment's last stack.
 CONTINUED_PARTS = ("newest", "restart", "restarted")
@@ -118,6 +119,12 @@ def _frames(older: np.ndarray, k: int) -> np.ndarray:
     return older.reshape(h, w, c // k, k).transpose(2, 0, 1, 3)
 
 
+def frame_major(stacks: np.ndarray, k: int) -> np.ndarray:
+    """Stacks `[T+1, H, W, S*k]` as a `[T+1, S, H, W, k]` view of the same memory: slot j of
+    step t is frame j of its stack."""
+    return np.moveaxis(stacks.reshape(stacks.shape[:-1] + (stacks.shape[-1] // k, k)), -2, 1)
+
+
 class PackedStack:
     """A stacked observation as it came, `[T+1, H, W, S*k]` once written out: `write_into`
     writes it into an array (a slot of a batch), `np.asarray` builds it. `first`: step 0's
@@ -147,13 +154,12 @@ class PackedStack:
         words = word_view(out) if k == 1 else None
         if words is not None:
             for start, end, older in self._segments():
-                timeline = np.concatenate([older[..., 0], self.newest[start:end, ..., 0]])
-                wide = timeline.astype(words.dtype)
+                wide = np.concatenate([older[..., 0], self.newest[start:end, ..., 0]],
+                                      dtype=words.dtype)  # widened as it is gathered
                 n = end - start
                 stack_into(words[start:end], [wide[j:j + n] for j in range(depth)])
             return
-        # [T+1, H, W, S*k] -> a [T+1, S, H, W, k] view of the same memory.
-        self.write_frames_into(np.moveaxis(out.reshape(out.shape[:-1] + (depth, k)), -2, 1))
+        self.write_frames_into(frame_major(out, k))
 
     def write_frames_into(self, out: np.ndarray) -> None:
         """Writes the stacks frame-major into `out` `[T+1, S, H, W, k]` (any strides): slot j
@@ -206,11 +212,10 @@ class PackedStack:
 
 class StreamFrames:
     """Per stream: the frames of each environment's last accepted stack, per stacked
-    observation, keyed by the `env` in its unrolls' meta (at most `max_envs` environments,
-    ids [0, max_envs): `max_envs` stacks of H*W*S*k bytes each a stream)."""
+    observation, keyed by the `env` in its unrolls' meta (`env_id` admits [0, num_envs):
+    at most num_envs stacks of H*W*S*k bytes a stream)."""
 
-    def __init__(self, max_envs: int):
-        self.max_envs = int(max_envs)
+    def __init__(self):
         self._last: Dict[int, Tuple[int, Dict[str, np.ndarray]]] = {}
 
     def previous(self, env: int, actor_id: int) -> Dict[str, np.ndarray]:

@@ -210,7 +210,7 @@ class UnrollValidator:
 
     def new_stream(self) -> frame_packing.StreamFrames:
         """What one stream keeps between its unrolls (pass it to every call of that stream)."""
-        return frame_packing.StreamFrames(self.num_envs)
+        return frame_packing.StreamFrames()
 
     def __call__(self, data: bytes, stream: Optional[frame_packing.StreamFrames] = None
                  ) -> Tuple[Unroll, List[EpisodeStats]]:
@@ -227,30 +227,22 @@ class UnrollValidator:
         if actor_id in self._refused:
             raise codec.CodecError(f"actor {actor_id} is refused: its unrolls made non-finite "
                                    "updates (restart the learner to accept it again)")
-        env = None
+        last = None  # what the stream's next unroll of this environment starts from
         if self.stacked and list(fields) != list(self.wire_spec):
             env = frame_packing.env_id(meta, self.num_envs)
-            previous = (stream.previous(env, actor_id)
-                        if stream is not None and env is not None
+            streamed = stream is not None and env is not None
+            previous = (stream.previous(env, actor_id) if streamed
                         and list(fields) == self._unpack.continued_names else None)
             fields = self._unpack(fields, previous)
+            if streamed:  # kept once the unroll is accepted
+                last = {f"observation/{name}": fields[f"observation/{name}"].last_frames()
+                        for name in self.stacked}
             for name in self._checked_whole:
                 fields[f"observation/{name}"] = np.asarray(fields[f"observation/{name}"])
         codec.validate_fields(fields, self.wire_spec, self.bounds)
         unroll = Unroll(fields, meta_int(meta.get("policy_version"), "policy_version"),
                         actor_id)
         episodes = parse_episodes(meta.get("episodes", []), self.limits)
-        if env is not None and stream is not None:
-            stream.remember(env, actor_id, {
-                f"observation/{name}": _last_frames(fields[f"observation/{name}"],
-                                                    self.stacked[name])
-                for name in self.stacked})
+        if last is not None:
+            stream.remember(env, actor_id, last)
         return unroll, episodes
-
-
-def _last_frames(stacks, k: int) -> np.ndarray:
-    """The frames of step T's stack, `[S, H, W, k]`, of a `PackedStack` or of stacks built
-    whole (`[T+1, H, W, S*k]`), a copy."""
-    if isinstance(stacks, frame_packing.PackedStack):
-        return stacks.last_frames()
-    return np.array(frame_packing._frames(stacks[-1], k))
