@@ -31,7 +31,8 @@ actor stage less the env stage. The physical limit puts the raw work in its plac
 environments at their best ALE thread count, the raw forward pass and the learner's step,
 cores / (env + forward + learning). End-to-end is reported as a fraction of both, with each
 actor process's resident memory. `--scaling` adds end-to-end runs with 1, 2, 4 and 8 actor
-processes, with the learner on 1 and on 2 (mirrored) logical devices. Nothing is asserted:
+processes (`--scaling_actors`), with the learner on 1 and on 2 (mirrored) logical devices
+(`--scaling_devices`). Nothing is asserted:
 the figures are this machine's, today.
 """
 
@@ -69,7 +70,11 @@ def define_flags() -> None:
                       "frame once (--noingest_packed: whole stacks, the earlier wire format).")
     flags.DEFINE_bool("gpu", False, "Let the learner use the GPUs (the learner and "
                       "end_to_end stages); actors and the other stages never do.")
-    flags.DEFINE_bool("scaling", False, "Also end-to-end with 1/2/4/8 actors x 1/2 devices.")
+    flags.DEFINE_bool("scaling", False, "Also end-to-end with --scaling_actors actor "
+                      "processes x --scaling_devices learner devices.")
+    flags.DEFINE_list("scaling_actors", ["1", "2", "4", "8"], "--scaling: actor processes.")
+    flags.DEFINE_list("scaling_devices", ["1", "2"], "--scaling: the learner's logical "
+                      "devices (2: mirrored over 2 logical CPU devices).")
     flags.DEFINE_string("json", None, "Write all figures to this file.")
     # Internal: run one stage in this process and write its figures to --stage_out.
     flags.DEFINE_string("stage", None, "(internal) the stage this process runs.")
@@ -608,8 +613,8 @@ def run_all() -> Dict:
     if FLAGS.scaling:
         print("running end-to-end scaling ...", flush=True)
         s.setdefault("end_to_end", [])
-        for mirrored in (False, True):
-            for n in (1, 2, 4, 8):
+        for mirrored in (int(d) == 2 for d in FLAGS.scaling_devices):
+            for n in (int(a) for a in FLAGS.scaling_actors):
                 print(f"  {n} actors, learner on {2 if mirrored else 1} device(s)", flush=True)
                 try:
                     s["end_to_end"].append(end_to_end(FLAGS.seconds, FLAGS.gin_file,
@@ -643,6 +648,8 @@ def main(argv) -> None:
             json.dump(figures, f)
         return
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)  # fail early on a bad config
+    if set(FLAGS.scaling_devices) - {"1", "2"}:
+        raise app.UsageError(f"--scaling_devices takes 1 and 2, not {FLAGS.scaling_devices}")
     results = run_all()
     print_table(results)
     if FLAGS.json:
