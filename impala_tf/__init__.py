@@ -4,15 +4,30 @@ Importing the package pins Keras 3 to the TensorFlow backend, so that Keras
 layers, `tf.function`, `tf.distribute` and XLA all see the same tensors, and imports
 TensorFlow with its start-up notices kept off the terminal (`impala_tf.quiet`; `--verbose`
 or IMPALA_TF_VERBOSE=1 shows them).
+
+The one exception is a process started as `python -m impala_tf.env_actor` (central
+inference: it steps environments and runs no model), which never imports TensorFlow.
 """
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from impala_tf import quiet  # noqa: E402
+# Processes that run no model: they must not pay for TensorFlow (about 0.5 GB resident).
+LEAN_ENTRY_POINTS = ("impala_tf.env_actor",)
 
-quiet.import_tensorflow()
+
+def lean_process() -> bool:
+    """Whether this process was started as one of `LEAN_ENTRY_POINTS` (`python -m ...`)."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    return any(a == "-m" and b in LEAN_ENTRY_POINTS for a, b in zip(argv, argv[1:]))
+
+
+if not lean_process():
+    from impala_tf import quiet  # noqa: E402
+
+    quiet.import_tensorflow()
 
 __version__ = "0.1.0"

@@ -17,7 +17,6 @@ it promptly, whatever it is waiting for.
 """
 
 import logging
-import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Union
@@ -30,6 +29,7 @@ from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import builders, config, quiet
+from impala_tf.env_actor import stop_when_orphaned
 from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
@@ -283,17 +283,6 @@ def configure_actor_threads(inter_op_threads: int = 1, intra_op_threads: int = 0
     tf.config.threading.set_intra_op_parallelism_threads(int(intra_op_threads))
 
 
-def _stop_when_orphaned(parent_pid: int, stop: threading.Event, poll_seconds: float = 1.0):
-    """Sets `stop` once `parent_pid` is no longer this process's parent (it died)."""
-    def watch():
-        while not stop.wait(poll_seconds):
-            if os.getppid() != parent_pid:
-                logging.warning("parent process %d is gone; stopping", parent_pid)
-                stop.set()
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def run_actor_process(learner_address: str, actor_index: int,
                       max_unrolls: Optional[int] = None,
                       parent_pid: Optional[int] = None) -> None:
@@ -304,7 +293,7 @@ def run_actor_process(learner_address: str, actor_index: int,
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if parent_pid is not None:
-        _stop_when_orphaned(parent_pid, stop)
+        stop_when_orphaned(parent_pid, stop)
     configure_actor_threads()
     actor = Actor(learner_address, actor_index=actor_index)
     try:

@@ -29,7 +29,9 @@ EXPERIMENTS_DIR = (
 
 _CONFIGURABLE_MODULES = (
     "impala_tf.actor",
+    "impala_tf.central_inference",
     "impala_tf.distribute",
+    "impala_tf.env_actor",
     "impala_tf.envs.factory",
     "impala_tf.learner",
     "impala_tf.networks",
@@ -41,17 +43,28 @@ _CONFIGURABLE_MODULES = (
 )
 
 
-def register_configurables() -> None:
+# The configurables of a process that runs no model (`impala_tf.env_actor`): environments,
+# transport security, the run's shape. None of them imports TensorFlow.
+_LEAN_CONFIGURABLE_MODULES = (
+    "impala_tf.env_actor",
+    "impala_tf.envs.factory",
+    "impala_tf.rpc.security",
+    "impala_tf.run_config",
+)
+
+
+def register_configurables(modules: Sequence[str] = _CONFIGURABLE_MODULES) -> None:
     """Imports every module that defines a gin configurable.
 
-    Every process registers everything, so a config written for one role parses in all. The
+    Every process registers everything (`modules`, by default), so a config written for one
+    role parses in all; a process that runs no model registers its own few. The
     module running as `__main__` (`python -m impala_tf.train`) is not imported a second time:
     its configurables are already registered under `__main__`, and a second copy would make
     a binding such as `Launcher.num_actors` ambiguous.
     """
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     running = main_spec.name if main_spec is not None else None
-    for name in _CONFIGURABLE_MODULES:
+    for name in modules:
         if name != running:
             importlib.import_module(name)
 
@@ -94,15 +107,20 @@ def describe_experiment(gin_file: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:
-    """Clears any previous config, then parses `gin_files` and `gin_bindings` in order."""
-    register_configurables()
+def parse_config(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
+                 lean: bool = False) -> None:
+    """Clears any previous config, then parses `gin_files` and `gin_bindings` in order.
+
+    `lean`: register only the configurables of a process that runs no model, and skip the
+    bindings of the others (the learner, which parses the same files whole, names a typo).
+    """
+    register_configurables(_LEAN_CONFIGURABLE_MODULES if lean else _CONFIGURABLE_MODULES)
     gin.clear_config()
     if EXPERIMENTS_DIR.is_dir():
         gin.add_config_file_search_path(str(EXPERIMENTS_DIR))
     resolved = [resolve_gin_file(path) for path in gin_files]
     with _experiments_dir_off_sys_path():
-        gin.parse_config_files_and_bindings(resolved, list(gin_bindings))
+        gin.parse_config_files_and_bindings(resolved, list(gin_bindings), skip_unknown=lean)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf import builders, checkpoints, config, distribute
+from impala_tf.actor import Actor
 from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
+from impala_tf.central_inference import CentralInference
 from impala_tf.logdir_lock import LogdirLock
 from impala_tf.rpc import codec
 from impala_tf.rpc.counters import EpisodeTally
@@ -187,6 +189,10 @@ class Learner:
       num_envs: environments per actor (`Actor.num_envs`; `train` passes the configured
         one): a stream keeps the last stack of at most this many (None:
         `validation.DEFAULT_NUM_ENVS`).
+      central: serve central inference (`Launcher.inference = 'central'`,
+        `central_inference`): environment actors send steps, this learner acts for them on
+        its device and assembles their unrolls. Its actors' parameter pulls and unroll
+        streams stay open (unused).
       seed: when set, seeds the agent's initial weights (`keras.utils.set_random_seed`, which
         also seeds this process's Python and NumPy generators) and the minibatch order when
         batches are reused (`RunConfig.num_minibatches`). None: a fresh draw every run.
@@ -219,6 +225,7 @@ class Learner:
         stacked_observations: Optional[Mapping[str, int]] = None,
         num_envs: Optional[int] = None,
         stack_frames_on: str = "auto",
+        central: bool = False,
         seed: Optional[int] = None,
     ):
         self.logdir = logdir
@@ -230,6 +237,7 @@ class Learner:
         self._lock = LogdirLock(checkpoint_logdir)  # first: one learner per logdir
         self._checkpoint_logdir = checkpoint_logdir
         self.server = None
+        self.central = None
         try:
             self.max_consecutive_nonfinite_updates = max(
                 1, int(max_consecutive_nonfinite_updates))
@@ -273,6 +281,11 @@ class Learner:
                                 num_actors, stacked_observations, num_envs),
                 self.unrolls, self.parameters, self._stop)
             self.frames_on_device = _frames_on_device(stack_frames_on, self.strategy)
+            if central:
+                self.central = self._central_inference(
+                    observation_spec, num_actions, num_envs, stacked_observations,
+                    observation_bounds, max_message_bytes, seed)
+                self.service.central = self.central
             if batch_source is None:
                 self.server = LearnerServer(
                     self.service, server_address, max_message_bytes,
@@ -297,14 +310,36 @@ class Learner:
             self._distributed_step = tf.function(self._step_on_replicas,
                                                  jit_compile=whole_step_xla)
             self.publish()
+            if self.central is not None:
+                self.central.start()
             self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
             if is_chief:
                 config.write_operative_config(logdir)
         except BaseException:  # a half-built learner frees its port and its logdir
             if self.server is not None:
                 self.server.stop(grace=None)
+            if self.central is not None:
+                self.central.stop()
             self._lock.release()
             raise
+
+    def _central_inference(self, observation_spec, num_actions, num_envs, stacked,
+                           observation_bounds, max_message_bytes, seed):
+        if isinstance(self.strategy, tf.distribute.TPUStrategy):
+            raise ValueError("Launcher.inference = 'central' does not run under the 'tpu' "
+                             "strategy yet: use 'actor' on TPUs.")
+        validator = self.service.validator
+        return CentralInference(
+            self.agent, self.unrolls, self.service.counters,
+            {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape))
+             for name, spec in observation_spec.items()},
+            num_actions, num_envs or int(config.configured_value(Actor, "num_envs")),
+            self.run_config.unroll_length, validator.num_actors,
+            is_refused=lambda actor_id: actor_id in validator.refused,
+            version=lambda: self.learner_step,
+            env_seed=int(config.configured_value(Actor, "seed")),
+            stacked_observations=stacked, observation_bounds=observation_bounds,
+            limits=validator.limits, max_message_bytes=max_message_bytes, policy_seed=seed)
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -517,6 +552,8 @@ class Learner:
 
     def close(self) -> None:
         self._stop.set()
+        if self.central is not None:
+            self.central.stop()
         if self.batcher is not None:
             self.batcher.stop()
         if self.server is not None:

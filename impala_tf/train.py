@@ -56,6 +56,9 @@ def define_flags() -> None:
     flags.DEFINE_float("max_minutes", None, "Stop (with a checkpoint) after this wall time.")
 
 
+INFERENCE_MODES = ("actor", "central")
+
+
 @gin.configurable
 class Launcher:
     """Spawns local actor processes, restarts the ones that die, and stops them all.
@@ -67,12 +70,22 @@ class Launcher:
 
     Args:
       num_actors: actor processes to run on this machine.
+      inference: where the policy runs: 'actor' (the paper's: each actor process holds a
+        copy of the agent and acts on its CPU, pulling parameters) or 'central' (SEED RL's:
+        actor processes, `impala_tf.env_actor`, only step environments and import no
+        TensorFlow; the learner batches every actor's steps into one inference call on its
+        device and assembles the unrolls, `central_inference`).
       restart_backoff_seconds, max_restart_backoff_seconds, stable_after_seconds: see above.
     """
 
-    def __init__(self, num_actors: int = 2, restart_backoff_seconds: float = 1.0,
+    def __init__(self, num_actors: int = 2, inference: str = "actor",
+                 restart_backoff_seconds: float = 1.0,
                  max_restart_backoff_seconds: float = 60.0, stable_after_seconds: float = 60.0):
+        if inference not in INFERENCE_MODES:
+            raise ValueError(f"Launcher.inference = {inference!r}: expected one of "
+                             f"{', '.join(repr(m) for m in INFERENCE_MODES)}.")
         self.num_actors = int(num_actors)
+        self.inference = inference
         self.restart_backoff_seconds = float(restart_backoff_seconds)
         self.max_restart_backoff_seconds = float(max_restart_backoff_seconds)
         self.stable_after_seconds = float(stable_after_seconds)
@@ -103,7 +116,8 @@ class Launcher:
     def _spawn(self, i: int) -> subprocess.Popen:
         learner_address, gin_files, gin_bindings, logdir = self._spawn_args
         actor_index = self.first_actor_index + i
-        command = [sys.executable, "-m", "impala_tf.actor",
+        module = "impala_tf.env_actor" if self.inference == "central" else "impala_tf.actor"
+        command = [sys.executable, "-m", module,
                    f"--learner_address={learner_address}", f"--actor_index={actor_index}",
                    f"--parent_pid={os.getpid()}"]
         command += [f"--gin_file={f}" for f in gin_files]
@@ -221,7 +235,8 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
                    observation_bounds=bounds, stacked_observations=stacked,
-                   num_envs=configured_num_envs(), **kwargs)
+                   num_envs=configured_num_envs(),
+                   central=Launcher().inference == "central", **kwargs)
 
 
 
@@ -276,8 +291,12 @@ def main(argv) -> None:
     if FLAGS.role == "actor":
         if not FLAGS.learner_address:
             raise app.UsageError("--role=actor needs --learner_address=HOST:PORT.")
-        from impala_tf.actor import run_actor_process
-        run_actor_process(FLAGS.learner_address, FLAGS.actor_index)
+        if Launcher().inference == "central":
+            from impala_tf.env_actor import run_env_actor_process
+            run_env_actor_process(FLAGS.learner_address, FLAGS.actor_index)
+        else:
+            from impala_tf.actor import run_actor_process
+            run_actor_process(FLAGS.learner_address, FLAGS.actor_index)
         return
     if not FLAGS.logdir:
         raise app.UsageError("--logdir is required.")

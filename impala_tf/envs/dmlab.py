@@ -27,7 +27,7 @@ import numpy as np
 from dm_env import specs
 
 from impala_tf.envs.base import SequentialBatchedEnv, levels_for_environments, task_coverage
-from impala_tf.networks.instruction import (
+from impala_tf.envs.instruction_tokens import (
     DEFAULT_MAX_INSTRUCTION_LENGTH, DEFAULT_NUM_BUCKETS, tokenize_instruction)
 from impala_tf.scores import DATA_DIR, dmlab30_levels
 

@@ -1,40 +1,25 @@
 """The DMLab language-level instruction encoder (paper Fig. 3, right).
 
 Words are hashed into `num_buckets` buckets *outside* the model (strings cannot go through
-XLA or the wire codec cheaply): `tokenize_instruction` turns the `INSTR` text into int32
-token ids in `[1, num_buckets]`, 0 being padding. Inside the model the ids are embedded
+XLA or the wire codec cheaply): `tokenize_instruction` (in `envs.instruction_tokens`, free of
+TensorFlow for the environments) turns the `INSTR` text into int32 token ids in
+`[1, num_buckets]`, 0 being padding. Inside the model the ids are embedded
 (size 20) and read by an LSTM (64 units); the encoding is its output after the last word.
 
 The hash is CRC-32 (stable across processes and hosts); the reference code used TF's
 FarmHash `string_to_hash_bucket_fast`, so token ids differ from its checkpoints.
 """
 
-import zlib
-
 import keras
-import numpy as np
 import tensorflow as tf
 
+from impala_tf.envs.instruction_tokens import (
+    DEFAULT_MAX_INSTRUCTION_LENGTH, DEFAULT_NUM_BUCKETS, tokenize_instruction)
 from impala_tf.gin_utils import keras_configurable
 from impala_tf.networks.lstm import ResettableLSTM
 
-DEFAULT_NUM_BUCKETS = 1000
-DEFAULT_MAX_INSTRUCTION_LENGTH = 16
-
-
-def tokenize_instruction(
-    text: str,
-    max_length: int = DEFAULT_MAX_INSTRUCTION_LENGTH,
-    num_buckets: int = DEFAULT_NUM_BUCKETS,
-) -> np.ndarray:
-    """Whitespace-split words -> int32 `[max_length]` ids in `[1, num_buckets]`, 0-padded.
-
-    Words beyond `max_length` are dropped.
-    """
-    ids = np.zeros([max_length], dtype=np.int32)
-    for i, word in enumerate(text.split()[:max_length]):
-        ids[i] = zlib.crc32(word.encode("utf-8")) % num_buckets + 1
-    return ids
+__all__ = ["DEFAULT_MAX_INSTRUCTION_LENGTH", "DEFAULT_NUM_BUCKETS", "InstructionEncoder",
+           "tokenize_instruction"]
 
 
 @keras_configurable

@@ -11,6 +11,11 @@
       its handler started, e.g. on its very first message, only gRPC sees). A full queue
       holds the stream (not a thread) until there is room, streams in the order they
       came: actors get back-pressure.
+  /impala.Learner/Act  (stream of step messages <-> stream of actions)
+      Central inference (`central_inference`, `rpc.step_messages`): an environment actor
+      says hello, then sends its environments' steps and gets their actions, one for one.
+      A malformed message ends the stream with INVALID_ARGUMENT and is counted. A learner
+      whose actors act themselves answers FAILED_PRECONDITION.
   /impala.Learner/GetParameters  (int64 version, int64 incarnation, little-endian
                                   -> parameters message)
       Returns the newest parameters when they are newer than the caller's version or come
@@ -33,7 +38,7 @@ from typing import Callable, List, Mapping, Optional, Tuple
 import grpc
 import numpy as np
 
-from impala_tf.rpc import codec
+from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.counters import ServiceCounters
 from impala_tf.rpc.security import Security, check_bind, split_address
 from impala_tf.rpc.validation import Unroll, UnrollValidator
@@ -44,6 +49,7 @@ __all__ = ["LearnerServer", "LearnerService", "ParameterStore", "PortInUseError"
 SERVICE = "impala.Learner"
 STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
 GET_PARAMETERS = f"/{SERVICE}/GetParameters"
+ACT = f"/{SERVICE}/Act"
 PARAMETERS_REQUEST = struct.Struct("<qq")  # (version, incarnation) the caller holds
 
 
@@ -185,6 +191,7 @@ class LearnerService:
         self.parameters = parameters
         self.stop_event = stop_event
         self.counters = ServiceCounters()
+        self.central = None  # a `central_inference.CentralInference` serves Act
         self._room: Optional[_RoomWaiters] = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -244,6 +251,51 @@ class LearnerService:
             self.counters.broken()
             return b""
         return json.dumps({"accepted": accepted}).encode()
+
+    async def act(self, request_iterator, context):
+        """Central inference: a hello, then one step in, its actions out, until the actor
+        ends the stream (see `central_inference`)."""
+        central = self.central
+        if central is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this learner's actors act themselves (Launcher.inference = "
+                                "'actor'); run the actors with the learner's gin config")
+        session = None
+        try:
+            async for data in request_iterator:
+                try:
+                    if session is None:
+                        session = central.open(data)
+                        yield central.settings()
+                        continue
+                    timestep, episodes = session.decoder.decode(data)
+                except codec.CodecError as error:
+                    self.counters.reject(str(error))
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"malformed step: {error}")
+                except Exception as error:  # noqa: BLE001 (a refusal, or no input escapes)
+                    code = getattr(error, "code", None)
+                    if isinstance(code, str) and hasattr(grpc.StatusCode, code):
+                        await context.abort(getattr(grpc.StatusCode, code), str(error))
+                    reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
+                    self.counters.reject(reason)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+                if self.stop_event.is_set():
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
+                try:
+                    actions = await central.act(session, timestep, episodes)
+                except Exception as error:  # noqa: BLE001 (inference failed or refused)
+                    code = getattr(error, "code", None)
+                    status = (getattr(grpc.StatusCode, code) if isinstance(code, str)
+                              and hasattr(grpc.StatusCode, code) else grpc.StatusCode.UNAVAILABLE)
+                    await context.abort(status, str(error)[:200])
+                yield step_messages.encode_actions(actions)
+        except asyncio.CancelledError:  # gRPC ended the call: cancel, disconnect
+            self.counters.broken()
+            raise
+        finally:
+            if session is not None:
+                central.close(session)
 
     async def get_parameters(self, request: bytes, context) -> bytes:
         if len(request) != PARAMETERS_REQUEST.size:
@@ -324,6 +376,7 @@ class LearnerServer:
         handlers = {
             "StreamUnrolls": grpc.stream_unary_rpc_method_handler(service.stream_unrolls),
             "GetParameters": grpc.unary_unary_rpc_method_handler(service.get_parameters),
+            "Act": grpc.stream_stream_rpc_method_handler(service.act),
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),))

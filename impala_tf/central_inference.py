@@ -1,0 +1,308 @@
+"""Central inference (SEED RL's design): the learner acts for every actor.
+
+With `Launcher.inference = 'central'` the actor processes (`impala_tf.env_actor`) only step
+their environments: each sends its K environments' timestep over one stream
+(`/impala.Learner/Act`, `rpc.step_messages`) and waits for their actions. Here, in the
+learner process:
+
+- a thread gathers the waiting actors' steps (it runs as soon as every connected actor has
+  one waiting, or `max_wait_ms` after the first, or at `max_batch_envs` environments),
+  runs one compiled agent step for all of them on the learner's device (`BatchedPolicy`,
+  batch padded to K times a power of two, so it compiles a few shapes only) and sends each
+  actor its actions;
+- it keeps each environment's core state, previous action and logits, and assembles the
+  unrolls exactly as an actor does (`actor.UnrollBuilder`: T+1 steps, step 0 the previous
+  unroll's last, the core state before step 0, the behaviour logits of the parameters that
+  acted), and puts them in the learner's queue. A full queue holds this thread, and with it
+  every actor: the learner's back-pressure.
+
+The agent's variables are the learner's own: no parameters are broadcast, and an unroll's
+steps may come from successive updates (its version is the learner step at its start; V-trace
+corrects for the rest). An actor whose stream ends (a crash, a cut link, a malformed step)
+loses its unfinished unrolls; when it comes back it starts with a fresh core state.
+"""
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from impala_tf.actor import UnrollBuilder
+from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
+from impala_tf.policy import BatchedPolicy
+from impala_tf.rpc import codec, step_messages
+from impala_tf.rpc.validation import Unroll, UnrollLimits, meta_int
+
+
+class SessionRefused(Exception):
+    """An actor that may not act now; `code` names the gRPC status to end its stream with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class _Session:
+    """One actor's stream: its decoder and its environments' state between steps."""
+
+    def __init__(self, actor_id: int, decoder: step_messages.StepDecoder, state: Any,
+                 num_envs: int, num_actions: int):
+        self.actor_id = actor_id
+        self.decoder = decoder
+        self.state = state  # core state before the next step, numpy [K, ...] leaves
+        self.prev_actions = np.zeros(num_envs, np.int32)
+        self.prev_logits = np.zeros([num_envs, num_actions], np.float32)
+        self.builder: Optional[UnrollBuilder] = None
+        self.initial_state: Any = None  # core state before the current unroll's step 0
+        self.version = 0  # learner step when the current unroll started
+        self.episodes: List[EpisodeStats] = []
+        self.closed = False
+
+
+class _Request(NamedTuple):
+    session: _Session
+    timestep: BatchedTimeStep
+    episodes: List[EpisodeStats]
+    reply: Callable[[Any], None]  # called with the actions, or an exception
+
+
+@gin.configurable
+class CentralInference:
+    """Batched inference and unroll assembly for environment actors (module docstring).
+
+    Args:
+      agent: the learner's agent.
+      unrolls: the learner's unroll queue.
+      counters: the service's `ServiceCounters` (accepted unrolls, episodes).
+      observation_spec: observation name -> (numpy dtype, one environment's shape).
+      num_actions: the action set's size.
+      num_envs: K environments per actor (`Actor.num_envs`).
+      unroll_length: T.
+      num_actors: actor ids accepted are [0, num_actors).
+      is_refused: whether an actor's unrolls are refused (non-finite updates traced to it).
+      version: the learner step now (an unroll's policy version).
+      env_seed: actor i's environments are seeded `env_seed + 1000 * i + j`, as in actors
+        that act themselves.
+      stacked_observations, observation_bounds, limits, max_message_bytes: for the step
+        messages' checks (`step_messages.StepDecoder`).
+      policy_seed: seeds the action sampling (None: a fresh draw).
+      policy: the batched policy (default: sampling from `agent`; tests pass a greedy one).
+      max_wait_ms: how long the first waiting step waits for others to join its batch.
+      max_batch_envs: the most environments in one inference call (None: every actor's).
+    """
+
+    def __init__(self, agent, unrolls: "queue.Queue[Unroll]", counters,
+                 observation_spec: Mapping[str, Tuple[Any, tuple]], num_actions: int,
+                 num_envs: int, unroll_length: int, num_actors: int,
+                 is_refused: Callable[[int], bool], version: Callable[[], int],
+                 env_seed: int = 0, stacked_observations: Optional[Mapping[str, int]] = None,
+                 observation_bounds=None, limits: Optional[UnrollLimits] = None,
+                 max_message_bytes: Optional[int] = None, policy_seed: Optional[int] = None,
+                 policy: Optional[BatchedPolicy] = None, max_wait_ms: float = 5.0,
+                 max_batch_envs: Optional[int] = None):
+        self.agent = agent
+        self.policy = policy or BatchedPolicy(agent, seed=policy_seed)
+        self.num_envs, self.num_actions = int(num_envs), int(num_actions)
+        self.unroll_length = int(unroll_length)
+        self.num_actors = int(num_actors)
+        self.env_seed = int(env_seed)
+        self.max_wait_seconds = max(0.0, float(max_wait_ms)) / 1000.0
+        self.max_batch_envs = int(max_batch_envs or self.num_envs * self.num_actors)
+        if self.max_batch_envs < self.num_envs:
+            raise ValueError(f"CentralInference.max_batch_envs = {max_batch_envs} is below "
+                             f"one actor's {self.num_envs} environments.")
+        self._unrolls, self._counters = unrolls, counters
+        self._is_refused, self._version = is_refused, version
+        self._decoder_args = (dict(observation_spec), self.num_envs,
+                              dict(stacked_observations or {}), limits or UnrollLimits(),
+                              observation_bounds, max_message_bytes)
+        self._max_message_bytes = max_message_bytes
+        self._sessions: Dict[int, _Session] = {}
+        self._lock = threading.Lock()
+        self._requests: "queue.Queue[_Request]" = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.calls = 0  # inference calls made
+        self.envs_inferred = 0  # environment steps they served (padding excluded)
+
+    # -- the stream's side (the server's event loop) -------------------------------------------
+    def settings(self) -> bytes:
+        """The answer to an actor's hello."""
+        return step_messages.encode_settings(self.num_envs, self.env_seed, self.num_actions)
+
+    def open(self, hello: bytes) -> _Session:
+        """A session for the actor that sent `hello`; `codec.CodecError` if it is malformed,
+        `SessionRefused` if that actor may not act now."""
+        _, meta = codec.decode(hello, step_messages.HELLO_MAGIC, self._max_message_bytes)
+        actor_id = meta_int(meta.get("actor_id"), "actor_id", 0, self.num_actors)
+        if self._is_refused(actor_id):
+            raise SessionRefused("PERMISSION_DENIED", f"actor {actor_id} is refused: its "
+                                 "unrolls made non-finite updates")
+        state = tf.nest.map_structure(np.asarray, self.agent.initial_state(self.num_envs))
+        session = _Session(actor_id, step_messages.StepDecoder(*self._decoder_args), state,
+                           self.num_envs, self.num_actions)
+        with self._lock:
+            if actor_id in self._sessions:
+                raise SessionRefused("ALREADY_EXISTS", f"actor {actor_id} is already acting "
+                                     "on another stream")
+            self._sessions[actor_id] = session
+        return session
+
+    def close(self, session: _Session) -> None:
+        """The stream ended: its environments' state and unfinished unrolls go."""
+        session.closed = True
+        with self._lock:
+            if self._sessions.get(session.actor_id) is session:
+                del self._sessions[session.actor_id]
+
+    async def act(self, session: _Session, timestep: BatchedTimeStep,
+                  episodes: List[EpisodeStats]) -> np.ndarray:
+        """The actions for `timestep`, once its batch has run."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def resolve(result):
+            if future.done():
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self._requests.put(_Request(session, timestep, episodes,
+                                    lambda result: loop.call_soon_threadsafe(resolve, result)))
+        return await future
+
+    # -- the inference thread ------------------------------------------------------------------
+    def start(self) -> "CentralInference":
+        self._thread = threading.Thread(target=self._run, name="central-inference", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        while True:  # whoever still waits is told
+            try:
+                self._requests.get_nowait().reply(RuntimeError("the learner is stopping"))
+            except queue.Empty:
+                return
+
+    def _open_sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def _next_batch(self) -> List[_Request]:
+        try:
+            batch = [self._requests.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.max_wait_seconds
+        envs = self.num_envs
+        while len(batch) < self._open_sessions() and envs + self.num_envs <= self.max_batch_envs:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(self._requests.get(timeout=left) if left > 0
+                             else self._requests.get_nowait())
+            except queue.Empty:
+                break
+            envs += self.num_envs
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                self._serve(batch)
+            except Exception as error:  # noqa: BLE001 (every waiting actor must hear of it)
+                logging.exception("central inference failed")
+                for request in batch:
+                    request.reply(error)
+
+    def _serve(self, batch: List[_Request]) -> None:
+        """One inference call for the batch's actors, after recording their steps."""
+        version = self._version()
+        live = []
+        for request in batch:
+            if request.session.closed:
+                request.reply(RuntimeError("the stream ended"))
+            elif self._is_refused(request.session.actor_id):
+                request.reply(SessionRefused("PERMISSION_DENIED", f"actor "
+                                             f"{request.session.actor_id} is refused"))
+            else:
+                self._record(request.session, request.timestep, request.episodes, version)
+                live.append(request)
+        if not live:
+            return
+        sessions = [r.session for r in live]
+        n = len(live) * self.num_envs
+        size = self.num_envs
+        while size < n:
+            size *= 2
+
+        def padded(arrays):
+            joined = np.concatenate(arrays)
+            if size == n:
+                return joined
+            return np.concatenate([joined, np.zeros((size - n,) + joined.shape[1:],
+                                                    joined.dtype)])
+
+        timesteps = [r.timestep for r in live]
+        timestep = BatchedTimeStep(
+            padded([t.step_type for t in timesteps]), padded([t.reward for t in timesteps]),
+            padded([t.discount for t in timesteps]),
+            {name: padded([t.observation[name] for t in timesteps])
+             for name in timesteps[0].observation})
+        state = tf.nest.map_structure(lambda *leaves: padded(leaves),
+                                      *[s.state for s in sessions])
+        step, new_state = self.policy(padded([s.prev_actions for s in sessions]), timestep,
+                                      state)
+        new_state = tf.nest.map_structure(np.asarray, new_state)
+        self.calls += 1
+        self.envs_inferred += n
+        for i, request in enumerate(live):
+            rows = slice(i * self.num_envs, (i + 1) * self.num_envs)
+            session = request.session
+            session.prev_actions = step.actions[rows]
+            session.prev_logits = step.policy_logits[rows]
+            session.state = tf.nest.map_structure(lambda leaf: leaf[rows], new_state)
+            request.reply(session.prev_actions)
+
+    def _record(self, session: _Session, timestep: BatchedTimeStep,
+                episodes: List[EpisodeStats], version: int) -> None:
+        """Adds the step to the actor's unrolls as `Actor.act` does: it ends the current
+        unroll (which then goes to the queue) and starts the next."""
+        session.episodes.extend(episodes)
+        if session.builder is None:
+            session.builder = UnrollBuilder(self.num_envs, self.unroll_length, self.num_actions)
+        else:
+            session.builder.append(timestep, session.prev_actions, session.prev_logits)
+            if not session.builder.full:
+                return
+            self._emit(session)
+        session.builder.start(timestep, session.prev_actions, session.prev_logits)
+        session.initial_state = session.state
+        session.version = version
+
+    def _emit(self, session: _Session) -> None:
+        episodes, session.episodes = session.episodes, []
+        for i, fields in enumerate(session.builder.unrolls(session.initial_state)):
+            unroll = Unroll(fields, session.version, session.actor_id)
+            while not self._stop.is_set():
+                try:
+                    self._unrolls.put(unroll, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                return
+            self._counters.accept(episodes if i == 0 else [], session.actor_id)
