@@ -11,7 +11,7 @@ learner process:
   batch padded to K times a power of two, so it compiles a few shapes only) and sends each
   actor its actions;
 - it keeps each environment's core state, previous action and logits, and assembles the
-  unrolls exactly as an actor does (`actor.UnrollBuilder`: T+1 steps, step 0 the previous
+  unrolls exactly as an actor does (`unroll_builder.UnrollBuilder`: T+1 steps, step 0 the previous
   unroll's last, the core state before step 0, the behaviour logits of the parameters that
   acted), and puts them in the learner's queue. A full queue holds this thread, and with it
   every actor: the learner's back-pressure.
@@ -33,11 +33,11 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from impala_tf.actor import UnrollBuilder
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.validation import Unroll, UnrollLimits, meta_int
+from impala_tf.unroll_builder import UnrollBuilder
 
 
 class SessionRefused(Exception):

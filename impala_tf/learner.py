@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf import builders, checkpoints, config, distribute
-from impala_tf.actor import Actor
 from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.central_inference import CentralInference
 from impala_tf.logdir_lock import LogdirLock
@@ -325,6 +324,9 @@ class Learner:
 
     def _central_inference(self, observation_spec, num_actions, num_envs, stacked,
                            observation_bounds, max_message_bytes, seed):
+        # Not at the top: an actor process runs impala_tf.actor as __main__ and registers this
+        # module's configurables; a second copy of Actor would make `Actor.*` ambiguous.
+        from impala_tf.actor import Actor
         if isinstance(self.strategy, tf.distribute.TPUStrategy):
             raise ValueError("Launcher.inference = 'central' does not run under the 'tpu' "
                              "strategy yet: use 'actor' on TPUs.")
