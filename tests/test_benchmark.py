@@ -31,6 +31,25 @@ def test_the_physical_limit_takes_the_cheapest_ale_threads_and_the_raw_work():
     assert limit["frames_per_s"] == pytest.approx(2 / 400e-6)
 
 
+def test_end_to_end_runs_both_inference_modes_and_reports_their_actors(tmp_path):
+    """Catch trained end to end for a short window in each mode: frames flow, and the
+    environment actors of central inference hold no TensorFlow (well under 250 MB)."""
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=2",
+         "--stages=end_to_end", f"--json={out}"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.read_text())["stages"]["end_to_end"]
+    assert [r["inference"] for r in runs] == ["actor", "central"]
+    for r in runs:
+        assert r["num_actors"] == 2 and r["frames_per_s"] > 0
+    actor_mb, central_mb = (max(r["actor_rss_mb"]) for r in runs)
+    assert central_mb < 250 < actor_mb
+    assert "end-to-end (central inference), 2 actors" in result.stdout
+
+
 def test_a_short_run_on_catch_reports_every_stage(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(

@@ -18,8 +18,9 @@ step with action repeat 4) and the CPU it used (core-seconds per frame, from get
               (microseconds per call);
   transport   the codec alone, then unrolls through the gRPC service on loopback (unrolls/s,
               MB/s; sender and receiver share this one process);
-  end_to_end  `python -m impala_tf.train` with its actor processes (frames/s over the
-              measured window, policy lag, queue fill, CPU cores used by each process);
+  end_to_end  `python -m impala_tf.train` with its actor processes, once per inference
+              mode (`--inference`: actor, central) (frames/s over the measured window,
+              policy lag, queue fill, CPU cores used and memory held by each process);
   ingest      (only with --stages=ingest) --ingest_actors light actor streams into one
               learner whose step does nothing: actors served, frames/s, the learner's CPU
               and the wire's bytes per frame (`impala_tf/tools/ingest.py`).
@@ -75,6 +76,8 @@ def define_flags() -> None:
     flags.DEFINE_list("scaling_actors", ["1", "2", "4", "8"], "--scaling: actor processes.")
     flags.DEFINE_list("scaling_devices", ["1", "2"], "--scaling: the learner's logical "
                       "devices (2: mirrored over 2 logical CPU devices).")
+    flags.DEFINE_list("inference", ["actor", "central"], "end_to_end: the inference modes "
+                      "to run (Launcher.inference); --scaling uses the first.")
     flags.DEFINE_string("json", None, "Write all figures to this file.")
     # Internal: run one stage in this process and write its figures to --stage_out.
     flags.DEFINE_string("stage", None, "(internal) the stage this process runs.")
@@ -378,9 +381,11 @@ def _records(logdir: str) -> List[Dict]:
 
 
 def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int] = None,
-               mirrored: bool = False, warmup_records: int = 2) -> Dict:
-    """Trains with `python -m impala_tf.train` and measures a window of `seconds` after the
-    learner has logged `warmup_records` records with progress."""
+               mirrored: bool = False, warmup_records: int = 2,
+               inference: str = "actor") -> Dict:
+    """Trains with `python -m impala_tf.train` (`inference`: `Launcher.inference`) and
+    measures a window of `seconds` after the learner has logged `warmup_records` records
+    with progress."""
     with tempfile.TemporaryDirectory() as logdir:
         command = [sys.executable, "-m", "impala_tf.train", f"--logdir={logdir}",
                    "--gin_bindings=Learner.log_every_seconds = 2",
@@ -389,6 +394,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
         command += [f"--gin_bindings={b}" for b in gin_bindings]
         if num_actors is not None:
             command.append(f"--gin_bindings=Launcher.num_actors = {num_actors}")
+        command.append(f"--gin_bindings=Launcher.inference = '{inference}'")
         if mirrored:
             command += ["--gin_bindings=make_strategy.kind = 'mirrored'",
                         "--gin_bindings=make_strategy.num_cpu_devices = 2"]
@@ -427,6 +433,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
             if cpu0.get(p) is not None and cpu1.get(p) is not None}
     return {
         "num_actors": len(pids) - 1, "learner_devices": 2 if mirrored else 1,
+        "inference": inference,
         "frames_per_s": (last["env_frames"] - first["env_frames"]) / (last["time"] - first["time"]),
         "policy_lag_mean": sum(lags) / len(lags) if lags else None,
         "queue_fill_mean": sum(r["queue_fill"] for r in window) / len(window),
@@ -548,9 +555,10 @@ def print_table(results: Dict) -> None:
               f"{p['ale_threads']} threads, forward {1e6 * p['forward_core_s_per_frame']:.1f}"
               f" us, learning {1e6 * p['learning_core_s_per_frame']:.1f} us of CPU)")
     for r in s.get("end_to_end", []):
+        mode = f"{r.get('inference', 'actor')} inference"
         if "error" in r:
-            print(f"end-to-end, {r['num_actors']} actors, learner on {r['learner_devices']} "
-                  f"device(s): failed ({r['error'][-200:]})")
+            print(f"end-to-end ({mode}), {r['num_actors']} actors, learner on "
+                  f"{r['learner_devices']} device(s): failed ({r['error'][-200:]})")
             continue
         ratio = ", ".join(
             f"{r['frames_per_s'] / results[key]['frames_per_s']:.0%} of the {name}"
@@ -559,8 +567,8 @@ def print_table(results: Dict) -> None:
         memory = [m for m in r.get("actor_rss_mb", []) if m is not None]
         if memory:
             ratio += f"; actors resident {', '.join(f'{m:,.0f}' for m in memory)} MB"
-        print(f"end-to-end, {r['num_actors']} actors, learner on {r['learner_devices']} "
-              f"device(s): {r['frames_per_s']:,.0f} frames/s {ratio}; lag "
+        print(f"end-to-end ({mode}), {r['num_actors']} actors, learner on "
+              f"{r['learner_devices']} device(s): {r['frames_per_s']:,.0f} frames/s {ratio}; lag "
               f"{_fmt(r['policy_lag_mean'], '.1f')}, queue fill {r['queue_fill_mean']:.2f}, "
               f"cores: learner {_fmt(r['learner_cores_used'], '.2f')}, actors "
               f"{', '.join(_fmt(a, '.2f') for a in r['actor_cores_used'])} "
@@ -590,7 +598,8 @@ def run_all() -> Dict:
             s["learner"] = [_run_stage("learner", [f"--strategy={k}"])
                             for k in ("default", "mirrored")]
         elif stage == "end_to_end":
-            s["end_to_end"] = [end_to_end(FLAGS.seconds, FLAGS.gin_file, FLAGS.gin_bindings)]
+            s["end_to_end"] = [end_to_end(FLAGS.seconds, FLAGS.gin_file, FLAGS.gin_bindings,
+                                          inference=mode) for mode in FLAGS.inference]
         elif stage == "env":
             s["env"] = _run_stage("env")
             if _is_atari():
@@ -619,7 +628,8 @@ def run_all() -> Dict:
                 try:
                     s["end_to_end"].append(end_to_end(FLAGS.seconds, FLAGS.gin_file,
                                                       FLAGS.gin_bindings, num_actors=n,
-                                                      mirrored=mirrored))
+                                                      mirrored=mirrored,
+                                                      inference=FLAGS.inference[0]))
                 except RuntimeError as error:  # one failed run does not lose the others
                     print(f"  failed: {str(error)[-500:]}", flush=True)
                     s["end_to_end"].append({"num_actors": n, "learner_devices": 1 + mirrored,
@@ -650,6 +660,8 @@ def main(argv) -> None:
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)  # fail early on a bad config
     if set(FLAGS.scaling_devices) - {"1", "2"}:
         raise app.UsageError(f"--scaling_devices takes 1 and 2, not {FLAGS.scaling_devices}")
+    if not FLAGS.inference or set(FLAGS.inference) - {"actor", "central"}:
+        raise app.UsageError(f"--inference takes actor and central, not {FLAGS.inference}")
     results = run_all()
     print_table(results)
     if FLAGS.json:
