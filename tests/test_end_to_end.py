@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 FRAME_BUDGET = 300_000  # Catch learns in ~100k frames; the budget leaves room for noise
 
@@ -36,7 +38,8 @@ def _actor_processes(address):
                 zombie = f.read().split()[2] == "Z"
         except OSError:
             continue
-        if "impala_tf.actor" in cmdline and address in cmdline and not zombie:
+        if ("impala_tf.actor" in cmdline or "impala_tf.env_actor" in cmdline) \
+                and address in cmdline and not zombie:
             pids.append(int(pid))
     return pids
 
@@ -146,10 +149,14 @@ def test_the_halves_run_apart(tmp_path):
     assert _metrics(logdir)[-1]["accepted_unrolls"] > 0
 
 
-def test_a_killed_actor_is_restarted_and_training_goes_on(tmp_path):
+@pytest.mark.parametrize("inference", ["actor", "central"])
+def test_a_killed_actor_is_restarted_and_training_goes_on(tmp_path, inference):
+    """SIGKILL an actor process: the launcher restarts it and the learner trains on (in
+    central mode the learner drops the dead stream's state and the new process acts again)."""
     logdir = str(tmp_path / "run")
     process = _train(logdir, "RunConfig.total_environment_frames = 1e9",
-                     "Launcher.restart_backoff_seconds = 1.0")
+                     "Launcher.restart_backoff_seconds = 1.0",
+                     f"Launcher.inference = '{inference}'")
     lines, address, killed, frames_at_kill, frames_after = [], None, None, None, []
     deadline = time.time() + 300
     try:
@@ -293,9 +300,13 @@ def test_a_public_bind_needs_tls_and_a_token_or_an_explicit_insecure(tmp_path):
     assert allowed.returncode == 0
 
 
-def test_role_all_on_a_public_bind_with_tls_has_its_local_actors_dial_loopback(tmp_path):
+@pytest.mark.parametrize("inference", ["actor", "central"])
+def test_role_all_on_a_public_bind_with_tls_has_its_local_actors_dial_loopback(tmp_path,
+                                                                                inference):
     """`--role=all --bind=0.0.0.0:0` with TLS: the spawned actors dial 127.0.0.1 (named in the
-    learner's certificate), not the wildcard 0.0.0.0 that no certificate names, and train."""
+    learner's certificate), not the wildcard 0.0.0.0 that no certificate names, and train;
+    in both inference modes (central: the environment actors' steps come over TLS with the
+    token)."""
     from pki import TOKEN, make_pki
     pki = make_pki(str(tmp_path))
     logdir = str(tmp_path / "run")
@@ -304,6 +315,8 @@ def test_role_all_on_a_public_bind_with_tls_has_its_local_actors_dial_loopback(t
                      f"Security.server_key = '{pki('learner.key')}'",
                      f"Security.ca_cert = '{pki('ca.pem')}'",
                      "Actor.max_reconnect_backoff_seconds = 1.0",
+                     "EnvActor.max_reconnect_backoff_seconds = 1.0",
+                     f"Launcher.inference = '{inference}'",
                      flags=["--bind=0.0.0.0:0", "--max_frames=3000"], env=env)
     try:
         out, _ = process.communicate(timeout=240)
