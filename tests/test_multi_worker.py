@@ -69,7 +69,7 @@ def test_two_workers_train_in_lockstep(tmp_path):
     assert not (run / "worker_1" / "metrics.jsonl").exists()
 
 
-def _start_workers(logdir, tmp_path, tag, max_frames):
+def _start_workers(logdir, tmp_path, tag, max_frames, bindings=()):
     """Two learner workers through the real command, each with its own TF_CONFIG and its
     own actor processes, on one logdir; their output goes to files."""
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
@@ -82,7 +82,8 @@ def _start_workers(logdir, tmp_path, tag, max_frames):
                 [sys.executable, "-m", "impala_tf.train", "--role=all", "--gin_file=catch.gin",
                  "--gin_bindings=make_strategy.kind = 'multi_worker'",
                  "--gin_bindings=Learner.log_every_seconds = 2.0",
-                 f"--logdir={logdir}", f"--max_frames={max_frames}"],
+                 f"--logdir={logdir}", f"--max_frames={max_frames}"]
+                + [f"--gin_bindings={b}" for b in bindings],
                 stdout=out, stderr=subprocess.STDOUT, text=True,
                 env=dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")))
         outputs.append(output)
@@ -145,6 +146,23 @@ def test_two_workers_learn_catch_through_the_train_command_and_stop_together(tmp
     assert last.startswith("impala_tf: Learner worker 0 of 2 lost the cluster"), survivor[-3000:]
     assert "the chief saved step" in last and "start every worker again" in last
     assert "Traceback" not in survivor
+
+
+def test_two_workers_learn_catch_with_central_inference(tmp_path):
+    """Central inference under multi_worker: each worker acts for its own environment
+    actors (ids 0-1 and 2-3) with its copy of the agent, and Catch is learnt."""
+    logdir = tmp_path / "run"
+    processes, outputs = _start_workers(logdir, tmp_path, "central", 200_000,
+                                        ["Launcher.inference = 'central'"])
+    _wait_all(processes, 420)
+    texts = [o.read_text() for o in outputs]
+    for p, text in zip(processes, texts):
+        assert p.returncode == 0, text[-3000:]
+    assert "(actors 0 to 1)" in texts[0] and "(actors 2 to 3)" in texts[1]
+    records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    returns = [r["episode_return_mean"] for r in records if r["episodes"]]
+    assert returns[-1] >= 0.9, returns
+    assert sorted(records[-1]["accepted_unrolls_by_actor"]) == ["0", "1"]  # the chief's own
 
 
 class _Clustered:
