@@ -28,8 +28,8 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, config, quiet
-from impala_tf.env_actor import stop_when_orphaned
+from impala_tf import builders, config
+from impala_tf.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec, frame_packing
@@ -223,14 +223,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    quiet.define_verbose_flag()
-    flags.DEFINE_string("learner_address", None, "host:port of the learner.")
-    flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
-    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-    flags.DEFINE_integer("actor_index", 0, "This actor's number.")
+    define_actor_flags()
     flags.DEFINE_integer("max_unrolls", None, "Stop after this many rounds of unrolls.")
-    flags.DEFINE_integer("parent_pid", None, "Stop when this process is no longer our parent "
-                         "(set by the local launcher, so its actors die with it).")
 
 
 @gin.configurable

@@ -23,7 +23,7 @@ import gin
 import grpc
 from absl import app, flags
 
-from impala_tf import config
+from impala_tf import config, quiet
 from impala_tf.envs.factory import make_environment
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, channel_options
@@ -160,14 +160,20 @@ class EnvActor:
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_actor_flags() -> None:
+    """The flags of both kinds of actor process (this one and `impala_tf.actor`)."""
+    quiet.define_verbose_flag()
     flags.DEFINE_string("learner_address", None, "host:port of the learner.")
     flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
     flags.DEFINE_integer("actor_index", 0, "This actor's number.")
-    flags.DEFINE_integer("max_steps", None, "Stop after this many agent steps.")
     flags.DEFINE_integer("parent_pid", None, "Stop when this process is no longer our parent "
                          "(set by the local launcher, so its actors die with it).")
+
+
+def define_flags() -> None:
+    define_actor_flags()
+    flags.DEFINE_integer("max_steps", None, "Stop after this many agent steps.")
 
 
 def stop_when_orphaned(parent_pid: int, stop: threading.Event, poll_seconds: float = 1.0):

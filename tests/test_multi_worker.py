@@ -101,13 +101,11 @@ def _wait_all(processes, timeout):
             pytest.fail("learner workers did not finish")
 
 
-def test_two_workers_learn_catch_through_the_train_command_and_stop_together(tmp_path):
-    """Two `python -m impala_tf.train --role=all` workers (multi_worker strategy, each with
-    its actors) learn Catch; only the chief writes metrics. Restarted, both resume from the
-    chief's checkpoint; when one is killed the other stops with one line, after the chief
-    saved the last whole step."""
-    logdir = tmp_path / "run"
-    processes, outputs = _start_workers(logdir, tmp_path, "first", 200_000)
+def _two_workers_learn_catch(logdir, tmp_path, tag, bindings=()):
+    """Two workers train Catch for 200k frames, each with its actors (ids 0-1 and 2-3);
+    the chief's metrics.jsonl records, after checking that both exited cleanly and that
+    the last mean return is near-optimal."""
+    processes, outputs = _start_workers(logdir, tmp_path, tag, 200_000, bindings)
     _wait_all(processes, 420)
     texts = [o.read_text() for o in outputs]
     for p, text in zip(processes, texts):
@@ -116,6 +114,16 @@ def test_two_workers_learn_catch_through_the_train_command_and_stop_together(tmp
     records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     returns = [r["episode_return_mean"] for r in records if r["episodes"]]
     assert returns[-1] >= 0.9, returns
+    return records
+
+
+def test_two_workers_learn_catch_through_the_train_command_and_stop_together(tmp_path):
+    """Two `python -m impala_tf.train --role=all` workers (multi_worker strategy, each with
+    its actors) learn Catch; only the chief writes metrics. Restarted, both resume from the
+    chief's checkpoint; when one is killed the other stops with one line, after the chief
+    saved the last whole step."""
+    logdir = tmp_path / "run"
+    records = _two_workers_learn_catch(logdir, tmp_path, "first")
     assert records[-1]["env_frames"] >= 200_000
     assert not (logdir / "worker_1" / "metrics.jsonl").exists()
     assert (logdir / "worker_1" / "checkpoints").is_dir()
@@ -151,17 +159,8 @@ def test_two_workers_learn_catch_through_the_train_command_and_stop_together(tmp
 def test_two_workers_learn_catch_with_central_inference(tmp_path):
     """Central inference under multi_worker: each worker acts for its own environment
     actors (ids 0-1 and 2-3) with its copy of the agent, and Catch is learnt."""
-    logdir = tmp_path / "run"
-    processes, outputs = _start_workers(logdir, tmp_path, "central", 200_000,
-                                        ["Launcher.inference = 'central'"])
-    _wait_all(processes, 420)
-    texts = [o.read_text() for o in outputs]
-    for p, text in zip(processes, texts):
-        assert p.returncode == 0, text[-3000:]
-    assert "(actors 0 to 1)" in texts[0] and "(actors 2 to 3)" in texts[1]
-    records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
-    returns = [r["episode_return_mean"] for r in records if r["episodes"]]
-    assert returns[-1] >= 0.9, returns
+    records = _two_workers_learn_catch(tmp_path / "run", tmp_path, "central",
+                                       ["Launcher.inference = 'central'"])
     assert sorted(records[-1]["accepted_unrolls_by_actor"]) == ["0", "1"]  # the chief's own
 
 
