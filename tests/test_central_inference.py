@@ -98,6 +98,28 @@ def test_malformed_steps_are_codec_errors(change, message):
         decoder.decode(_message(fields))
 
 
+def test_stacked_observations_keep_their_bounds_frame_by_frame():
+    """Bounds given per channel of the whole stack (a dm_env BoundedArray) still check the
+    newest and older frames apart."""
+    shape = (2, 2, 4)
+    decoder = step_messages.StepDecoder({"frame": (np.float32, shape)}, 2, {"frame": 1},
+                                        observation_bounds={"frame": (np.zeros(shape),
+                                                                      np.ones(shape))})
+    encoder = step_messages.StepEncoder({"frame": 1})
+    stack = np.full((2,) + shape, 0.5, np.float32)
+
+    def step(value):
+        return BatchedTimeStep(np.zeros(2, np.int8), np.zeros(2, np.float32),
+                               np.ones(2, np.float32), {"frame": value})
+
+    np.testing.assert_array_equal(decoder.decode(encoder.encode(step(stack), []))[0]
+                                  .observation["frame"], stack)
+    stack = stack.copy()
+    stack[1, 0, 0, -1] = 2.0
+    with pytest.raises(codec.CodecError, match="frame/newest"):
+        decoder.decode(encoder.encode(step(stack), []))
+
+
 def test_a_streams_first_step_restarts_every_stack():
     decoder = step_messages.StepDecoder({"frame": (np.uint8, (6, 5, 4))}, 3, {"frame": 1})
     with pytest.raises(codec.CodecError, match="first step must restart"):

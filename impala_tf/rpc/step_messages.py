@@ -161,9 +161,10 @@ class StepDecoder:
             if restarts:
                 spec[f"{key}/older"] = (dtype, (restarts,) + frame + (shape[-1] - channels,))
             if key in bounds:
-                bounds[f"{key}/newest"] = bounds[f"{key}/older"] = bounds.pop(key)
-            else:
-                bounds.pop(key, None)
+                # A stack's bounds per channel do not fit its newest or older frames: their
+                # extremes hold for every frame.
+                low, high = bounds.pop(key)
+                bounds[f"{key}/newest"] = bounds[f"{key}/older"] = (np.min(low), np.max(high))
         return spec, bounds
 
     def decode(self, data: bytes) -> Tuple[BatchedTimeStep, List[EpisodeStats]]:
