@@ -36,16 +36,9 @@ import tensorflow as tf
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec, step_messages
+from impala_tf.rpc.step_messages import SessionRefused
 from impala_tf.rpc.validation import Unroll, UnrollLimits, meta_int
 from impala_tf.unroll_builder import UnrollBuilder
-
-
-class SessionRefused(Exception):
-    """An actor that may not act now; `code` names the gRPC status to end its stream with."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class _Session:
@@ -129,7 +122,6 @@ class CentralInference:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.calls = 0  # inference calls made
-        self.envs_inferred = 0  # environment steps they served (padding excluded)
 
     # -- the stream's side (the server's event loop) -------------------------------------------
     def settings(self) -> bytes:
@@ -205,15 +197,14 @@ class CentralInference:
         except queue.Empty:
             return []
         deadline = time.monotonic() + self.max_wait_seconds
-        envs = self.num_envs
-        while len(batch) < self._open_sessions() and envs + self.num_envs <= self.max_batch_envs:
+        while (len(batch) < self._open_sessions()
+               and (len(batch) + 1) * self.num_envs <= self.max_batch_envs):
             left = deadline - time.monotonic()
             try:
                 batch.append(self._requests.get(timeout=left) if left > 0
                              else self._requests.get_nowait())
             except queue.Empty:
                 break
-            envs += self.num_envs
         return batch
 
     def _run(self) -> None:
@@ -268,7 +259,6 @@ class CentralInference:
                                       state)
         new_state = tf.nest.map_structure(np.asarray, new_state)
         self.calls += 1
-        self.envs_inferred += n
         for i, request in enumerate(live):
             rows = slice(i * self.num_envs, (i + 1) * self.num_envs)
             session = request.session

@@ -60,7 +60,6 @@ class EnvActor:
                  security: Optional[Security] = None):
         self.address = learner_address
         self.actor_index = int(actor_index)
-        self.max_message_bytes = int(max_message_bytes)
         self.reconnect_timeout_seconds = reconnect_timeout_seconds
         self._backoff = (reconnect_backoff_seconds, max_reconnect_backoff_seconds)
         security = security or Security()
@@ -71,7 +70,7 @@ class EnvActor:
         self.env = None
         self._timestep = None
         self._encoder: Optional[step_messages.StepEncoder] = None
-        self.steps_taken = 0  # environment steps (K per agent step)
+        self.agent_steps = 0  # steps of all K environments together
         self.streams = 0
 
     def run(self, stop_event: Optional[threading.Event] = None,
@@ -81,7 +80,7 @@ class EnvActor:
         backoff = Backoff(*self._backoff)
         down_since = None
         while not stop_event.is_set():
-            if max_steps is not None and self.steps_taken >= max_steps * self._num_envs():
+            if max_steps is not None and self.agent_steps >= max_steps:
                 return
             try:
                 self._stream(stop_event, max_steps)
@@ -102,9 +101,6 @@ class EnvActor:
                                 self.actor_index, self.address, error.code().name,
                                 error.details(), delay)
                 stop_event.wait(delay)
-
-    def _num_envs(self) -> int:
-        return self.env.num_envs if self.env is not None else 1
 
     def _stream(self, stop_event: threading.Event, max_steps: Optional[int]) -> None:
         """One stream: hello, then steps until stopped."""
@@ -135,14 +131,14 @@ class EnvActor:
             episodes = []
             k = self.env.num_envs
             while not stop_event.is_set():
-                if max_steps is not None and self.steps_taken >= max_steps * k:
+                if max_steps is not None and self.agent_steps >= max_steps:
                     break
                 outbox.put(self._encoder.encode(self._timestep, episodes))
                 actions = step_messages.decode_actions(next(responses), k,
                                                        settings["num_actions"])
                 self._timestep = self.env.step(actions)
                 episodes = self.env.pop_finished_episodes()
-                self.steps_taken += k
+                self.agent_steps += 1
         except StopIteration:
             raise RuntimeError("the learner ended the stream without a status") from None
         except codec.CodecError as error:

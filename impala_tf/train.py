@@ -229,14 +229,15 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     num_actions = probe.action_spec().num_values
     probe.close()
     kwargs = {}
+    launcher = Launcher()
     if not config.is_bound("Learner.num_actors"):  # else gin supplies it
-        kwargs["num_actors"] = Launcher().num_actors * num_workers(strategy)
+        kwargs["num_actors"] = launcher.num_actors * num_workers(strategy)
     from impala_tf.actor import configured_num_envs
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
                    observation_bounds=bounds, stacked_observations=stacked,
                    num_envs=configured_num_envs(),
-                   central=Launcher().inference == "central", **kwargs)
+                   central=launcher.inference == "central", **kwargs)
 
 
 

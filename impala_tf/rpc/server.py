@@ -273,10 +273,9 @@ class LearnerService:
                     self.counters.reject(str(error))
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         f"malformed step: {error}")
-                except Exception as error:  # noqa: BLE001 (a refusal, or no input escapes)
-                    code = getattr(error, "code", None)
-                    if isinstance(code, str) and hasattr(grpc.StatusCode, code):
-                        await context.abort(getattr(grpc.StatusCode, code), str(error))
+                except step_messages.SessionRefused as error:
+                    await context.abort(getattr(grpc.StatusCode, error.code), str(error))
+                except Exception as error:  # noqa: BLE001 (no input may escape as UNKNOWN)
                     reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
                     self.counters.reject(reason)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
@@ -284,11 +283,10 @@ class LearnerService:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
                 try:
                     actions = await central.act(session, timestep, episodes)
-                except Exception as error:  # noqa: BLE001 (inference failed or refused)
-                    code = getattr(error, "code", None)
-                    status = (getattr(grpc.StatusCode, code) if isinstance(code, str)
-                              and hasattr(grpc.StatusCode, code) else grpc.StatusCode.UNAVAILABLE)
-                    await context.abort(status, str(error)[:200])
+                except step_messages.SessionRefused as error:
+                    await context.abort(getattr(grpc.StatusCode, error.code), str(error))
+                except Exception as error:  # noqa: BLE001 (inference failed: try again later)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:200])
                 yield step_messages.encode_actions(actions)
         except asyncio.CancelledError:  # gRPC ended the call: cancel, disconnect
             self.counters.broken()

@@ -37,6 +37,15 @@ STEP_MAGIC = b"IMS1"
 ACTIONS_MAGIC = b"IMA1"
 
 
+class SessionRefused(Exception):
+    """An actor that may not act now; `code` names the gRPC status (a `grpc.StatusCode`
+    name) that ends its stream."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def encode_hello(actor_id: int) -> bytes:
     return codec.encode(HELLO_MAGIC, {}, {"actor_id": int(actor_id)})
 
