@@ -12,8 +12,8 @@ import pytest
 
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import (GET_PARAMETERS, STREAM_UNROLLS, LearnerServer, LearnerService,
-                                  ParameterStore, UnrollValidator)
+from impala_tf.rpc.server import (GET_PARAMETERS, MIN_STREAM_WINDOW_BYTES, STREAM_UNROLLS,
+                                  LearnerServer, LearnerService, ParameterStore, UnrollValidator)
 
 SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 4, 4, 1)),
         "action": (np.dtype(np.int32), (3,)),
@@ -146,6 +146,55 @@ def test_bounded_queue_gives_back_pressure():
     received = [_get(unrolls).policy_version for _ in range(total)]
     producer.join(10)
     assert received == list(range(total)) and len(sent) == total
+    client.close()
+    stop.set()
+    srv.stop(0)
+
+
+CATCH_SIZED = {"observation/frame": (np.dtype(np.float32), (21, 10, 5)),
+               "action": (np.dtype(np.int32), (21,))}
+
+
+def _catch_sized_unroll(i):
+    fields = {"observation/frame": np.full((21, 10, 5), i, np.float32),
+              "action": np.zeros(21, np.int32)}
+    return codec.encode(codec.UNROLL_MAGIC, fields, {"policy_version": i, "actor_id": 0})
+
+
+def test_a_stalled_learner_holds_each_actor_to_a_few_unrolls_whatever_their_size():
+    """Catch-sized unrolls (4 kB) and a full queue nobody takes from: the actor stops after
+    its outbox, one unroll being written, what the stream reads ahead (about one unroll) and
+    one waiting for room. With a fixed 1 MB read-ahead it ran about 360 unrolls ahead: a
+    policy lag of hundreds of updates once many actors feed a learner-bound run."""
+    pong = UnrollValidator({"observation/frame": (np.dtype(np.uint8), (21, 84, 84, 4))}, 6,
+                           1 << 20, stacked_observations={"frame": 1})
+    assert pong.unroll_bytes == 21 * 84 * 84  # packed: each step's newest frame
+    unrolls = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    service = LearnerService(UnrollValidator(CATCH_SIZED, 3, 1 << 20), unrolls,
+                             ParameterStore(), stop)
+    srv = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
+    assert srv.stream_window_bytes == MIN_STREAM_WINDOW_BYTES  # 4 kB unrolls: the floor
+    outbox, total, sent = 4, 60, []
+    client = LearnerClient(srv.address, outbox_size=outbox)
+
+    def produce():
+        for i in range(total):
+            client.send_unroll(_catch_sized_unroll(i))
+            sent.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    deadline, last = time.time() + 30, -1
+    while time.time() < deadline and (unrolls.qsize() < 2 or len(sent) != last):
+        last = len(sent)
+        time.sleep(1.0)  # until the sender has stopped getting anywhere
+    in_flight = len(sent) - unrolls.qsize()
+    read_ahead = srv.stream_window_bytes // len(_catch_sized_unroll(0)) + 1
+    assert 0 < in_flight <= outbox + 1 + read_ahead + 1 + 1  # one written early, at most
+    received = [_get(unrolls).policy_version for _ in range(total)]
+    producer.join(10)
+    assert received == list(range(total))  # held back, none lost
     client.close()
     stop.set()
     srv.stop(0)

@@ -53,15 +53,21 @@ ACT = f"/{SERVICE}/Act"
 PARAMETERS_REQUEST = struct.Struct("<qq")  # (version, incarnation) the caller holds
 
 
-def grpc_options(max_message_bytes: int) -> List[Tuple[str, int]]:
+# The smallest window a learner's stream reads ahead (an unroll of a few floats needs no less).
+MIN_STREAM_WINDOW_BYTES = 8 << 10
+
+
+def grpc_options(max_message_bytes: int,
+                 stream_window_bytes: int = 1 << 20) -> List[Tuple[str, int]]:
     """Message size limits, and HTTP/2 flow control that does not grow its window by
-    bandwidth-delay probing: a stream then buffers a bounded number of bytes, so a full
-    learner queue stops the actors instead of filling memory."""
+    bandwidth-delay probing: a stream then buffers at most `stream_window_bytes` that its
+    receiver has not asked for, so a full learner queue stops the actors instead of filling
+    memory."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", 1 << 20),
+        ("grpc.http2.lookahead_bytes", int(stream_window_bytes)),
     ]
 
 
@@ -318,6 +324,13 @@ class LearnerServer:
     then); gRPC refuses a call beyond it with RESOURCE_EXHAUSTED, which the actor logs and
     retries.
 
+    Each stream reads ahead about one unroll (`UnrollValidator.unroll_bytes`, at least
+    `MIN_STREAM_WINDOW_BYTES`), so while the queue is full an actor has a fixed number of
+    unrolls in flight (its client's outbox, one being written, one read ahead, one waiting
+    for room) whatever their size: the policy lag of a learner-bound run stays bounded by
+    the actor count, where a fixed 1 MB window let each actor of small unrolls (Catch's 4 kB)
+    run 360 unrolls ahead.
+
     The port is bound exclusively (no SO_REUSEPORT, which gRPC sets by default and which
     would let a second learner on the same port start silently and take half the actors'
     connections): a port in use is `PortInUseError`, a malformed one `ValueError`.
@@ -337,6 +350,7 @@ class LearnerServer:
                  security: Optional[Security] = None, insecure: bool = False):
         self.service = service
         self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.stream_window_bytes = max(MIN_STREAM_WINDOW_BYTES, service.validator.unroll_bytes)
         host, port = split_address(address)
         security = security or Security()
         check_bind(address, security, insecure)
@@ -367,7 +381,8 @@ class LearnerServer:
     async def _create(self, service, address, max_message_bytes, max_concurrent_rpcs,
                       security) -> int:
         self._server = grpc.aio.server(
-            options=grpc_options(max_message_bytes) + [("grpc.so_reuseport", 0)],
+            options=grpc_options(max_message_bytes, self.stream_window_bytes)
+            + [("grpc.so_reuseport", 0)],
             interceptors=security.aio_interceptors(on_denied=service.counters.deny),
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )

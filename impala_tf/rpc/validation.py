@@ -196,6 +196,19 @@ class UnrollValidator:
         self._refused: Set[int] = set()
         self._lock = threading.Lock()
 
+    @property
+    def unroll_bytes(self) -> int:
+        """The bytes of one unroll's fields as actors send them, stacked observations packed
+        to their newest frames (a continued unroll's size, without its header)."""
+        total = 0
+        for name, (dtype, shape) in self.wire_spec.items():
+            size = np.dtype(dtype).itemsize * int(np.prod(shape))
+            channels = self.stacked.get(name[len("observation/"):])
+            if name.startswith("observation/") and channels:
+                size = size * channels // shape[-1]
+            total += size
+        return total
+
     def refuse(self, actor_ids: Sequence[int]) -> List[int]:
         """Refuses every later unroll of these actors; returns the ones newly refused."""
         with self._lock:
