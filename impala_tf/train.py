@@ -26,6 +26,7 @@ from absl import app, flags
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import config, quiet
 from impala_tf.distribute import NoTPUError, make_strategy, num_workers
+from impala_tf.envs.atari import ACTORS_ON_HOST_VARIABLE
 from impala_tf.envs.atari_multitask import multitask_coverage
 from impala_tf.envs.dmlab import dmlab30_coverage
 from impala_tf.envs.factory import make_environment
@@ -124,6 +125,7 @@ class Launcher:
         command += [f"--gin_bindings={b}" for b in gin_bindings]
         log = open(os.path.join(logdir, "actors", f"actor_{actor_index}.log"), "ab")
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        env[ACTORS_ON_HOST_VARIABLE] = str(self.num_actors)  # they share this host's cores
         try:
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from impala_tf.envs.atari import AtariBatchedEnv, all_games, resolve_game
+from impala_tf.envs.atari import AtariBatchedEnv, all_games, default_ale_threads, resolve_game
 from impala_tf.envs.base import FIRST, LAST, MID
 from impala_tf.scores import atari_references
 
@@ -139,3 +139,26 @@ def test_evaluation_starts_games_with_one_to_thirty_no_op_actions():
         idle = twin.step(np.zeros(8, np.int64))
     assert (fired.observation["frame"] != idle.observation["frame"]).any()
     assert (env.noops_left == 0).all()
+
+
+@pytest.mark.parametrize("cores, actors, num_envs, threads", [
+    (16, "14", 8, 1),   # a host full of actors: one thread each
+    (16, "2", 8, 8),    # cores to spare: at most one per environment
+    (16, None, 4, 4),   # an actor alone on its host (no launcher)
+    (2, "2", 8, 1),
+    (2, "4", 8, 1),     # more actors than cores: still one
+])
+def test_ale_threads_are_an_actors_share_of_the_cores(monkeypatch, cores, actors, num_envs,
+                                                       threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    if actors is None:
+        monkeypatch.delenv("IMPALA_TF_ACTORS_ON_HOST", raising=False)
+    else:
+        monkeypatch.setenv("IMPALA_TF_ACTORS_ON_HOST", actors)
+    assert default_ale_threads(num_envs) == threads
+
+
+def test_a_bad_actor_count_names_the_variable(monkeypatch):
+    monkeypatch.setenv("IMPALA_TF_ACTORS_ON_HOST", "many")
+    with pytest.raises(ValueError, match="IMPALA_TF_ACTORS_ON_HOST='many'"):
+        default_ale_threads(8)

@@ -149,13 +149,15 @@ def test_the_first_screen_holds_only_our_own_lines():
 
 
 def test_each_learner_workers_actors_have_their_own_global_indices(tmp_path, monkeypatch):
-    """Worker w's actor i is w * num_actors + i, so seeds and levels differ by worker."""
-    commands = []
+    """Worker w's actor i is w * num_actors + i, so seeds and levels differ by worker; each
+    actor is told how many actors share its host (its ALE threads follow from that)."""
+    commands, environments = [], []
 
     class _Popen(_FakeProcess):
         def __init__(self, command, **kwargs):
             super().__init__()
             commands.append(command)
+            environments.append(kwargs["env"])
 
     monkeypatch.setattr("impala_tf.train.subprocess.Popen", _Popen)
     launcher = Launcher(3)
@@ -163,5 +165,6 @@ def test_each_learner_workers_actors_have_their_own_global_indices(tmp_path, mon
     launcher._stopping.set()
     indices = [int(re.search(r"--actor_index=(\d+)", " ".join(c)).group(1)) for c in commands]
     assert indices == [6, 7, 8]
+    assert [e["IMPALA_TF_ACTORS_ON_HOST"] for e in environments] == ["3", "3", "3"]
     assert sorted(p.name for p in (tmp_path / "actors").iterdir()) == [
         "actor_6.log", "actor_7.log", "actor_8.log"]

@@ -12,8 +12,9 @@ Frames are returned as uint8 `[K, 84, 84, 4]` (height, width, stack).
 """
 
 import difflib
+import os
 import re
-from typing import List
+from typing import List, Optional
 
 import gin
 import numpy as np
@@ -30,6 +31,29 @@ except ImportError as error:  # pragma: no cover - exercised only without ale-py
     _IMPORT_ERROR = error
 
 NOOP = 0
+
+# Set by the launcher in each actor process it starts: how many actor processes share this
+# host's cores (unset: 1, an actor alone on its host).
+ACTORS_ON_HOST_VARIABLE = "IMPALA_TF_ACTORS_ON_HOST"
+
+
+def default_ale_threads(num_envs: int) -> int:
+    """ALE worker threads for one actor process: its share of the cores this process may use
+    (`os.sched_getaffinity`, shared by `$IMPALA_TF_ACTORS_ON_HOST` actors), at least one and
+    at most one per environment. With many actors per host, one thread each: on 16 cores,
+    an actor's 8 environments cost 145-154 us of CPU a frame at 1 or 2 threads and 166-171 us
+    at ALE's default (8). On 2 cores with 2 actors, 1 thread and ALE's default were level
+    end to end (docs/performance.md)."""
+    raw = os.environ.get(ACTORS_ON_HOST_VARIABLE, "1")
+    try:
+        actors = int(raw)
+    except ValueError:
+        actors = 0
+    if actors < 1:
+        raise ValueError(f"{ACTORS_ON_HOST_VARIABLE}={raw!r}: expected a whole number >= 1 "
+                         "(the actor processes sharing this host)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(int(num_envs), (cores or 1) // actors))
 
 
 def all_games() -> List[str]:
@@ -82,7 +106,8 @@ class AtariBatchedEnv(BatchedEnv):
       action_repeat, frame_stack, frame_size, max_pool, grayscale: preprocessing.
       full_action_space: 18 actions instead of the game's minimal set.
       fire_reset: press FIRE after a reset (off: not part of the paper's protocol).
-      num_threads: ALE worker threads (0: ALE's default).
+      num_threads: ALE worker threads (None: `default_ale_threads`, this actor's share of
+        the host's cores; 0: ALE's own default).
     """
 
     def __init__(
@@ -102,7 +127,7 @@ class AtariBatchedEnv(BatchedEnv):
         grayscale: bool = True,
         full_action_space: bool = False,
         fire_reset: bool = False,
-        num_threads: int = 0,
+        num_threads: Optional[int] = None,
     ):
         if ALEVectorInterface is None:  # pragma: no cover
             raise ImportError(f"ale-py with its vector interface is required: {_IMPORT_ERROR}")
@@ -130,7 +155,8 @@ class AtariBatchedEnv(BatchedEnv):
             repeat_action_probability=float(sticky_action_prob),
             full_action_space=bool(full_action_space),
             batch_size=0,
-            num_threads=int(num_threads),
+            num_threads=(default_ale_threads(self._num_envs) if num_threads is None
+                         else int(num_threads)),
             thread_affinity_offset=-1,
             autoreset_mode="NextStep",
         )
