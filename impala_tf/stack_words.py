@@ -4,7 +4,8 @@ Interleaving S frames `[S, ..., H, W]` into channels-last stacks `[..., H, W, S]
 byte at a time; numpy does it 4 to 5 times faster as whole words: the newest frame in the
 highest byte, each older one or-ed in below it after a shift. On a little-endian machine
 the word's bytes are then the stack's channels, oldest first. Used by the Atari environment
-(ALE gives frame-major stacks) and by the learner's batcher (stacks from packed frames).
+(ALE gives frame-major stacks), by the learner's batcher (stacks from packed frames) and by
+central inference's step messages (a stack continued by one frame is a shift of its words).
 """
 
 import sys
@@ -35,3 +36,27 @@ def stack_into(words: np.ndarray, frames: Sequence[np.ndarray]) -> None:
     for frame in frames[-2::-1]:
         words <<= words.dtype.type(8)
         words |= frame
+
+
+def stack_continues(stacks: np.ndarray, last: np.ndarray, channels: int) -> np.ndarray:
+    """`[K]` bool: whether each of `stacks` `[K, ..., S]` continues `last` (same shape) by
+    one frame of `channels`: its older channels equal `last`'s newer ones. With one channel
+    per frame this compares words (8 times faster than the strided bytes)."""
+    new, old = word_view(stacks), word_view(last)
+    if channels == 1 and new is not None and old is not None:
+        word = new.dtype.type
+        same = (new & word((1 << 8 * (stacks.shape[-1] - 1)) - 1)) == (old >> word(8))
+    else:
+        same = stacks[..., :-channels] == last[..., channels:]
+    return same.reshape(len(stacks), -1).all(axis=1)
+
+
+def shift_into(out: np.ndarray, last: np.ndarray, newest: np.ndarray, channels: int) -> None:
+    """`out` `[K, ..., S]` = each of `last`'s stacks continued by its `newest` frame
+    `[K, ..., channels]`: `last`'s newer channels, then the newest."""
+    words, old = word_view(out), word_view(last)
+    if channels == 1 and words is not None and old is not None:
+        np.right_shift(old, words.dtype.type(8), out=words)
+    else:
+        out[..., :-channels] = last[..., channels:]
+    out[..., -channels:] = newest

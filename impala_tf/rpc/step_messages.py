@@ -31,6 +31,7 @@ import numpy as np
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.rpc import codec
 from impala_tf.rpc.validation import UnrollLimits, field_bounds, meta_int, parse_episodes
+from impala_tf.stack_words import shift_into, stack_continues
 
 HELLO_MAGIC = b"IMH1"
 STEP_MAGIC = b"IMS1"
@@ -100,11 +101,8 @@ class StepEncoder:
                 fields[f"observation/{name}"] = value
                 continue
             last = self._last.get(name)
-            if last is None:
-                restart = np.ones(len(value), bool)
-            else:
-                same = value[..., :-k] == last[..., k:]
-                restart = ~same.reshape(len(value), -1).all(axis=1)
+            restart = (np.ones(len(value), bool) if last is None
+                       else ~stack_continues(value, last, k))
             fields[f"observation/{name}/newest"] = value[..., -k:]
             fields[f"observation/{name}/restart"] = restart
             if restart.any():
@@ -196,11 +194,12 @@ class StepDecoder:
                                        "stack")
             stack = np.empty((self.num_envs,) + self._observations[name][1],
                              self._observations[name][0])
-            if last is not None:
-                stack[~restart, ..., :-channels] = last[~restart, ..., channels:]
+            if last is not None:  # every stack continued; the restarted ones then replaced
+                shift_into(stack, last, fields[f"{key}/newest"], channels)
+            else:
+                stack[..., -channels:] = fields[f"{key}/newest"]
             if restart.any():
                 stack[restart, ..., :-channels] = fields[f"{key}/older"]
-            stack[..., -channels:] = fields[f"{key}/newest"]
             observation[name] = stack
         for name, stack in observation.items():
             if name in self.stacked:
