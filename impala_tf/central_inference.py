@@ -62,7 +62,27 @@ class _Request(NamedTuple):
     session: _Session
     timestep: BatchedTimeStep
     episodes: List[EpisodeStats]
-    reply: Callable[[Any], None]  # called with the actions, or an exception
+    loop: asyncio.AbstractEventLoop  # the stream's event loop
+    resolve: Callable[[Any], None]  # on `loop`: with the actions, or an exception
+
+    def reply(self, result: Any) -> None:
+        """Hands this request its result (one wake-up of its loop)."""
+        self.loop.call_soon_threadsafe(self.resolve, result)
+
+
+def _reply_all(requests: List[_Request], results: List[Any]) -> None:
+    """Hands a batch its results, waking each event loop once rather than once per actor
+    (a wake-up writes to the loop's self-pipe)."""
+    by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[Callable, Any]]] = {}
+    for request, result in zip(requests, results):
+        by_loop.setdefault(request.loop, []).append((request.resolve, result))
+    for loop, replies in by_loop.items():
+        loop.call_soon_threadsafe(_resolve_each, replies)
+
+
+def _resolve_each(replies: List[Tuple[Callable, Any]]) -> None:
+    for resolve, result in replies:
+        resolve(result)
 
 
 @gin.configurable
@@ -167,8 +187,7 @@ class CentralInference:
             else:
                 future.set_result(result)
 
-        self._requests.put(_Request(session, timestep, episodes,
-                                    lambda result: loop.call_soon_threadsafe(resolve, result)))
+        self._requests.put(_Request(session, timestep, episodes, loop, resolve))
         return await future
 
     # -- the inference thread ------------------------------------------------------------------
@@ -265,7 +284,7 @@ class CentralInference:
             session.prev_actions = step.actions[rows]
             session.prev_logits = step.policy_logits[rows]
             session.state = tf.nest.map_structure(lambda leaf: leaf[rows], new_state)
-            request.reply(session.prev_actions)
+        _reply_all(live, [r.session.prev_actions for r in live])
 
     def _record(self, session: _Session, timestep: BatchedTimeStep,
                 episodes: List[EpisodeStats], version: int) -> None:
