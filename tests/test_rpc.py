@@ -108,6 +108,21 @@ def test_malformed_unroll_is_rejected_and_the_stream_recovers(server):
     client.close()
 
 
+def _send_in_background(client, make_unroll, total):
+    """A started thread that sends `make_unroll(i)` for i < total, and the list of the i
+    sent so far."""
+    sent = []
+
+    def produce():
+        for i in range(total):
+            client.send_unroll(make_unroll(i))
+            sent.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    return producer, sent
+
+
 BIG_SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 512, 512, 4)),
             "action": (np.dtype(np.int32), (3,)), "reward": (np.dtype(np.float32), (3,))}
 
@@ -126,16 +141,8 @@ def test_bounded_queue_gives_back_pressure():
                              stop)
     srv = LearnerServer(service, "127.0.0.1:0", 8 << 20).start()
     client = LearnerClient(srv.address, max_message_bytes=8 << 20, outbox_size=1)
-    sent = []
     total = 12
-
-    def produce():
-        for i in range(total):
-            client.send_unroll(_big_unroll(i))
-            sent.append(i)
-
-    producer = threading.Thread(target=produce)
-    producer.start()
+    producer, sent = _send_in_background(client, _big_unroll, total)
     deadline = time.time() + 30  # a loaded machine may take a while to fill the queue
     while unrolls.qsize() < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -175,16 +182,9 @@ def test_a_stalled_learner_holds_each_actor_to_a_few_unrolls_whatever_their_size
                              ParameterStore(), stop)
     srv = LearnerServer(service, "127.0.0.1:0", 1 << 20).start()
     assert srv.stream_window_bytes == READ_AHEAD_UNROLLS * service.validator.unroll_bytes
-    outbox, total, sent = 4, 60, []
+    outbox, total = 4, 60
     client = LearnerClient(srv.address, outbox_size=outbox)
-
-    def produce():
-        for i in range(total):
-            client.send_unroll(_catch_sized_unroll(i))
-            sent.append(i)
-
-    producer = threading.Thread(target=produce)
-    producer.start()
+    producer, sent = _send_in_background(client, _catch_sized_unroll, total)
     deadline, last = time.time() + 30, -1
     while time.time() < deadline and (unrolls.qsize() < 2 or len(sent) != last):
         last = len(sent)
