@@ -18,6 +18,7 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc.frame_packing import PackedStack, frame_major
 from impala_tf.rpc.validation import Unroll
 from impala_tf.specs import (PackedFrames, LearnerBatch, trajectory_from_fields,
@@ -150,12 +151,7 @@ class Batcher:
                                       self._frames_on_device)
                 ready = ready._replace(
                     batch=tf.nest.map_structure(as_tensor, ready.batch))
-                while not self._stop.is_set():
-                    try:
-                        self._ready.put(ready, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                put_unless_stopped(self._ready, ready, self._stop.is_set)
         except BaseException as error:  # surfaced to the learner by `next`
             self.error = error
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.policy import BatchedPolicy
+from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.step_messages import SessionRefused
 from impala_tf.rpc.validation import Unroll, UnrollLimits, meta_int
@@ -306,12 +307,6 @@ class CentralInference:
         episodes, session.episodes = session.episodes, []
         for i, fields in enumerate(session.builder.unrolls(session.initial_state)):
             unroll = Unroll(fields, session.version, session.actor_id)
-            while not self._stop.is_set():
-                try:
-                    self._unrolls.put(unroll, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            else:
+            if not put_unless_stopped(self._unrolls, unroll, self._stop.is_set):
                 return
             self._counters.accept(episodes if i == 0 else [], session.actor_id)

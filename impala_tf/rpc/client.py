@@ -22,6 +22,7 @@ from typing import Dict, NamedTuple, Optional, Union
 import grpc
 import numpy as np
 
+from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec
 from impala_tf.rpc.frame_packing import StreamedUnroll
 from impala_tf.rpc.security import Security
@@ -109,13 +110,10 @@ class LearnerClient:
         """Queues one encoded unroll (bytes, or a `StreamedUnroll`); blocks while the outbox
         is full. Returns False if the client was closed or `stop_event` set before the unroll
         could be queued."""
-        while not self._closed.is_set() and not (stop_event and stop_event.is_set()):
-            try:
-                self._outbox.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        def stopped() -> bool:
+            return self._closed.is_set() or (stop_event is not None and stop_event.is_set())
+
+        return put_unless_stopped(self._outbox, message, stopped)
 
     def _requests(self, call: _Call):
         carried = set()  # environments whose whole unroll this call has sent
