@@ -415,6 +415,12 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
             first = _records(logdir)[-1]
             t0 = time.time()
             time.sleep(seconds)
+            # A window as long as the log interval can end just before the learner's next
+            # line: wait for it (the learner logs every 2 s), so the window holds one.
+            late = time.time() + 10
+            while (time.time() < late and process.poll() is None
+                   and not any(r["time"] > first["time"] for r in _records(logdir))):
+                time.sleep(0.1)
             cpu1 = {p: _proc_cpu_seconds(p) for p in pids}
             wall = time.time() - t0
             window = [r for r in _records(logdir) if r["time"] > first["time"]]
