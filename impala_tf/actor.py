@@ -88,7 +88,8 @@ class Actor:
         self.policy = BatchedPolicy(self.agent, seed=base_seed)
         self.client = LearnerClient(learner_address, max_message_bytes,
                                     backoff_seconds=reconnect_backoff_seconds,
-                                    max_backoff_seconds=max_reconnect_backoff_seconds)
+                                    max_backoff_seconds=max_reconnect_backoff_seconds,
+                                    actor_id=self.actor_index)
         self.policy_version = -1
         self.incarnation = 0  # of the learner whose parameters we hold (0: none yet)
         self.reconnects = 0

@@ -57,6 +57,17 @@ class _Session:
         self.version = 0  # learner step when the current unroll started
         self.episodes: List[EpisodeStats] = []
         self.closed = False
+        self.task: Optional[asyncio.Task] = None  # the stream's handler (to end it if replaced)
+        self.last_heard = time.monotonic()  # when its last message came
+        self.in_flight = False  # a step waits for its actions
+        self.late = False  # missed a batch that waited for it (inference thread's)
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since its last message, 0 while a step of it waits for actions."""
+        return 0.0 if self.in_flight else now - self.last_heard
 
 
 class _Request(NamedTuple):
@@ -107,8 +118,14 @@ class CentralInference:
         messages' checks (`step_messages.StepDecoder`).
       policy_seed: seeds the action sampling (None: a fresh draw).
       policy: the batched policy (default: sampling from `agent`; tests pass a greedy one).
-      max_wait_ms: how long the first waiting step waits for others to join its batch.
+      max_wait_ms: how long the first waiting step waits for others to join its batch. An
+        actor whose step did not come within it is late: later batches do not wait for it
+        until it steps again, so a silent actor delays the others by one `max_wait_ms` once.
       max_batch_envs: the most environments in one inference call (None: every actor's).
+      replace_silent_after_seconds: a hello for an actor id whose session has sent nothing
+        for this long (and has no step waiting) replaces that session (its stream is
+        ended): a restarted actor need not wait for gRPC to notice its old stream, and a
+        squatter's silent session gives way. None: 100 `max_wait_ms`, at least 1 s.
     """
 
     def __init__(self, agent, unrolls: "queue.Queue[Unroll]", counters,
@@ -119,7 +136,8 @@ class CentralInference:
                  observation_bounds=None, limits: Optional[UnrollLimits] = None,
                  max_message_bytes: Optional[int] = None, policy_seed: Optional[int] = None,
                  policy: Optional[BatchedPolicy] = None, max_wait_ms: float = 5.0,
-                 max_batch_envs: Optional[int] = None):
+                 max_batch_envs: Optional[int] = None,
+                 replace_silent_after_seconds: Optional[float] = None):
         self.agent = agent
         self.policy = policy or BatchedPolicy(agent, seed=policy_seed)
         self.num_envs, self.num_actions = int(num_envs), int(num_actions)
@@ -127,6 +145,10 @@ class CentralInference:
         self.num_actors = int(num_actors)
         self.env_seed = int(env_seed)
         self.max_wait_seconds = max(0.0, float(max_wait_ms)) / 1000.0
+        self.replace_silent_after_seconds = float(
+            replace_silent_after_seconds if replace_silent_after_seconds is not None
+            else max(1.0, 100 * self.max_wait_seconds))
+        self.replaced = 0  # silent sessions replaced by a new hello
         self.max_batch_envs = int(max_batch_envs or self.num_envs * self.num_actors)
         if self.max_batch_envs < self.num_envs:
             raise ValueError(f"CentralInference.max_batch_envs = {max_batch_envs} is below "
@@ -149,22 +171,38 @@ class CentralInference:
         """The answer to an actor's hello."""
         return step_messages.encode_settings(self.num_envs, self.env_seed, self.num_actions)
 
-    def open(self, hello: bytes) -> _Session:
-        """A session for the actor that sent `hello`; `codec.CodecError` if it is malformed,
-        `SessionRefused` if that actor may not act now."""
+    def open(self, hello: bytes, claimed: Optional[int] = None,
+             task: Optional[asyncio.Task] = None) -> _Session:
+        """A session for the actor that sent `hello` (on a call whose metadata `claimed` an
+        actor id, if any; served by `task`); `codec.CodecError` if it is malformed,
+        `SessionRefused` if that actor may not act now. A silent session of the same id is
+        replaced (`replace_silent_after_seconds`), its stream ended."""
         _, meta = codec.decode(hello, step_messages.HELLO_MAGIC, self._max_message_bytes)
         actor_id = meta_int(meta.get("actor_id"), "actor_id", 0, self.num_actors)
+        if claimed is not None and actor_id != claimed:
+            raise codec.CodecError(f"a hello for actor {actor_id} on a call opened as actor "
+                                   f"{claimed}")
         if self._is_refused(actor_id):
             raise SessionRefused("PERMISSION_DENIED", f"actor {actor_id} is refused: its "
                                  "unrolls made non-finite updates")
         state = tf.nest.map_structure(np.asarray, self.agent.initial_state(self.num_envs))
         session = _Session(actor_id, step_messages.StepDecoder(*self._decoder_args), state,
                            self.num_envs, self.num_actions)
+        session.task = task
         with self._lock:
-            if actor_id in self._sessions:
-                raise SessionRefused("ALREADY_EXISTS", f"actor {actor_id} is already acting "
-                                     "on another stream")
+            old = self._sessions.get(actor_id)
+            if old is not None:
+                silent = old.silent_for(time.monotonic())
+                if silent < self.replace_silent_after_seconds:
+                    raise SessionRefused("ALREADY_EXISTS", f"actor {actor_id} is already "
+                                         "acting on another stream")
+                old.closed = True
+                self.replaced += 1
+                logging.warning("actor %d: a new hello replaces its session, silent for "
+                                "%.1f s", actor_id, silent)
             self._sessions[actor_id] = session
+        if old is not None and old.task is not None:
+            old.task.cancel()  # on this event loop: its handler ends, counted as broken
         return session
 
     def close(self, session: _Session) -> None:
@@ -188,8 +226,13 @@ class CentralInference:
             else:
                 future.set_result(result)
 
-        self._requests.put(_Request(session, timestep, episodes, loop, resolve))
-        return await future
+        session.in_flight = True
+        try:
+            self._requests.put(_Request(session, timestep, episodes, loop, resolve))
+            return await future
+        finally:
+            session.in_flight = False
+            session.heard()
 
     # -- the inference thread ------------------------------------------------------------------
     def start(self) -> "CentralInference":
@@ -207,24 +250,37 @@ class CentralInference:
             except queue.Empty:
                 return
 
-    def _open_sessions(self) -> int:
+    def _expected_sessions(self) -> int:
+        """Open sessions a batch waits for: all but the late ones."""
         with self._lock:
-            return len(self._sessions)
+            return sum(not s.late for s in self._sessions.values())
+
+    def _mark_late(self, batch: List[_Request]) -> None:
+        """The open sessions that missed `batch` are late (see `max_wait_ms`)."""
+        present = {id(r.session) for r in batch}
+        with self._lock:
+            for session in self._sessions.values():
+                if id(session) not in present:
+                    session.late = True
 
     def _next_batch(self) -> List[_Request]:
         try:
             batch = [self._requests.get(timeout=0.1)]
         except queue.Empty:
             return []
+        batch[0].session.late = False
         deadline = time.monotonic() + self.max_wait_seconds
-        while (len(batch) < self._open_sessions()
+        while (len(batch) < self._expected_sessions()
                and (len(batch) + 1) * self.num_envs <= self.max_batch_envs):
             left = deadline - time.monotonic()
             try:
-                batch.append(self._requests.get(timeout=left) if left > 0
-                             else self._requests.get_nowait())
+                request = (self._requests.get(timeout=left) if left > 0
+                           else self._requests.get_nowait())
             except queue.Empty:
+                self._mark_late(batch)
                 break
+            request.session.late = False
+            batch.append(request)
         return batch
 
     def _run(self) -> None:

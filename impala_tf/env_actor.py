@@ -26,12 +26,13 @@ from absl import app, flags
 from impala_tf import config, quiet
 from impala_tf.envs.factory import make_environment
 from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, channel_options
+from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, call_metadata, channel_options
 from impala_tf.rpc.security import Security
 from impala_tf.rpc.server import ACT
 
-# Ends of a stream worth another: the learner is not there (yet), is stopping, or still
-# holds this actor's previous stream (a restart within gRPC's detection of the old one).
+# Ends of a stream worth another: the learner is not there (yet), is stopping or busy
+# (RESOURCE_EXHAUSTED), closed an idle stream (DEADLINE_EXCEEDED), or still holds this
+# actor's previous stream (a restart within gRPC's detection of the old one).
 _RETRY = RETRYABLE_CODES | {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.CANCELLED}
 
 
@@ -65,7 +66,7 @@ class EnvActor:
         security = security or Security()
         self._channel = security.channel(
             learner_address, channel_options(max_message_bytes, max_reconnect_backoff_seconds))
-        self._metadata = security.call_metadata()
+        self._metadata = call_metadata(security, self.actor_index)
         self._act = self._channel.stream_stream(ACT)
         self.env = None
         self._timestep = None

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -24,8 +25,8 @@ from impala_tf import builders, checkpoints, config, distribute
 from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.central_inference import CentralInference
 from impala_tf.logdir_lock import LogdirLock
-from impala_tf.rpc import codec
-from impala_tf.rpc.counters import EpisodeTally
+from impala_tf.rpc import codec, step_messages
+from impala_tf.rpc.counters import EpisodeTally, printable
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
 from impala_tf.rpc.validation import Unroll, UnrollLimits, UnrollValidator
 from impala_tf.run_config import RunConfig
@@ -104,28 +105,62 @@ def parameter_fields(agent) -> Dict[str, np.ndarray]:
     return {v.path: np.asarray(v.numpy()) for v in agent.variables}
 
 
+class SinkErrors:
+    """Failures of the learner's logging sinks (metrics, summaries, progress): counted, and
+    logged once per (sink, exception type), so a bad value or a broken terminal is seen
+    without ending the run or flooding the log."""
+
+    def __init__(self):
+        self.count = 0
+        self._seen = set()
+
+    def add(self, sink: str, error: BaseException) -> None:
+        self.count += 1
+        kind = (sink, type(error).__name__)
+        if kind not in self._seen:
+            self._seen.add(kind)
+            logging.warning("The learner's %s sink failed (%s: %s); contained and counted in "
+                            "logging_errors, reported once.", sink, type(error).__name__,
+                            printable(str(error))[:200])
+
+    def absorb(self, other: "SinkErrors") -> None:
+        """Adds the failures `other` collected since the last call."""
+        self.count += other.count
+        other.count = 0
+
+
 class MetricsLog:
     """Appends one JSON object per log interval to LOGDIR/metrics.jsonl and mirrors the
-    numbers to TensorBoard."""
+    numbers to TensorBoard. A summary that TensorBoard refuses is skipped and counted in
+    `summary_errors`; the others are written."""
 
     def __init__(self, logdir: str, write_summaries: bool = True):
         self.path = os.path.join(logdir, "metrics.jsonl")
         self._writer = tf.summary.create_file_writer(logdir) if write_summaries else None
+        self.summary_errors = SinkErrors()
 
     def write(self, record: Mapping) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         if self._writer is None:
             return
+        scalars = []
+        for key, value in record.items():
+            if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
+                scalars.append((key, value))
+            elif isinstance(value, dict):
+                scalars.extend((f"{key}/{sub}", sub_value) for sub, sub_value in value.items()
+                               if isinstance(sub_value, (int, float))
+                               and math.isfinite(sub_value))
         with self._writer.as_default(step=int(record["env_frames"])):
-            for key, value in record.items():
-                if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and math.isfinite(value)):
-                    tf.summary.scalar(key, value)
-                elif isinstance(value, dict):
-                    for sub, sub_value in value.items():
-                        if isinstance(sub_value, (int, float)) and math.isfinite(sub_value):
-                            tf.summary.scalar(f"{key}/{sub}", sub_value)
+            for name, value in scalars:
+                try:
+                    tf.summary.scalar(name, value)
+                except Exception as error:  # noqa: BLE001 (one bad name loses one scalar)
+                    if is_disk_full(error):
+                        raise
+                    self.summary_errors.add("summaries", error)
         self._writer.flush()
 
 
@@ -142,11 +177,18 @@ class Learner:
       queue_capacity: unrolls held between the service and the batcher (bounds memory and,
         when the learner is the bottleneck, the policy lag); default: one of this worker's
         batches.
-      max_message_bytes: the largest unroll message accepted.
-      max_concurrent_rpcs: calls the gRPC server serves at once (streams do not hold
-        threads); default: two per accepted actor id plus 16 (each actor holds one stream
-        and pulls parameters now and then). A call beyond it is refused with
-        RESOURCE_EXHAUSTED, which the actor logs and retries.
+      max_message_bytes: the largest message accepted (gRPC refuses a larger one before
+        reading it); None: what an honest actor sends, derived from the unroll spec (a
+        whole unroll and the episodes its steps could finish; in central mode, or a step
+        of K environments), a few hundred kB on Atari rather than a fixed 64 MiB.
+      max_concurrent_rpcs: gRPC's cap on calls at once, admitted or being refused
+        (streams do not hold threads); default: every actor id's slots and the anonymous
+        pool (`rpc.admission.CallBudget`) plus 64. Which calls may hold the learner is
+        decided per actor id (`rpc.admission`); a call refused either way gets
+        RESOURCE_EXHAUSTED, which the actors retry with backoff.
+      idle_seconds: a call whose caller sends nothing for this long is closed and counted
+        (`idle_calls_closed`); None: derived from the unroll length
+        (`rpc.admission.idle_deadline_seconds`: 30 s on Atari, 100 s on DMLab).
       rpc_threads: ignored; the server no longer holds a thread per stream. Kept so that
         the operative_config.gin of earlier runs still parses (`evaluate --logdir`).
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
@@ -207,7 +249,7 @@ class Learner:
         run_config: Optional[RunConfig] = None,
         server_address: str = "127.0.0.1:0",
         queue_capacity: Optional[int] = None,
-        max_message_bytes: int = 64 << 20,
+        max_message_bytes: Optional[int] = None,
         max_concurrent_rpcs: Optional[int] = None,
         rpc_threads: Optional[int] = None,
         checkpoint_every_minutes: float = 10.0,
@@ -226,6 +268,7 @@ class Learner:
         stack_frames_on: str = "auto",
         central: bool = False,
         seed: Optional[int] = None,
+        idle_seconds: Optional[float] = None,
     ):
         self.logdir = logdir
         self.worker = distribute.worker_identity(strategy or tf.distribute.get_strategy())
@@ -250,6 +293,7 @@ class Learner:
             self._log_every = log_every_seconds
             self._publish_every = max(1, int(publish_every_steps))
             self._stop = threading.Event()
+            self.sink_errors = SinkErrors()
             self._shuffle = np.random.default_rng(seed)
             os.makedirs(logdir, exist_ok=True)
 
@@ -274,11 +318,19 @@ class Learner:
                 maxsize=queue_capacity or max(
                     1, self.run_config.batch_size // max(1, self._num_workers())))
             self.parameters = ParameterStore()
+            self.publish()  # before the server: its send limit follows from their size
+            wire_spec = codec.spec_from_tensor_specs(self.wire_spec)
+            limits = UnrollLimits()
+            if max_message_bytes is None:
+                max_message_bytes = self._derived_message_limit(
+                    wire_spec, num_actions, limits, observation_bounds, num_actors,
+                    stacked_observations, num_envs, observation_spec, central)
+            self.max_message_bytes = int(max_message_bytes)
             self.service = LearnerService(
-                UnrollValidator(codec.spec_from_tensor_specs(self.wire_spec), num_actions,
-                                max_message_bytes, UnrollLimits(), observation_bounds,
-                                num_actors, stacked_observations, num_envs),
-                self.unrolls, self.parameters, self._stop)
+                UnrollValidator(wire_spec, num_actions, self.max_message_bytes, limits,
+                                observation_bounds, num_actors, stacked_observations,
+                                num_envs),
+                self.unrolls, self.parameters, self._stop, idle_seconds=idle_seconds)
             self.frames_on_device = _frames_on_device(stack_frames_on, self.strategy)
             if central:
                 self.central = self._central_inference(
@@ -286,11 +338,15 @@ class Learner:
                     observation_bounds, max_message_bytes, seed)
                 self.service.central = self.central
             if batch_source is None:
+                calls = self.service.calls
                 self.server = LearnerServer(
-                    self.service, server_address, max_message_bytes,
+                    self.service, server_address, self.max_message_bytes,
                     max_concurrent_rpcs=max_concurrent_rpcs or (
-                        2 * self.service.validator.num_actors + 16),
-                    insecure=insecure).start()
+                        3 * calls.per_actor * self.service.validator.num_actors
+                        + calls.anonymous + 64),
+                    insecure=insecure,
+                    max_send_bytes=max(self.max_message_bytes,
+                                       self.parameters.payload_bytes + (1 << 20))).start()
                 local_batch = self.run_config.batch_size // max(1, self._num_workers())
                 if local_batch % self.run_config.num_minibatches:
                     raise ValueError(
@@ -308,7 +364,6 @@ class Learner:
                 if replica_xla else None)
             self._distributed_step = tf.function(self._step_on_replicas,
                                                  jit_compile=whole_step_xla)
-            self.publish()
             if self.central is not None:
                 self.central.start()
             self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
@@ -321,6 +376,20 @@ class Learner:
                 self.central.stop()
             self._lock.release()
             raise
+
+    @staticmethod
+    def _derived_message_limit(wire_spec, num_actions, limits, observation_bounds, num_actors,
+                               stacked_observations, num_envs, observation_spec,
+                               central) -> int:
+        """The largest message an honest actor of this run sends (see `max_message_bytes`)."""
+        probe = UnrollValidator(wire_spec, num_actions, 1, limits, observation_bounds,
+                                num_actors, stacked_observations, num_envs)
+        limit = probe.message_limit()
+        if central:
+            limit = max(limit, step_messages.step_message_limit(
+                {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape))
+                 for name, spec in observation_spec.items()}, probe.num_envs))
+        return limit
 
     def _central_inference(self, observation_spec, num_actions, num_envs, stacked,
                            observation_bounds, max_message_bytes, seed):
@@ -401,17 +470,41 @@ class Learner:
         more batches or `stop()`; checkpoints at the end. Each batch makes
         `RunConfig.updates_per_batch` updates (one, the paper's, unless reused). Returns the
         last metrics record. A full disk ends it with `DiskFullError` (after a final
-        checkpoint where one still fits)."""
+        checkpoint where one still fits). Any other exception that leaves the loop (a bug,
+        an interrupt) first writes a final checkpoint of the last update, or says why it
+        could not (`save_on_exit`), then goes on up."""
         try:
             return self._run(max_steps, progress, max_frames)
-        except _LOST_WORKER_ERRORS as error:
-            if self._num_workers() == 1:
-                raise
-            self._stop_on_lost_worker(error)
-        except (OSError, tf.errors.OpError) as error:
-            if not is_disk_full(error):
-                raise
-            self._stop_on_full_disk(error)
+        except NonFiniteUpdatesError:
+            raise  # it saved the last finite weights itself
+        except BaseException as error:  # noqa: BLE001 (saved, then raised again)
+            if isinstance(error, _LOST_WORKER_ERRORS) and self._num_workers() > 1:
+                self._stop_on_lost_worker(error)
+            if isinstance(error, (OSError, tf.errors.OpError)) and is_disk_full(error):
+                self._stop_on_full_disk(error)
+            self.save_on_exit(error)
+            raise
+
+    def save_on_exit(self, error: BaseException) -> Optional[str]:
+        """Writes a final checkpoint as the run leaves on `error`; says what was saved (or
+        why nothing could be, and which checkpoint is the last whole one) on stderr and in
+        the error's notes. Returns the checkpoint's path, or None."""
+        step = self.learner_step
+        path = None
+        try:
+            path = self.save()
+            said = (f"the learner stopped on {type(error).__name__} at learner step {step}; "
+                    f"a final checkpoint went to {path}")
+        except BaseException as save_error:  # noqa: BLE001 (named, never hides `error`)
+            latest = checkpoints.latest_checkpoint(self._checkpoint_logdir)
+            said = (f"the learner stopped on {type(error).__name__} at learner step {step} "
+                    f"and could not save a final checkpoint ({type(save_error).__name__}: "
+                    f"{str(save_error)[:160]}); the last whole checkpoint is "
+                    f"{latest or 'none'}")
+        print(f"impala_tf: {said}", file=sys.stderr, flush=True)
+        if hasattr(error, "add_note"):
+            error.add_note(said)
+        return path
 
     def _stop_on_lost_worker(self, error: BaseException) -> None:
         """Another worker went away mid-step (its all-reduce failed). The weights are still
@@ -543,12 +636,23 @@ class Learner:
         return self.checkpointer.save()
 
     def _log(self, window: "_Window", progress) -> dict:
+        """One metrics record to every sink. A sink that fails (other than a full disk) is
+        contained: counted in `logging_errors`, reported once per kind, never fatal."""
         episodes = self.service.counters.pop_episodes()
         record = window.record(self, episodes)
-        if self.metrics is not None:
-            self.metrics.write(record)
+        record["logging_errors"] = self.sink_errors.count
+        sinks = [("metrics", self.metrics.write)] if self.metrics is not None else []
         if progress is not None:
-            progress(record)
+            sinks.append(("progress", progress))
+        for name, sink in sinks:
+            try:
+                sink(record)
+            except Exception as error:  # noqa: BLE001 (logging must not end training)
+                if is_disk_full(error):
+                    raise
+                self.sink_errors.add(name, error)
+        if self.metrics is not None:
+            self.sink_errors.absorb(self.metrics.summary_errors)
         window.reset(self.env_frames)
         return record
 
@@ -603,6 +707,8 @@ class _Window:
             "refused_actors": learner.service.validator.refused,
             "broken_streams": learner.service.counters.broken_streams,
             "unauthenticated_calls": learner.service.counters.unauthenticated,
+            "idle_calls_closed": learner.service.counters.idle_closed,
+            "refused_calls": learner.service.counters.refused_calls,
             "skipped_nonfinite_updates": self.skipped,
             "nonfinite_updates": learner.nonfinite_updates,
         }

@@ -109,12 +109,23 @@ def test_the_bounds_are_configurable():
 
 @pytest.mark.parametrize("meta, message", [
     # Two returns of 1e308 averaged to inf and reached metrics.jsonl as `Infinity`.
-    ({"episodes": [[1e308, 10, "pong"]]}, "episode entry"),
-    ({"episodes": [[-1e10, 10, "pong"]]}, "episode entry"),
+    ({"episodes": [[1e308, 10, "pong"]]}, "could score"),
+    ({"episodes": [[-1e10, 10, "pong"]]}, "could score"),
     ({"episodes": [[1.0, 10**10, "pong"]]}, "episode frames"),
     ({"episodes": [[1.0, -1, "pong"]]}, "episode frames"),
-    ({"episodes": [[1.0, 10, "x" * 201]]}, "episode entry"),
-    ({"episodes": [[1.0, 10, "pong"]] * 1001}, "at most 1000 entries"),
+    ({"episodes": [["1.0", 10, "pong"]]}, "episode entry"),
+    ({"episodes": [[1.0, 10, "x" * 201]]}, "at most 200 characters"),
+    # An unroll of T=4 steps over K=256 environments (the default) ends at most 1,024.
+    ({"episodes": [[1.0, 10, "pong"]] * 1025}, "at most 1024 entries"),
+    # Forged statistics: the attack's 1,000 episodes of 1e9 a message moved the reported
+    # mean return from 0.99 to 9.99e8; a return beyond max_abs_reward per frame is refused.
+    ({"episodes": [[1e9, 100, "pong"]]}, "could score"),
+    ({"episodes": [[0.5, 0, "pong"]]}, "could score"),
+    # Text every sink must take: a lone surrogate killed the learner at its next summary.
+    ({"episodes": [[1.0, 10, "x\ud800"]]}, "not printable"),
+    ({"episodes": [[1.0, 10, "\x1b[2Jpong"]]}, "not printable"),
+    ({"episodes": [[1.0, 10, "pong\n"]]}, "not printable"),
+    ({"episodes": [[1.0, 10, "pong\u202e"]]}, "not printable"),
     # A client could claim any id below 2^62: 20,000 ids were 20,000 table entries.
     ({"actor_id": NUM_ACTORS}, f"not one of this run's {NUM_ACTORS} actors"),
     ({"actor_id": 2**61}, "not one of this run's"),

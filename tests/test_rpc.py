@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from impala_tf.rpc import codec
+from impala_tf.rpc.admission import ACTOR_ID_METADATA
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.server import (GET_PARAMETERS, READ_AHEAD_UNROLLS, STREAM_UNROLLS,
                                   LearnerServer, LearnerService, ParameterStore, UnrollValidator)
@@ -219,7 +220,8 @@ def test_raw_garbage_and_bad_requests_get_invalid_argument(server):
     ({"policy_version": -1, "actor_id": 0}, "policy_version"),
     ({"policy_version": 0}, "actor_id"),
     ({"policy_version": 0, "actor_id": 0, "episodes": [[float("nan"), 1, "x"]]}, "NaN"),
-    ({"policy_version": 0, "actor_id": 0, "episodes": [[1e10, 1, "x"]]}, "episode entry"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": [[1e10, 1, "x"]]}, "could score"),
+    ({"policy_version": 0, "actor_id": 0, "episodes": [["1", 1, "x"]]}, "episode entry"),
     ({"policy_version": 0, "actor_id": 0, "episodes": [[1, 10**10, "x"]]}, "frames"),
     ({"policy_version": 0, "actor_id": 4096}, "not one of this run's 4096 actors"),
     ({"policy_version": 0, "actor_id": 0, "episodes": "many"}, "episodes"),
@@ -240,9 +242,10 @@ def _idle_requests(release: threading.Event):
 
 
 def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
-    """150 idle streams held open (the old server's 64 threads froze with 70), then 200
+    """150 idle streams that name no actor (the old server's 64 threads froze with 70; they
+    now get the anonymous pool's slots, the rest RESOURCE_EXHAUSTED), then 200 actors'
     streams that each send 3 unrolls into a queue of 4 that the consumer drains: every
-    stream is served, each waiting for room without holding a thread."""
+    actor is served, each waiting for room without holding a thread."""
     from impala_tf.rpc.server import UnrollQueue
     unrolls = UnrollQueue(maxsize=4)
     stop = threading.Event()
@@ -254,7 +257,8 @@ def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
     stream = channel.stream_unary(STREAM_UNROLLS)
     idle_calls = [stream.future(_idle_requests(release), timeout=120) for _ in range(150)]
     senders = 200
-    calls = [stream.future(iter([_unroll(v, actor_id=a) for v in range(3)]), timeout=120)
+    calls = [stream.future(iter([_unroll(v, actor_id=a) for v in range(3)]), timeout=120,
+                           metadata=((ACTOR_ID_METADATA, str(a)),))
              for a in range(senders)]
     received = []
     deadline = time.time() + 120
@@ -268,8 +272,15 @@ def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
     assert all(c.result(timeout=30) for c in calls)
     assert service.counters.rejected == 0
     release.set()
+    codes = []
     for call in idle_calls:
-        call.result(timeout=30)
+        try:
+            call.result(timeout=30)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+    assert codes.count(grpc.StatusCode.OK) == service.calls.anonymous
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 150 - service.calls.anonymous
     channel.close()
     stop.set()
     srv.stop(0)

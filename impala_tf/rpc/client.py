@@ -25,14 +25,25 @@ import numpy as np
 from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec
 from impala_tf.rpc.frame_packing import StreamedUnroll
+from impala_tf.rpc.admission import ACTOR_ID_METADATA
 from impala_tf.rpc.security import Security
 from impala_tf.rpc.server import (GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
                                   grpc_options)
 
 _CLOSE = object()
 
-# Errors that mean "the learner is not there (yet, or any more)": worth retrying.
-RETRYABLE_CODES = frozenset([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+# Errors that mean "the learner is not there (yet, or any more), or busy": worth retrying.
+RETRYABLE_CODES = frozenset([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED])
+
+
+def call_metadata(security: Security, actor_id: Optional[int]):
+    """A call's metadata: the token (when there is one) and the actor id the learner budgets
+    its call slots by (`admission`), when known."""
+    metadata = list(security.call_metadata() or ())
+    if actor_id is not None:
+        metadata.append((ACTOR_ID_METADATA, str(int(actor_id))))
+    return tuple(metadata) or None
 
 
 class Parameters(NamedTuple):
@@ -79,16 +90,19 @@ class _Call:
 
 class LearnerClient:
     """Connects an actor to the learner at `address` (`host:port`), over TLS and with the
-    shared token when `security` (default: the gin-configured `Security()`) says so."""
+    shared token when `security` (default: the gin-configured `Security()`) says so; every
+    call names `actor_id` (when given), whose call slots the learner keeps for it. The
+    stream is opened when there is an unroll to send, so an actor starting up (tracing its
+    policy) holds no idle call."""
 
     def __init__(self, address: str, max_message_bytes: int = 64 << 20, outbox_size: int = 4,
                  backoff_seconds: float = 0.5, max_backoff_seconds: float = 10.0,
-                 security: Optional[Security] = None):
+                 security: Optional[Security] = None, actor_id: Optional[int] = None):
         self.address = address
         security = security or Security()
         self._channel = security.channel(
             address, channel_options(max_message_bytes, max_backoff_seconds))
-        self._metadata = security.call_metadata()
+        self._metadata = call_metadata(security, actor_id)
         self._stream = self._channel.stream_unary(STREAM_UNROLLS)
         self._get_parameters = self._channel.unary_unary(GET_PARAMETERS)
         self._max_message_bytes = max_message_bytes
@@ -141,9 +155,28 @@ class LearnerClient:
                     item = item.whole
             yield item
 
+    def _first_item(self) -> bool:
+        """Waits for something to send (moved to the carry, sent first); False if closed."""
+        with self._carry_lock:
+            if self._carry:
+                return True
+        while not self._closed.is_set():
+            try:
+                item = self._outbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _CLOSE:  # closed with nothing left to send
+                return False
+            with self._carry_lock:
+                self._carry.insert(0, item)
+            return True
+        return False
+
     def _run(self) -> None:
         backoff = Backoff(*self._backoff)
         while not self._closed.is_set():
+            if not self._first_item():
+                return
             call = _Call()
             try:
                 self._stream(self._requests(call), wait_for_ready=True,

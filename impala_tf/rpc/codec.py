@@ -27,6 +27,7 @@ import numpy as np
 UNROLL_MAGIC = b"IMU1"
 PARAMS_MAGIC = b"IMP1"
 _HEADER_LENGTH = struct.Struct("<I")
+PREFIX_BYTES = 4 + _HEADER_LENGTH.size  # magic and header length
 MAX_HEADER_BYTES = 1 << 20
 MAX_FIELDS = 1024  # an unroll has a few dozen; parameters a few hundred
 MAX_HEADER_DEPTH = 16  # a header nests 4 deep (header, fields, entry, shape)

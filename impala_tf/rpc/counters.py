@@ -22,6 +22,16 @@ MAX_LEVELS = 256  # DMLab-30 has 30 levels, Atari-57 57 games
 OTHER_LEVELS = "(other levels)"
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable ASCII escaped (`\\x1b`, `\\ud800`):
+    rejection reasons quote what clients sent, and go to logs, gRPC status details and
+    metrics, which a lone surrogate or a control character would break or garble."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if c.isascii() and c.isprintable()
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class EpisodeTally:
     """Sums over finished episodes: count, returns and frames, in all and per level."""
 
@@ -66,6 +76,8 @@ class ServiceCounters:
         self.rejected = 0
         self.broken_streams = 0
         self.unauthenticated = 0
+        self.idle_closed = 0  # calls closed after their idle deadline
+        self.refused_calls = 0  # calls refused a slot (their actor id's or the pool's)
         self.rejected_reasons: Dict[str, int] = collections.Counter()
         self._episodes = EpisodeTally()
 
@@ -76,13 +88,16 @@ class ServiceCounters:
             for episode in episodes:
                 self._episodes.add(episode)
 
-    def reject(self, reason: str) -> None:
-        reason = reason[:MAX_REASON_CHARS]
+    def reject(self, reason: str) -> str:
+        """Counts a rejection; returns its reason as it was kept (printable, cut short)."""
+        reason = printable(reason[:MAX_REASON_CHARS])[:MAX_REASON_CHARS]
+        kept = reason
         with self._lock:
             self.rejected += 1
             if reason not in self.rejected_reasons and len(self.rejected_reasons) >= MAX_REASONS:
                 reason = OTHER_REASONS
             self.rejected_reasons[reason] += 1
+        return kept
 
     def by_actor(self) -> Dict[str, int]:
         """Accepted unrolls per actor id (JSON-friendly keys), a consistent snapshot."""
@@ -92,6 +107,14 @@ class ServiceCounters:
     def deny(self) -> None:
         with self._lock:
             self.unauthenticated += 1
+
+    def idle(self) -> None:
+        with self._lock:
+            self.idle_closed += 1
+
+    def refuse_call(self) -> None:
+        with self._lock:
+            self.refused_calls += 1
 
     def broken(self) -> None:
         with self._lock:

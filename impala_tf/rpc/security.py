@@ -166,26 +166,37 @@ def check_bind(address: str, security: Security, insecure: bool) -> None:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Lets a call through only with `authorization: Bearer TOKEN`; else UNAUTHENTICATED."""
+    """Lets a call through only with exactly one `authorization: Bearer TOKEN`; else
+    UNAUTHENTICATED, at once: the refusal reads no message (every method takes a stream of
+    requests on the learner), so a caller without the token holds no slot while it sends
+    nothing."""
 
     def __init__(self, token: str, on_denied=None):
         self._expected = f"Bearer {token}".encode()
         self._on_denied = on_denied
 
-        async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        async def deny(request_iterator, context):
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            context.set_details("missing, repeated or wrong token")
+            return b""
 
-        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.stream_unary_rpc_method_handler(deny)
+        async def deny_stream(request_iterator, context):
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            context.set_details("missing, repeated or wrong token")
+            return
+            yield  # an async generator: the stream-stream method's shape
+
+        self._deny_stream_unary = grpc.stream_unary_rpc_method_handler(deny)
+        self._deny_stream_stream = grpc.stream_stream_rpc_method_handler(deny_stream)
 
     async def intercept_service(self, continuation, handler_call_details):
-        given = b""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == AUTHORIZATION:
-                given = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(given, self._expected):
+        given = [value.encode() if isinstance(value, str) else value
+                 for key, value in handler_call_details.invocation_metadata or ()
+                 if key == AUTHORIZATION]
+        if len(given) == 1 and hmac.compare_digest(given[0], self._expected):
             return await continuation(handler_call_details)
         if self._on_denied is not None:
             self._on_denied()
-        streaming = handler_call_details.method.endswith("/StreamUnrolls")
-        return self._deny_stream if streaming else self._deny_unary
+        if handler_call_details.method.endswith("/Act"):
+            return self._deny_stream_stream
+        return self._deny_stream_unary

@@ -17,12 +17,15 @@
       A malformed message ends the stream with INVALID_ARGUMENT and is counted. A learner
       whose actors act themselves answers FAILED_PRECONDITION.
   /impala.Learner/GetParameters  (int64 version, int64 incarnation, little-endian
-                                  -> parameters message)
+                                  -> parameters message; served as a one-message stream)
       Returns the newest parameters when they are newer than the caller's version or come
       from another incarnation of the learner (a learner restarted from a checkpoint may be
       at an older step than the parameters an actor holds), else an empty message.
 
-Methods are registered as generic handlers over raw bytes (no protobuf code generation).
+Every call takes a slot of its actor id (metadata `impala-actor-id`) or of a small pool
+for calls that name none, and is closed with DEADLINE_EXCEEDED (counted) when its caller
+sends nothing for the idle deadline (`admission`). Methods are registered as generic
+handlers over raw bytes (no protobuf code generation).
 """
 
 import asyncio
@@ -38,8 +41,8 @@ from typing import Callable, List, Mapping, Optional, Tuple
 import grpc
 import numpy as np
 
-from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.counters import ServiceCounters
+from impala_tf.rpc import admission, codec, step_messages
+from impala_tf.rpc.counters import ServiceCounters, printable
 from impala_tf.rpc.security import Security, check_bind, split_address
 from impala_tf.rpc.validation import Unroll, UnrollValidator
 
@@ -61,15 +64,16 @@ MIN_STREAM_WINDOW_BYTES = 16 << 10
 MAX_STREAM_WINDOW_BYTES = 1 << 20
 
 
-def grpc_options(max_message_bytes: int,
-                 stream_window_bytes: int = 1 << 20) -> List[Tuple[str, int]]:
-    """Message size limits, and HTTP/2 flow control that does not grow its window by
+def grpc_options(max_message_bytes: int, stream_window_bytes: int = 1 << 20,
+                 max_send_bytes: Optional[int] = None) -> List[Tuple[str, int]]:
+    """Message size limits (received: `max_message_bytes`; sent: `max_send_bytes`, by
+    default the same), and HTTP/2 flow control that does not grow its window by
     bandwidth-delay probing: a stream then buffers at most `stream_window_bytes` that its
     receiver has not asked for, so a full learner queue stops the actors instead of filling
     memory."""
     return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", int(max_message_bytes)),
+        ("grpc.max_send_message_length", int(max_send_bytes or max_message_bytes)),
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", int(stream_window_bytes)),
     ]
@@ -91,6 +95,11 @@ class ParameterStore:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def payload_bytes(self) -> int:
+        """The size of the newest parameters message."""
+        return len(self._payload)
 
     def publish(self, version: int, fields: Mapping[str, np.ndarray]) -> None:
         payload = codec.encode(codec.PARAMS_MAGIC, fields,
@@ -186,27 +195,111 @@ class _RoomWaiters:
                     pass
 
 
+class _Idle(Exception):
+    """A call sent nothing within its idle deadline."""
+
+
+STREAM_UNROLLS_METHOD, GET_PARAMETERS_METHOD, ACT_METHOD = "StreamUnrolls", "GetParameters", "Act"
+
+
 class LearnerService:
-    """The two RPCs, as coroutines of the server's event loop; see the module docstring."""
+    """The three RPCs, as coroutines of the server's event loop; see the module docstring.
+
+    Every call first takes a slot (`admission.CallBudget`: per actor id, and a small pool for
+    calls that name none); every read waits at most `idle_seconds` for the caller's next
+    message, and only while the bytes that calls hold are within `byte_budget`
+    (`admission.ByteBudget`). A call is ended by setting its status and returning, never by
+    raising through the handler: a rejected call then leaves no frame in a reference cycle
+    (its message and stream state are freed at once, not at the next full collection).
+
+    Args:
+      validator, unrolls, parameters, stop_event: the unroll checks, the queue, the newest
+        parameters, and the learner's stop.
+      idle_seconds: the idle deadline (None: `admission.idle_deadline_seconds` of the unroll
+        length).
+      calls: the call slots (default: `admission.CallBudget()`).
+      byte_budget: bytes that calls may hold (None: the queue's capacity, at least
+        `MIN_BUDGET_MESSAGES`, in the largest messages accepted).
+    """
 
     # After a stream's requests run out, how long to wait for gRPC to cancel the call: an
     # oversize message, a cancel or a dropped connection can end the requests as a clean
     # close does, with the cancellation landing just after.
     BROKEN_STREAM_GRACE_SECONDS = 0.2
+    MIN_BUDGET_MESSAGES = 8
 
     def __init__(self, validator: UnrollValidator, unrolls: "queue.Queue[Unroll]",
-                 parameters: ParameterStore, stop_event: threading.Event):
+                 parameters: ParameterStore, stop_event: threading.Event,
+                 idle_seconds: Optional[float] = None,
+                 calls: Optional[admission.CallBudget] = None,
+                 byte_budget: Optional[int] = None):
         self.validator = validator
         self.unrolls = unrolls
         self.parameters = parameters
         self.stop_event = stop_event
         self.counters = ServiceCounters()
         self.central = None  # a `central_inference.CentralInference` serves Act
+        self.idle_seconds = admission.idle_deadline_seconds(validator.unroll_length,
+                                                            idle_seconds)
+        self.calls = calls or admission.CallBudget()
+        self.byte_budget = int(byte_budget or max(
+            self.MIN_BUDGET_MESSAGES, getattr(unrolls, "maxsize", 0) or 0)
+            * validator.max_message_bytes)
         self._room: Optional[_RoomWaiters] = None
+        self._bytes: Optional[admission.ByteBudget] = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Called by the server with its event loop, before it serves."""
         self._room = _RoomWaiters(loop, self.unrolls)
+        self._bytes = admission.ByteBudget(
+            self.byte_budget, max(1, min(self.validator.unroll_bytes, self.byte_budget)))
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes.held if self._bytes is not None else 0
+
+    # -- the parts every call shares -----------------------------------------------------------
+    def _admit(self, method: str, context) -> Optional[int]:
+        """The call's claimed actor id (None: none) once it holds a slot; else
+        `admission.AdmissionError`."""
+        actor_id = admission.claimed_actor_id(context.invocation_metadata(),
+                                              self.validator.num_actors)
+        try:
+            self.calls.admit(method, actor_id)
+        except admission.AdmissionError:
+            self.counters.refuse_call()
+            raise
+        return actor_id
+
+    @staticmethod
+    def _end(context, code: str, details: str) -> None:
+        """Ends the call with a status, without raising (see the class docstring)."""
+        context.set_code(getattr(grpc.StatusCode, code))
+        context.set_details(details)
+
+    async def _read(self, iterator) -> Optional[bytes]:
+        """The caller's next message (its bytes now held: `_bytes.release` them once handed
+        on), None at the end of its stream, `_Idle` after the idle deadline."""
+        await self._bytes.reserve()
+        try:
+            async with asyncio.timeout(self.idle_seconds):  # in this task: gRPC's cancel
+                data = await iterator.__anext__()          # of the call still reaches it
+        except StopAsyncIteration:
+            self._bytes.release(self._bytes.unit)
+            return None
+        except asyncio.TimeoutError:
+            self._bytes.release(self._bytes.unit)
+            self.counters.idle()
+            raise _Idle from None
+        except BaseException:
+            self._bytes.release(self._bytes.unit)
+            raise
+        self._bytes.settle(len(data))
+        return data
+
+    def _idle_details(self, what: str) -> str:
+        return (f"no {what} for {self.idle_seconds:g} s: the call is closed (idle callers "
+                "must not hold the learner's slots)")
 
     def _validate(self, data: bytes, stream):
         """(unroll, episodes, None) or (None, None, the reason it is rejected); `stream`: what
@@ -218,40 +311,65 @@ class LearnerService:
             return None, None, str(error)
         except Exception as error:  # noqa: BLE001 (no input may escape as UNKNOWN)
             reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
-            logging.warning("An unroll raised %s; rejected and counted.", reason)
+            logging.warning("An unroll raised %s; rejected and counted.", printable(reason))
             return None, None, reason
 
-    async def _enqueue(self, unroll: Unroll, context) -> None:
+    async def _enqueue(self, unroll: Unroll) -> bool:
         """Puts the unroll in the queue; while it is full the stream waits (its next message
-        is not read: gRPC's flow control holds the actor back) without holding a thread."""
+        is not read: gRPC's flow control holds the actor back) without holding a thread.
+        False if the learner stopped first."""
         front = False
         if self._room.waiting:  # others came first: join the line behind them
             await self._room.wait()
             front = True
         while True:
             if self.stop_event.is_set():
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
+                return False
             try:
                 self.unrolls.put_nowait(unroll)
                 if self._room.waiting and not self.unrolls.full():
                     self._room.wake_one()  # room for the next in line too
-                return
+                return True
             except queue.Full:
                 await self._room.wait(front=front)
                 front = True
 
+    # -- the methods ---------------------------------------------------------------------------
     async def stream_unrolls(self, request_iterator, context) -> bytes:
+        try:
+            claimed = self._admit(STREAM_UNROLLS_METHOD, context)
+        except admission.AdmissionError as error:
+            self._end(context, error.code, str(error))
+            return b""
         accepted = 0
         stream = self.validator.new_stream()  # ends with the stream, at its first rejection
+        iterator = request_iterator.__aiter__()
         try:
-            async for data in request_iterator:
-                unroll, episodes, reason = self._validate(data, stream)
-                if reason is not None:
-                    self.counters.reject(reason)
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"malformed unroll: {reason}")
-                await self._enqueue(unroll, context)
-                self.counters.accept(episodes, unroll.actor_id)
+            while True:
+                try:
+                    data = await self._read(iterator)
+                except _Idle:
+                    self._end(context, "DEADLINE_EXCEEDED", self._idle_details("unroll"))
+                    return b""
+                if data is None:
+                    break
+                try:
+                    unroll, episodes, reason = self._validate(data, stream)
+                    if reason is None and claimed is not None and unroll.actor_id != claimed:
+                        reason = (f"actor_id {unroll.actor_id} on a stream opened as actor "
+                                  f"{claimed}")
+                    if reason is not None:
+                        reason = self.counters.reject(reason)
+                        self._end(context, "INVALID_ARGUMENT", f"malformed unroll: {reason}")
+                        return b""
+                    actor_id = unroll.actor_id
+                    if not await self._enqueue(unroll):
+                        self._end(context, "UNAVAILABLE", "the learner is stopping")
+                        return b""
+                finally:
+                    self._bytes.release(len(data))
+                    data = unroll = None
+                self.counters.accept(episodes, actor_id)
                 accepted += 1
             await asyncio.sleep(self.BROKEN_STREAM_GRACE_SECONDS)
         except asyncio.CancelledError:  # gRPC ended the call: oversize, cancel, disconnect
@@ -260,6 +378,9 @@ class LearnerService:
         except grpc.RpcError:
             self.counters.broken()
             return b""
+        finally:
+            self.calls.release(STREAM_UNROLLS_METHOD, claimed)
+            stream = iterator = request_iterator = None
         return json.dumps({"accepted": accepted}).encode()
 
     async def act(self, request_iterator, context):
@@ -267,51 +388,103 @@ class LearnerService:
         ends the stream (see `central_inference`)."""
         central = self.central
         if central is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                "this learner's actors act themselves (Launcher.inference = "
-                                "'actor'); run the actors with the learner's gin config")
-        session = None
+            self._end(context, "FAILED_PRECONDITION",
+                      "this learner's actors act themselves (Launcher.inference = 'actor'); "
+                      "run the actors with the learner's gin config")
+            return
         try:
-            async for data in request_iterator:
+            claimed = self._admit(ACT_METHOD, context)
+        except admission.AdmissionError as error:
+            self._end(context, error.code, str(error))
+            return
+        session = None
+        iterator = request_iterator.__aiter__()
+        try:
+            while True:
+                try:
+                    data = await self._read(iterator)
+                except _Idle:
+                    self._end(context, "DEADLINE_EXCEEDED", self._idle_details(
+                        "hello" if session is None else "step"))
+                    return
+                if data is None:
+                    return
+                held, failure, reply = len(data), None, None
                 try:
                     if session is None:
-                        session = central.open(data)
-                        yield central.settings()
-                        continue
-                    timestep, episodes = session.decoder.decode(data)
+                        session = central.open(data, claimed, asyncio.current_task())
+                        reply = central.settings()
+                    else:
+                        session.heard()
+                        timestep, episodes = session.decoder.decode(data)
                 except codec.CodecError as error:
-                    self.counters.reject(str(error))
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"malformed step: {error}")
+                    failure = ("INVALID_ARGUMENT",
+                               f"malformed step: {self.counters.reject(str(error))}")
                 except step_messages.SessionRefused as error:
-                    await context.abort(getattr(grpc.StatusCode, error.code), str(error))
+                    failure = (error.code, str(error))
                 except Exception as error:  # noqa: BLE001 (no input may escape as UNKNOWN)
-                    reason = f"{type(error).__name__} while validating: {str(error)[:100]}"
-                    self.counters.reject(reason)
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
-                if self.stop_event.is_set():
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is stopping")
+                    reason = self.counters.reject(
+                        f"{type(error).__name__} while validating: {str(error)[:100]}")
+                    failure = ("INVALID_ARGUMENT", reason)
+                data = None
+                if failure is None and reply is None and self.stop_event.is_set():
+                    failure = ("UNAVAILABLE", "the learner is stopping")
+                if failure is not None or reply is not None:
+                    self._bytes.release(held)
+                    if failure is not None:
+                        self._end(context, *failure)
+                        return
+                    yield reply
+                    continue
                 try:
                     actions = await central.act(session, timestep, episodes)
                 except step_messages.SessionRefused as error:
-                    await context.abort(getattr(grpc.StatusCode, error.code), str(error))
+                    failure = (error.code, str(error))
                 except Exception as error:  # noqa: BLE001 (inference failed: try again later)
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:200])
+                    failure = ("UNAVAILABLE", printable(str(error)[:200]))
+                finally:
+                    self._bytes.release(held)
+                    timestep = episodes = None
+                if failure is not None:
+                    self._end(context, *failure)
+                    return
                 yield step_messages.encode_actions(actions)
-        except asyncio.CancelledError:  # gRPC ended the call: cancel, disconnect
-            self.counters.broken()
+        except asyncio.CancelledError:  # gRPC ended the call (cancel, disconnect), or a new
+            self.counters.broken()      # hello replaced this silent session
             raise
         finally:
             if session is not None:
                 central.close(session)
+            self.calls.release(ACT_METHOD, claimed)
+            session = iterator = request_iterator = None
 
-    async def get_parameters(self, request: bytes, context) -> bytes:
-        if len(request) != PARAMETERS_REQUEST.size:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"expected a {PARAMETERS_REQUEST.size}-byte (version, "
-                                f"incarnation) request, got {len(request)} bytes")
-        version, incarnation = PARAMETERS_REQUEST.unpack(request)
-        return self.parameters.newer_than(version, incarnation)
+    async def get_parameters(self, request_iterator, context) -> bytes:
+        """Served as a stream of one message (a unary call on the wire), so that a caller
+        that never sends its request is held to the idle deadline like any other."""
+        try:
+            claimed = self._admit(GET_PARAMETERS_METHOD, context)
+        except admission.AdmissionError as error:
+            self._end(context, error.code, str(error))
+            return b""
+        try:
+            try:
+                request = await self._read(request_iterator.__aiter__())
+            except _Idle:
+                self._end(context, "DEADLINE_EXCEEDED", self._idle_details("request"))
+                return b""
+            if request is None:
+                self._end(context, "INVALID_ARGUMENT", "no request")
+                return b""
+            self._bytes.release(len(request))
+            if len(request) != PARAMETERS_REQUEST.size:
+                self._end(context, "INVALID_ARGUMENT",
+                          f"expected a {PARAMETERS_REQUEST.size}-byte (version, incarnation) "
+                          f"request, got {len(request)} bytes")
+                return b""
+            version, incarnation = PARAMETERS_REQUEST.unpack(request)
+            return self.parameters.newer_than(version, incarnation)
+        finally:
+            self.calls.release(GET_PARAMETERS_METHOD, claimed)
 
 
 class PortInUseError(RuntimeError):
@@ -323,10 +496,10 @@ class LearnerServer:
 
     A stream does not hold a thread: hundreds of actors share the loop, and one whose
     stream stalls (or a full queue) makes no other wait longer. The service decodes and
-    validates each unroll on the loop. At most `max_concurrent_rpcs` calls are served at
-    once (derive it from the actors: each holds one stream, plus a parameter pull now and
-    then); gRPC refuses a call beyond it with RESOURCE_EXHAUSTED, which the actor logs and
-    retries.
+    validates each unroll on the loop. Which calls may hold the learner is the service's
+    (`admission`: slots per actor id, idle deadlines, bytes held); `max_concurrent_rpcs` is
+    gRPC's own hard cap over every call, admitted or being refused, which gRPC enforces
+    with RESOURCE_EXHAUSTED (the actors retry it with backoff).
 
     Each stream reads ahead at most `READ_AHEAD_UNROLLS` unrolls' bytes
     (`UnrollValidator.unroll_bytes`), within 16 kB to 1 MB. While the queue is full an actor
@@ -342,17 +515,20 @@ class LearnerServer:
     Args:
       service: the service.
       address: `host:port` to bind (port 0 picks a free one).
-      max_message_bytes: the largest message accepted or sent.
-      max_concurrent_rpcs: calls served at once (None: no limit).
+      max_message_bytes: the largest message accepted.
+      max_concurrent_rpcs: gRPC's cap on calls at once (None: no limit).
       security: TLS and token settings (`security.Security`); a non-loopback `address`
         needs both unless `insecure`.
       insecure: allow a non-loopback bind without them (with a warning).
+      max_send_bytes: the largest message sent (parameters; None: `max_message_bytes`).
     """
 
     def __init__(self, service: LearnerService, address: str, max_message_bytes: int,
                  max_concurrent_rpcs: Optional[int] = None,
-                 security: Optional[Security] = None, insecure: bool = False):
+                 security: Optional[Security] = None, insecure: bool = False,
+                 max_send_bytes: Optional[int] = None):
         self.service = service
+        self.max_send_bytes = max_send_bytes
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.stream_window_bytes = min(MAX_STREAM_WINDOW_BYTES, max(
             MIN_STREAM_WINDOW_BYTES, READ_AHEAD_UNROLLS * service.validator.unroll_bytes))
@@ -386,14 +562,15 @@ class LearnerServer:
     async def _create(self, service, address, max_message_bytes, max_concurrent_rpcs,
                       security) -> int:
         self._server = grpc.aio.server(
-            options=grpc_options(max_message_bytes, self.stream_window_bytes)
+            options=grpc_options(max_message_bytes, self.stream_window_bytes,
+                                 self.max_send_bytes)
             + [("grpc.so_reuseport", 0)],
             interceptors=security.aio_interceptors(on_denied=service.counters.deny),
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         handlers = {
             "StreamUnrolls": grpc.stream_unary_rpc_method_handler(service.stream_unrolls),
-            "GetParameters": grpc.unary_unary_rpc_method_handler(service.get_parameters),
+            "GetParameters": grpc.stream_unary_rpc_method_handler(service.get_parameters),
             "Act": grpc.stream_stream_rpc_method_handler(service.act),
         }
         self._server.add_generic_rpc_handlers(

@@ -30,7 +30,8 @@ import numpy as np
 
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.rpc import codec
-from impala_tf.rpc.validation import UnrollLimits, field_bounds, meta_int, parse_episodes
+from impala_tf.rpc.validation import (UnrollLimits, field_bounds, message_limit_bytes,
+                                      meta_int, parse_episodes)
 from impala_tf.stack_words import shift_into, stack_continues
 
 HELLO_MAGIC = b"IMH1"
@@ -74,6 +75,16 @@ def decode_actions(data: bytes, num_envs: int, num_actions: int) -> np.ndarray:
     codec.validate_fields(fields, {"action": (np.dtype(np.int32), (num_envs,))},
                           {"action": (0, num_actions - 1)})
     return fields["action"]
+
+
+def step_message_limit(observation_spec: Mapping[str, Tuple[Any, tuple]],
+                       num_envs: int) -> int:
+    """The largest step message an honest environment actor sends: K environments' whole
+    observations (every stack restarting) and up to K episodes."""
+    payload = num_envs * (1 + 4 + 4 + 1 + sum(
+        np.dtype(dtype).itemsize * int(np.prod(shape))
+        for dtype, shape in observation_spec.values()))
+    return message_limit_bytes(payload, num_envs)
 
 
 class StepEncoder:
@@ -206,4 +217,5 @@ class StepDecoder:
                 self._last[name] = stack
         timestep = BatchedTimeStep(fields["step_type"], fields["reward"], fields["discount"],
                                    observation)
-        return timestep, parse_episodes(meta.get("episodes", []), self.limits)
+        # Each environment ends at most one episode a step.
+        return timestep, parse_episodes(meta.get("episodes", []), self.limits, self.num_envs)

@@ -17,9 +17,14 @@ a non-finite update, and an instruction token past the embedding table fails the
   meta actor_id        an int in [0, num_actors): the run's actors, no other id
   meta env             (stacked observations) an int in [0, num_envs): the environment
                        within its actor, whose last stack a stream keeps
-  meta episodes        at most max_episodes_per_unroll entries [return, frames, level]:
-                       |return| <= max_abs_episode_return, frames in [0, max_episode_frames],
-                       a level name of at most 200 characters
+  meta episodes        entries [return, frames, level], at most as many as the unroll's
+                       steps could finish (T x K: each of an actor's K environments ends at
+                       most one episode a step, and an actor reports all K environments'
+                       with one of its unrolls); frames in [0, max_episode_frames];
+                       |return| <= max_abs_reward x frames (no agent step scores more, and
+                       an episode has at most as many steps as frames); a level name of at
+                       most 200 printable characters (no control characters, no lone
+                       surrogates: every sink, TensorBoard, JSON and the terminal, takes it)
 
 and refuses the unrolls of actors the learner has refused (`refuse`: their unrolls made
 non-finite updates). Every failure raises `codec.CodecError` naming the field and the bound.
@@ -53,7 +58,8 @@ class Unroll(NamedTuple):
 @gin.configurable
 class UnrollLimits:
     """Magnitudes that no environment or policy of a healthy run reaches (see the module
-    docstring); None switches a check off.
+    docstring); None switches a check off (for the episode counts: derives it from the
+    unroll, T x K).
 
     Args:
       max_abs_reward: |reward| of one agent step, before the loss clips it (an Atari step
@@ -62,24 +68,39 @@ class UnrollLimits:
         every probability and its gradient finite in float32).
       max_abs_observation: |x| of float observations whose spec has no bounds.
       max_abs_core_state: |x| of the recurrent state an unroll starts from.
-      max_abs_episode_return: |return| of a reported episode (metrics average them).
-      max_episode_frames: length of a reported episode in frames.
-      max_episodes_per_unroll: episodes reported with one unroll.
+      max_abs_episode_return: |return| of a reported episode, beyond the derived
+        max_abs_reward x frames (None: that one alone).
+      max_episode_frames: length of a reported episode in frames (None: 2^62).
+      max_episodes_per_unroll: episodes reported with one unroll (None: what its steps
+        could finish, T x K; a step message of central inference: K).
     """
 
     def __init__(self, max_abs_reward: Optional[float] = 1e6,
                  max_abs_logit: Optional[float] = 1e4,
                  max_abs_observation: Optional[float] = 1e6,
                  max_abs_core_state: Optional[float] = 1e6,
-                 max_abs_episode_return: float = 1e9, max_episode_frames: int = 10**9,
-                 max_episodes_per_unroll: int = 1000):
+                 max_abs_episode_return: Optional[float] = None,
+                 max_episode_frames: Optional[int] = 10**9,
+                 max_episodes_per_unroll: Optional[int] = None):
         self.max_abs_reward = max_abs_reward
         self.max_abs_logit = max_abs_logit
         self.max_abs_observation = max_abs_observation
         self.max_abs_core_state = max_abs_core_state
-        self.max_abs_episode_return = float(max_abs_episode_return)
-        self.max_episode_frames = int(max_episode_frames)
-        self.max_episodes_per_unroll = int(max_episodes_per_unroll)
+        self.max_abs_episode_return = (None if max_abs_episode_return is None
+                                       else float(max_abs_episode_return))
+        self.max_episode_frames = (2**62 - 1 if max_episode_frames is None
+                                   else int(max_episode_frames))
+        self.max_episodes_per_unroll = (None if max_episodes_per_unroll is None
+                                        else int(max_episodes_per_unroll))
+
+    def episode_return_bound(self, frames: int) -> float:
+        """The largest |return| an episode of `frames` frames can have."""
+        bound = float("inf")
+        if self.max_abs_reward is not None:
+            bound = float(self.max_abs_reward) * frames
+        if self.max_abs_episode_return is not None:
+            bound = min(bound, self.max_abs_episode_return)
+        return bound
 
 
 def meta_int(value: Any, name: str, low: int = 0, high: int = 2**62) -> int:
@@ -90,25 +111,63 @@ def meta_int(value: Any, name: str, low: int = 0, high: int = 2**62) -> int:
     return value
 
 
-def parse_episodes(raw: Any, limits: Optional[UnrollLimits] = None) -> List[EpisodeStats]:
-    """Finished episodes an actor reports with an unroll: [[return, frames, level], ...]."""
+def check_text(value: Any, name: str, max_chars: int = MAX_LEVEL_NAME) -> str:
+    """`value` if it is a str of at most `max_chars` printable characters that encode as
+    UTF-8, else `CodecError`: text from the wire reaches TensorBoard (which refuses a lone
+    surrogate), metrics.jsonl and the terminal."""
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise codec.CodecError(f"{name} must be a string of at most {max_chars} characters")
+    if not value.isprintable():
+        raise codec.CodecError(f"{name} {ascii(value)[:60]} holds a character that is not "
+                               "printable text (control, format, surrogate or unassigned)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # isprintable refuses surrogates; this is the second line
+        raise codec.CodecError(f"{name} {ascii(value)[:60]} does not encode as UTF-8") from None
+    return value
+
+
+def parse_episodes(raw: Any, limits: Optional[UnrollLimits] = None,
+                   max_episodes: int = 1000) -> List[EpisodeStats]:
+    """Finished episodes an actor reports with an unroll: [[return, frames, level], ...];
+    at most `max_episodes` (what the unroll's steps could finish) unless
+    `UnrollLimits.max_episodes_per_unroll` says otherwise."""
     limits = limits or UnrollLimits()
-    if not isinstance(raw, list) or len(raw) > limits.max_episodes_per_unroll:
-        raise codec.CodecError("meta 'episodes' must be a list of at most "
-                               f"{limits.max_episodes_per_unroll} entries")
+    if limits.max_episodes_per_unroll is not None:
+        max_episodes = limits.max_episodes_per_unroll
+    if not isinstance(raw, list) or len(raw) > max_episodes:
+        raise codec.CodecError(f"meta 'episodes' must be a list of at most {max_episodes} "
+                               "entries (what this unroll's steps could finish)")
     episodes = []
     for entry in raw:
         if (not isinstance(entry, list) or len(entry) != 3
-                or not isinstance(entry[0], (int, float)) or isinstance(entry[0], bool)
-                or not abs(entry[0]) <= limits.max_abs_episode_return
-                or not isinstance(entry[2], str) or len(entry[2]) > MAX_LEVEL_NAME):
-            raise codec.CodecError(
-                f"malformed episode entry {str(entry)[:100]!r} (expected [return, frames, "
-                f"level] with |return| <= {limits.max_abs_episode_return:g} and a level name "
-                f"of at most {MAX_LEVEL_NAME} characters)")
+                or not isinstance(entry[0], (int, float)) or isinstance(entry[0], bool)):
+            raise codec.CodecError(f"malformed episode entry {ascii(entry)[:100]} (expected "
+                                   "[return, frames, level])")
         frames = meta_int(entry[1], "episode frames", 0, limits.max_episode_frames + 1)
-        episodes.append(EpisodeStats(float(entry[0]), frames, entry[2]))
+        bound = limits.episode_return_bound(frames)
+        if not abs(entry[0]) <= bound:
+            raise codec.CodecError(f"episode return {ascii(entry[0])[:40]} over {frames} "
+                                   f"frames is beyond what its steps could score "
+                                   f"(|return| <= {bound:g})")
+        level = check_text(entry[2], "an episode's level name")
+        episodes.append(EpisodeStats(float(entry[0]), frames, level))
     return episodes
+
+
+# Header bytes beyond the episodes: the field list (a few dozen names) and the ids.
+HEADER_ALLOWANCE_BYTES = 16 << 10
+# The most header bytes one reported episode takes: a return, a frame count and a level
+# name whose characters JSON may escape as 6 bytes each.
+EPISODE_ENTRY_BYTES = 64 + 6 * MAX_LEVEL_NAME
+
+
+def message_limit_bytes(payload_bytes: int, max_episodes: int) -> int:
+    """The largest message an honest sender needs for `payload_bytes` of fields and up to
+    `max_episodes` reported episodes: what the learner accepts (gRPC refuses more before
+    reading it)."""
+    return (codec.PREFIX_BYTES + int(payload_bytes) + HEADER_ALLOWANCE_BYTES
+            + int(max_episodes) * EPISODE_ENTRY_BYTES)
 
 
 def _covers_dtype(dtype: np.dtype, low, high) -> bool:
@@ -193,6 +252,11 @@ class UnrollValidator:
             name for name in self.stacked
             if f"observation/{name}" in self.bounds
             or np.dtype(self.wire_spec[f"observation/{name}"][0]).kind in "fb"}
+        # Each of an actor's K environments ends at most one episode per step, and an actor
+        # reports its K environments' episodes with one of its unrolls of T steps.
+        action_shape = self.wire_spec.get("action", (None, (1,)))[1]
+        self.unroll_length = int(action_shape[0]) - 1 if action_shape else 0
+        self.max_episodes_per_unroll = max(1, self.unroll_length) * self.num_envs
         self._refused: Set[int] = set()
         self._lock = threading.Lock()
 
@@ -208,6 +272,17 @@ class UnrollValidator:
                 size = size * channels // shape[-1]
             total += size
         return total
+
+    @property
+    def whole_unroll_bytes(self) -> int:
+        """The bytes of one unroll's fields with whole stacks (an environment's first unroll
+        on a stream, or an actor that does not pack)."""
+        return sum(np.dtype(dtype).itemsize * int(np.prod(shape))
+                   for dtype, shape in self.wire_spec.values())
+
+    def message_limit(self) -> int:
+        """The largest unroll message an honest actor sends (`message_limit_bytes`)."""
+        return message_limit_bytes(self.whole_unroll_bytes, self.max_episodes_per_unroll)
 
     def refuse(self, actor_ids: Sequence[int]) -> List[int]:
         """Refuses every later unroll of these actors; returns the ones newly refused."""
@@ -255,7 +330,8 @@ class UnrollValidator:
         codec.validate_fields(fields, self.wire_spec, self.bounds)
         unroll = Unroll(fields, meta_int(meta.get("policy_version"), "policy_version"),
                         actor_id)
-        episodes = parse_episodes(meta.get("episodes", []), self.limits)
+        episodes = parse_episodes(meta.get("episodes", []), self.limits,
+                                  self.max_episodes_per_unroll)
         if last is not None:
             stream.remember(env, actor_id, last)
         return unroll, episodes

@@ -83,6 +83,7 @@ def client_main(address: str, first: int, count: int, spec_file: str, stop_at: f
     import grpc
     import numpy as np
 
+    from impala_tf.rpc.admission import ACTOR_ID_METADATA
     from impala_tf.rpc.server import STREAM_UNROLLS, grpc_options
     with open(spec_file) as f:
         saved = json.load(f)
@@ -100,7 +101,9 @@ def client_main(address: str, first: int, count: int, spec_file: str, stop_at: f
                 yield message
 
         try:
-            channel.stream_unary(STREAM_UNROLLS)(requests(), timeout=stop_at - time.time() + 30)
+            channel.stream_unary(STREAM_UNROLLS)(
+                requests(), timeout=stop_at - time.time() + 30,
+                metadata=((ACTOR_ID_METADATA, str(actor_id)),))
         except grpc.RpcError:
             pass
         channel.close()
