@@ -57,7 +57,7 @@ class _Session:
         self.version = 0  # learner step when the current unroll started
         self.episodes: List[EpisodeStats] = []
         self.closed = False
-        self.task: Optional[asyncio.Task] = None  # the stream's handler (to end it if replaced)
+        self.read_timer: Optional[asyncio.Timeout] = None  # its stream's wait for a message
         self.last_heard = time.monotonic()  # when its last message came
         self.in_flight = False  # a step waits for its actions
         self.late = False  # missed a batch that waited for it (inference thread's)
@@ -165,16 +165,16 @@ class CentralInference:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.calls = 0  # inference calls made
+        self.waited_out = 0  # batches that waited the whole max_wait_ms for a late actor
 
     # -- the stream's side (the server's event loop) -------------------------------------------
     def settings(self) -> bytes:
         """The answer to an actor's hello."""
         return step_messages.encode_settings(self.num_envs, self.env_seed, self.num_actions)
 
-    def open(self, hello: bytes, claimed: Optional[int] = None,
-             task: Optional[asyncio.Task] = None) -> _Session:
+    def open(self, hello: bytes, claimed: Optional[int] = None) -> _Session:
         """A session for the actor that sent `hello` (on a call whose metadata `claimed` an
-        actor id, if any; served by `task`); `codec.CodecError` if it is malformed,
+        actor id, if any), on the server's event loop; `codec.CodecError` if it is malformed,
         `SessionRefused` if that actor may not act now. A silent session of the same id is
         replaced (`replace_silent_after_seconds`), its stream ended."""
         _, meta = codec.decode(hello, step_messages.HELLO_MAGIC, self._max_message_bytes)
@@ -188,7 +188,6 @@ class CentralInference:
         state = tf.nest.map_structure(np.asarray, self.agent.initial_state(self.num_envs))
         session = _Session(actor_id, step_messages.StepDecoder(*self._decoder_args), state,
                            self.num_envs, self.num_actions)
-        session.task = task
         with self._lock:
             old = self._sessions.get(actor_id)
             if old is not None:
@@ -201,8 +200,8 @@ class CentralInference:
                 logging.warning("actor %d: a new hello replaces its session, silent for "
                                 "%.1f s", actor_id, silent)
             self._sessions[actor_id] = session
-        if old is not None and old.task is not None:
-            old.task.cancel()  # on this event loop: its handler ends, counted as broken
+        if old is not None and old.read_timer is not None:  # its wait for a message ends now
+            old.read_timer.reschedule(asyncio.get_running_loop().time())
         return session
 
     def close(self, session: _Session) -> None:
@@ -277,6 +276,7 @@ class CentralInference:
                 request = (self._requests.get(timeout=left) if left > 0
                            else self._requests.get_nowait())
             except queue.Empty:
+                self.waited_out += 1
                 self._mark_late(batch)
                 break
             request.session.late = False

@@ -129,7 +129,7 @@ def test_a_streams_first_step_restarts_every_stack():
 # -- the learner's side over a real stream ----------------------------------------------------
 
 def _serve(agent, env_spec, stacked, num_actions, num_envs, num_actors=2, greedy=True,
-           max_wait_ms=1000.0):
+           max_wait_ms=1000.0, **central_kwargs):
     """A real server on loopback whose service acts centrally with `agent`."""
     unrolls = UnrollQueue()
     counters_service = LearnerService(
@@ -140,7 +140,7 @@ def _serve(agent, env_spec, stacked, num_actions, num_envs, num_actors=2, greedy
         {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape)) for name, spec in env_spec.items()},
         num_actions, num_envs, T, num_actors, is_refused=lambda a: False, version=lambda: 7,
         env_seed=int(config.configured_value(Actor, "seed")), stacked_observations=stacked,
-        policy=BatchedPolicy(agent, greedy=greedy), max_wait_ms=max_wait_ms)
+        policy=BatchedPolicy(agent, greedy=greedy), max_wait_ms=max_wait_ms, **central_kwargs)
     counters_service.central = central
     server = LearnerServer(counters_service, "127.0.0.1:0", 8 << 20).start()
     central.start()
@@ -233,22 +233,59 @@ def test_central_unrolls_equal_the_actors_own_on_real_pong():
     assert sum(int(f["episode_start"][1:].sum()) for f in expected[0]) >= 2
 
 
-@pytest.fixture
-def catch_server():
+def _catch_server(**serve_kwargs):
     config.parse_config(["catch.gin"], [f"RunConfig.unroll_length = {T}",
                                         "Actor.num_envs = 2"])
     try:
         actor = Actor("127.0.0.1:9")
         env = actor.env
         spec = tensor_specs(env.observation_spec())
+        serve_kwargs.setdefault("max_wait_ms", 1.0)
         server, service, central = _serve(actor.agent, spec, {}, env.action_spec().num_values,
-                                          2, greedy=False, max_wait_ms=1.0)
-        yield server, service
+                                          2, greedy=False, **serve_kwargs)
+        yield server, service, central
         central.stop()
         server.stop(0)
         actor.close(flush=False)
     finally:
         gin.clear_config()
+
+
+@pytest.fixture
+def catch_server():
+    for server, service, _ in _catch_server():
+        yield server, service
+
+
+def test_a_silent_session_delays_batches_once_and_a_new_hello_replaces_it():
+    """A token holder said hello for actor 0 and never stepped: each batch of the honest
+    actor 1 waited max_wait_ms for it (4,100 -> 1,000 frames/s in the attack), and actor 0
+    itself could not act (ALREADY_EXISTS for as long as the squatter stayed)."""
+    for server, service, central in _catch_server(max_wait_ms=300.0,
+                                                  replace_silent_after_seconds=0.5):
+        channel = grpc.insecure_channel(server.address)
+        hello = queue.Queue()
+        hello.put(step_messages.encode_hello(0))
+        squatter = channel.stream_stream(ACT)(iter(hello.get, None), timeout=60)
+        assert step_messages.decode_settings(next(squatter))["num_envs"] == 2
+        honest = EnvActor(server.address, actor_index=1)
+        try:
+            honest.run(max_steps=2 * T + 1)
+        finally:
+            honest.close()
+        assert service.counters.accepted_by_actor[1] == 2 * 2  # 2 environments, 2 unrolls
+        assert central.waited_out == 1  # the squatter was late once, then not waited for
+        restarted = EnvActor(server.address, actor_index=0)  # the real actor 0 comes back
+        try:
+            restarted.run(max_steps=T + 1)
+        finally:
+            restarted.close()
+        assert central.replaced == 1 and service.counters.accepted_by_actor[0] == 2
+        with pytest.raises(grpc.RpcError) as error:
+            next(squatter)
+        assert error.value.code() == grpc.StatusCode.ABORTED
+        assert "replaced this silent session" in error.value.details()
+        channel.close()
 
 
 def _act_stream(address, messages):

@@ -277,19 +277,23 @@ class LearnerService:
         context.set_code(getattr(grpc.StatusCode, code))
         context.set_details(details)
 
-    async def _read(self, iterator) -> Optional[bytes]:
+    async def _read(self, iterator, session=None) -> Optional[bytes]:
         """The caller's next message (its bytes now held: `_bytes.release` them once handed
-        on), None at the end of its stream, `_Idle` after the idle deadline."""
+        on), None at the end of its stream, `_Idle` after the idle deadline (or at once when
+        `session`, a central session, is replaced: `central_inference` ends its timer)."""
         await self._bytes.reserve()
         try:
-            async with asyncio.timeout(self.idle_seconds):  # in this task: gRPC's cancel
-                data = await iterator.__anext__()          # of the call still reaches it
+            async with asyncio.timeout(self.idle_seconds) as timer:  # in this task: gRPC's
+                if session is not None:                             # cancel still reaches it
+                    session.read_timer = timer
+                data = await iterator.__anext__()
         except StopAsyncIteration:
             self._bytes.release(self._bytes.unit)
             return None
         except asyncio.TimeoutError:
             self._bytes.release(self._bytes.unit)
-            self.counters.idle()
+            if session is None or not session.closed:
+                self.counters.idle()
             raise _Idle from None
         except BaseException:
             self._bytes.release(self._bytes.unit)
@@ -402,17 +406,21 @@ class LearnerService:
         try:
             while True:
                 try:
-                    data = await self._read(iterator)
+                    data = await self._read(iterator, session)
                 except _Idle:
-                    self._end(context, "DEADLINE_EXCEEDED", self._idle_details(
-                        "hello" if session is None else "step"))
+                    if session is not None and session.closed:
+                        self._end(context, "ABORTED", "a new hello for actor "
+                                  f"{session.actor_id} replaced this silent session")
+                    else:
+                        self._end(context, "DEADLINE_EXCEEDED", self._idle_details(
+                            "hello" if session is None else "step"))
                     return
                 if data is None:
                     return
                 held, failure, reply = len(data), None, None
                 try:
                     if session is None:
-                        session = central.open(data, claimed, asyncio.current_task())
+                        session = central.open(data, claimed)
                         reply = central.settings()
                     else:
                         session.heard()
@@ -449,8 +457,8 @@ class LearnerService:
                     self._end(context, *failure)
                     return
                 yield step_messages.encode_actions(actions)
-        except asyncio.CancelledError:  # gRPC ended the call (cancel, disconnect), or a new
-            self.counters.broken()      # hello replaced this silent session
+        except asyncio.CancelledError:  # gRPC ended the call: cancel, disconnect
+            self.counters.broken()
             raise
         finally:
             if session is not None:
