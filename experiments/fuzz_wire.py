@@ -19,6 +19,11 @@
         hostile messages (each its own reason text, actor id or level name) over loopback
         from a client process; prints the learner process's resident memory before and
         after, and its counters' sizes.
+
+    python experiments/fuzz_wire.py --idle_callers 300 [--seconds 20]
+        Catch's learner and one honest actor, alone and then under that many idle callers
+        (streams, Act calls and parameter pulls that send nothing, reopened when refused):
+        prints the learner's frames/s in both windows.
 """
 
 import argparse
@@ -150,12 +155,20 @@ def _case(kind: str, rng) -> bytes:
             ("episodes", "many")][int(rng.integers(12))]
         meta[key] = value
         return codec.encode(codec.UNROLL_MAGIC, _honest_fields(rng), meta)
+    if kind == "meta: forged statistics and text":
+        meta = _honest_meta(rng)
+        meta["episodes"] = [
+            [[1.0, 10, "x\ud800"]], [[1.0, 10, "\x1b[2J"]], [[1.0, 10, "level\n"]],
+            [[1.0, 10, "\u202egnop"]], [[1e9, 100, "x"]], [[0.5, 0, "x"]],
+            [[1.0, 10, "x"]] * (_validator().max_episodes_per_unroll + 1),
+            [[2e6 * 10, 10, "x"]]][int(rng.integers(8))]
+        return codec.encode(codec.UNROLL_MAGIC, _honest_fields(rng), meta)
     raise ValueError(kind)
 
 
 KINDS = ("honest", "header: deep nesting", "header: huge integer",
          "header: huge or non-finite float", "header: wrong type", "valid spec: extreme value",
-         "meta: out of bounds")
+         "meta: out of bounds", "meta: forged statistics and text")
 
 
 def report(cases: int, seed: int) -> int:
@@ -282,6 +295,71 @@ def hostile_memory(count: int, threads: int, gin_file: str) -> int:
     return 0
 
 
+def idle_callers(count: int, seconds: float) -> int:
+    """Catch's learner with one honest actor (in this process), for `seconds` alone and then
+    for `seconds` under `count` idle callers that name no actor (a third each on
+    StreamUnrolls, Act and GetParameters; their refused calls are opened again): prints the
+    learner's frames/s in both windows and the calls refused and closed."""
+    import threading
+    import grpc
+    import gin
+    from impala_tf import config
+    from impala_tf.actor import Actor
+    from impala_tf.rpc.server import ACT, GET_PARAMETERS, STREAM_UNROLLS
+    from impala_tf.train import build_learner
+    import tempfile
+    config.parse_config(["catch.gin"], ["Launcher.num_actors = 1"])
+    learner = build_learner(tempfile.mkdtemp(), "127.0.0.1:0")
+    stop, release = threading.Event(), threading.Event()
+    actor = Actor(learner.address, actor_index=0)
+    threading.Thread(target=actor.run, args=(stop,), daemon=True).start()
+    trainer = threading.Thread(target=learner.run, daemon=True)
+    trainer.start()
+
+    def frames_per_second(window):
+        time.sleep(5)  # past start-up
+        start, frames = time.time(), learner.env_frames
+        time.sleep(window)
+        return (learner.env_frames - frames) / (time.time() - start)
+
+    def hold():
+        release.wait()
+        return
+        yield
+
+    def attacker(method):
+        channel = grpc.insecure_channel(learner.address)
+        while not release.is_set():
+            try:
+                call = (channel.stream_stream(method)(hold(), timeout=3600) if method == ACT
+                        else channel.stream_unary(method)(hold(), timeout=3600))
+                list(call) if method == ACT else None
+            except grpc.RpcError:
+                release.wait(0.5)
+        channel.close()
+
+    alone = frames_per_second(seconds)
+    methods = [STREAM_UNROLLS, ACT, GET_PARAMETERS]
+    attackers = [threading.Thread(target=attacker, args=(methods[i % 3],), daemon=True)
+                 for i in range(count)]
+    for thread in attackers:
+        thread.start()
+    attacked = frames_per_second(seconds)
+    counters = learner.service.counters
+    print(f"Catch, one honest actor: {alone:,.0f} frames/s alone, {attacked:,.0f} under "
+          f"{count} idle callers ({attacked / max(alone, 1e-9):.0%}); refused calls "
+          f"{counters.refused_calls:,d}, idle calls closed {counters.idle_closed}, slots held "
+          f"{learner.service.calls.held()}")
+    release.set()
+    learner.stop()
+    trainer.join(60)
+    stop.set()
+    actor.close(flush=False)
+    learner.close()
+    gin.clear_config()
+    return 0 if attacked > 0.5 * alone else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=20000,
@@ -294,6 +372,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4, help="--hostile_memory clients")
     parser.add_argument("--gin_file", default="catch.gin",
                         help="--hostile_memory: the experiment whose learner is attacked")
+    parser.add_argument("--idle_callers", type=int, default=None, metavar="N",
+                        help="frames/s of Catch's honest actor alone and under N idle callers")
+    parser.add_argument("--seconds", type=float, default=20.0, help="--idle_callers: window")
     parser.add_argument("--_client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(HERE, ".."))
@@ -303,6 +384,8 @@ def main() -> int:
         return 0
     if args.report:
         return report(args.cases, args.seed or 0)
+    if args.idle_callers:
+        return idle_callers(args.idle_callers, args.seconds)
     if args.hostile_memory:
         return hostile_memory(args.hostile_memory, args.threads, args.gin_file)
     env = dict(os.environ, HYPOTHESIS_PROFILE="fuzz", HYPOTHESIS_EXAMPLES=str(args.examples),
