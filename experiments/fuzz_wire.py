@@ -20,7 +20,8 @@
         from a client process; prints the learner process's resident memory before and
         after, and its counters' sizes.
 
-    python experiments/fuzz_wire.py --idle_callers 300 [--seconds 20]
+    python experiments/fuzz_wire.py --idle_callers 300 [--seconds 20] [--reopen_seconds 0.5]
+        [--inference actor|central]
         Catch's learner and one honest actor, alone and then under that many idle callers
         (streams, Act calls and parameter pulls that send nothing, reopened when refused):
         prints the learner's frames/s in both windows.
@@ -295,23 +296,63 @@ def hostile_memory(count: int, threads: int, gin_file: str) -> int:
     return 0
 
 
-def idle_callers(count: int, seconds: float) -> int:
+def _idle_client(address: str, count: int, reopen_seconds: float) -> None:
+    """`count` idle callers (a third each on StreamUnrolls, Act and GetParameters) that send
+    nothing and open their call again `reopen_seconds` after it is refused or closed (never,
+    if negative), until stdin closes."""
+    import threading
+    import grpc
+    from impala_tf.rpc.server import ACT, GET_PARAMETERS, STREAM_UNROLLS
+    release = threading.Event()
+
+    def hold():
+        release.wait()
+        return
+        yield
+
+    def attacker(method):
+        channel = grpc.insecure_channel(address)
+        while not release.is_set():
+            try:
+                call = (channel.stream_stream(method)(hold(), timeout=3600) if method == ACT
+                        else channel.stream_unary(method)(hold(), timeout=3600))
+                list(call) if method == ACT else None
+            except grpc.RpcError:
+                if reopen_seconds < 0:
+                    release.wait()
+                release.wait(reopen_seconds)
+        channel.close()
+
+    methods = [STREAM_UNROLLS, ACT, GET_PARAMETERS]
+    threads = [threading.Thread(target=attacker, args=(methods[i % 3],), daemon=True)
+               for i in range(count)]
+    for thread in threads:
+        thread.start()
+    sys.stdin.read()
+    release.set()
+
+
+def idle_callers(count: int, seconds: float, reopen_seconds: float,
+                 inference: str = "actor") -> int:
     """Catch's learner with one honest actor (in this process), for `seconds` alone and then
     for `seconds` under `count` idle callers that name no actor (a third each on
     StreamUnrolls, Act and GetParameters; their refused calls are opened again): prints the
     learner's frames/s in both windows and the calls refused and closed."""
     import threading
-    import grpc
     import gin
     from impala_tf import config
     from impala_tf.actor import Actor
-    from impala_tf.rpc.server import ACT, GET_PARAMETERS, STREAM_UNROLLS
     from impala_tf.train import build_learner
     import tempfile
-    config.parse_config(["catch.gin"], ["Launcher.num_actors = 1"])
+    config.parse_config(["catch.gin"], ["Launcher.num_actors = 1",
+                                        f"Launcher.inference = '{inference}'"])
     learner = build_learner(tempfile.mkdtemp(), "127.0.0.1:0")
-    stop, release = threading.Event(), threading.Event()
-    actor = Actor(learner.address, actor_index=0)
+    stop = threading.Event()
+    if inference == "central":
+        from impala_tf.env_actor import EnvActor
+        actor = EnvActor(learner.address, actor_index=0)
+    else:
+        actor = Actor(learner.address, actor_index=0)
     threading.Thread(target=actor.run, args=(stop,), daemon=True).start()
     trainer = threading.Thread(target=learner.run, daemon=True)
     trainer.start()
@@ -322,39 +363,30 @@ def idle_callers(count: int, seconds: float) -> int:
         time.sleep(window)
         return (learner.env_frames - frames) / (time.time() - start)
 
-    def hold():
-        release.wait()
-        return
-        yield
-
-    def attacker(method):
-        channel = grpc.insecure_channel(learner.address)
-        while not release.is_set():
-            try:
-                call = (channel.stream_stream(method)(hold(), timeout=3600) if method == ACT
-                        else channel.stream_unary(method)(hold(), timeout=3600))
-                list(call) if method == ACT else None
-            except grpc.RpcError:
-                release.wait(0.5)
-        channel.close()
-
     alone = frames_per_second(seconds)
-    methods = [STREAM_UNROLLS, ACT, GET_PARAMETERS]
-    attackers = [threading.Thread(target=attacker, args=(methods[i % 3],), daemon=True)
-                 for i in range(count)]
-    for thread in attackers:
-        thread.start()
+    # The callers run in a process of their own: hundreds of client threads in the learner's
+    # process would measure their own share of its interpreter, not the server's defences.
+    attackers = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_idle_client",
+                                  learner.address, str(count), str(reopen_seconds)],
+                                 stdin=subprocess.PIPE)
+    start = time.time()
     attacked = frames_per_second(seconds)
+    with open(f"/proc/{attackers.pid}/stat") as f:  # utime + stime, in clock ticks
+        ticks = sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
+    attacker_cores = ticks / os.sysconf("SC_CLK_TCK") / (time.time() - start)
     counters = learner.service.counters
-    print(f"Catch, one honest actor: {alone:,.0f} frames/s alone, {attacked:,.0f} under "
+    print(f"Catch, {inference} inference, one honest actor: {alone:,.0f} frames/s alone, {attacked:,.0f} under "
           f"{count} idle callers ({attacked / max(alone, 1e-9):.0%}); refused calls "
-          f"{counters.refused_calls:,d}, idle calls closed {counters.idle_closed}, slots held "
-          f"{learner.service.calls.held()}")
-    release.set()
+          f"{counters.refused_calls:,d}, unauthenticated {counters.unauthenticated:,d}, idle "
+          f"calls closed {counters.idle_closed}, slots held "
+          f"{learner.service.calls.held()}; the callers' process used {attacker_cores:.2f} "
+          f"of this machine's {os.cpu_count()} cores")
+    attackers.stdin.close()
+    attackers.wait(60)
     learner.stop()
     trainer.join(60)
     stop.set()
-    actor.close(flush=False)
+    actor.close() if inference == "central" else actor.close(flush=False)
     learner.close()
     gin.clear_config()
     return 0 if attacked > 0.5 * alone else 1
@@ -376,6 +408,12 @@ def main() -> int:
                         help="frames/s of Catch's honest actor alone and under N idle callers")
     parser.add_argument("--seconds", type=float, default=20.0, help="--idle_callers: window")
     parser.add_argument("--_client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--reopen_seconds", type=float, default=0.5,
+                        help="--idle_callers: a refused caller calls again after this long "
+                             "(negative: never)")
+    parser.add_argument("--inference", choices=["actor", "central"], default="actor",
+                        help="--idle_callers: the learner's inference mode")
+    parser.add_argument("--_idle_client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(HERE, ".."))
     if args._client:
@@ -384,8 +422,13 @@ def main() -> int:
         return 0
     if args.report:
         return report(args.cases, args.seed or 0)
+    if args._idle_client:
+        _idle_client(args._idle_client[0], int(args._idle_client[1]),
+                     float(args._idle_client[2]))
+        return 0
     if args.idle_callers:
-        return idle_callers(args.idle_callers, args.seconds)
+        return idle_callers(args.idle_callers, args.seconds, args.reopen_seconds,
+                            args.inference)
     if args.hostile_memory:
         return hostile_memory(args.hostile_memory, args.threads, args.gin_file)
     env = dict(os.environ, HYPOTHESIS_PROFILE="fuzz", HYPOTHESIS_EXAMPLES=str(args.examples),
