@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Test processes in parallel (pytest-xdist); each TF process gets its share of the cores.
 TEST_WORKERS ?= 2
 
-.PHONY: install test train timing clean
+.PHONY: install test bazel-test train timing clean
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
+
+# The fast tests under Bazel (Debian's bazel-bootstrap, installed when missing), offline
+# when ../shared/third_party/bazel holds the repositories Bazel pins; see bazel/test.sh.
+BAZEL_OFFLINE ?= ../shared/third_party/bazel
+bazel-test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash bazel/test.sh $(BAZEL_OFFLINE)
 
 # The main job: IMPALA on Pong (V-trace actor-critic, one update per batch; shallow network,
 # T=5, B=8, Adam with epsilon 1e-3, frames centred), the learner in this process and actor
@@ -45,4 +51,5 @@ timing: $(STAMP)
 	$(BIN)/python experiments/time_learner_update.py
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache *.egg-info
+	rm -rf $(VENV) logs .pytest_cache *.egg-info .bazel-deps
+	-command -v bazel >/dev/null && bazel --batch clean --expunge

@@ -31,9 +31,11 @@ from impala_tf.rpc.security import Security
 from impala_tf.rpc.server import ACT
 
 # Ends of a stream worth another: the learner is not there (yet), is stopping or busy
-# (RESOURCE_EXHAUSTED), closed an idle stream (DEADLINE_EXCEEDED), or still holds this
-# actor's previous stream (a restart within gRPC's detection of the old one).
-_RETRY = RETRYABLE_CODES | {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.CANCELLED}
+# (RESOURCE_EXHAUSTED), closed an idle stream (DEADLINE_EXCEEDED), still holds this
+# actor's previous stream (a restart within gRPC's detection of the old one), or let a new
+# hello for this id replace this stream's session while it was silent (ABORTED).
+_RETRY = RETRYABLE_CODES | {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.CANCELLED,
+                            grpc.StatusCode.ABORTED}
 
 
 class _End:

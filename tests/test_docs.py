@@ -71,7 +71,7 @@ def _commands(page):
     for span in _code_spans(text):
         for match in re.finditer(r"-m (impala_tf[\w.]*)([^`#|]*)", span):
             yield "module", match.group(1), match.group(2)
-        for match in re.finditer(r"(?:^|\s)make (\w+)", span):
+        for match in re.finditer(r"(?:^|\s)make ([\w-]+)", span):
             yield "make", match.group(1), ""
 
 
