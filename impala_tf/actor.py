@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, config
+from impala_tf import builders, config, gin_utils
 from impala_tf.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
@@ -217,7 +217,7 @@ class Actor:
 
 def configured_num_envs() -> int:
     """`Actor.num_envs` as the parsed gin config sets it, else its default."""
-    return int(config.configured_value(Actor, "num_envs"))
+    return int(gin_utils.configured_value(Actor, "num_envs"))
 
 
 FLAGS = flags.FLAGS

@@ -9,7 +9,6 @@ import contextlib
 import difflib
 import importlib
 import importlib.resources
-import inspect
 import logging
 import os
 import pathlib
@@ -147,30 +146,6 @@ class _DropGinPathMisses(logging.Filter):
             record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
             and str(record.msg).startswith("Path not found")
         )
-
-
-_UNBOUND = object()
-
-
-def bound_value(binding: str, default=None):
-    """The value the parsed config binds to `binding` ('Actor.num_envs'), else `default`."""
-    try:
-        return gin.query_parameter(binding)
-    except ValueError:
-        return default
-
-
-def configured_value(configurable, parameter: str):
-    """What the parsed config binds to `configurable`'s `parameter` (a gin-configurable class
-    or function), else the parameter's default in its signature."""
-    function = configurable.__init__ if inspect.isclass(configurable) else configurable
-    default = inspect.signature(function).parameters[parameter].default
-    return bound_value(f"{configurable.__name__}.{parameter}", default)
-
-
-def is_bound(binding: str) -> bool:
-    """Whether the parsed config binds `binding` at all (to None too)."""
-    return bound_value(binding, _UNBOUND) is not _UNBOUND
 
 
 def write_operative_config(logdir: str) -> str:

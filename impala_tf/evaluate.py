@@ -22,7 +22,7 @@ from typing import Tuple
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, checkpoints, config, evaluation, quiet
+from impala_tf import builders, checkpoints, config, evaluation, gin_utils, quiet
 from impala_tf.envs import dmlab as dmlab_env
 from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, configured_games
 from impala_tf.envs.factory import make_environment
@@ -71,8 +71,8 @@ def evaluation_environments(num_envs: int, seed: int):
     task, each building `num_envs` environments of it in evaluation mode (DMLab-30: its 30
     distinct test levels; multi-task Atari: each game), else one of the configured game or
     level. Makers, so that one task's environments exist at a time."""
-    kind = config.bound_value("make_environment.kind", "atari")
-    dmlab30 = kind == "dmlab" and config.bound_value("make_dmlab.dmlab30", False)
+    kind = gin_utils.bound_value("make_environment.kind", "atari")
+    dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30", False)
     if dmlab30:  # dmlab30=False: each batch its own level, not the actor's assignment
         makers = [functools.partial(dmlab_env.make_dmlab, num_envs, seed=seed, level=level,
                                     mode="test", dmlab30=False)

@@ -1,4 +1,5 @@
-"""Gin helpers.
+"""Gin helpers: Keras classes as configurables, and what the parsed config binds (these read
+gin's state only, so any module may use them without importing the configurables).
 
 `keras_configurable` makes a Keras layer or model class `@gin.configurable`. Plain
 `gin.configurable` replaces `__init__` with a `(*args, **kwargs)` wrapper, and Keras'
@@ -24,3 +25,27 @@ def keras_configurable(cls):
     cls = gin.configurable(cls, allowlist=named)
     cls.__init__.__signature__ = original_signature
     return cls
+
+
+_UNBOUND = object()
+
+
+def bound_value(binding: str, default=None):
+    """The value the parsed config binds to `binding` ('Actor.num_envs'), else `default`."""
+    try:
+        return gin.query_parameter(binding)
+    except ValueError:
+        return default
+
+
+def configured_value(configurable, parameter: str):
+    """What the parsed config binds to `configurable`'s `parameter` (a gin-configurable class
+    or function), else the parameter's default in its signature."""
+    function = configurable.__init__ if inspect.isclass(configurable) else configurable
+    default = inspect.signature(function).parameters[parameter].default
+    return bound_value(f"{configurable.__name__}.{parameter}", default)
+
+
+def is_bound(binding: str) -> bool:
+    """Whether the parsed config binds `binding` at all (to None too)."""
+    return bound_value(binding, _UNBOUND) is not _UNBOUND

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from impala_tf import builders, checkpoints, config, distribute
+from impala_tf import builders, checkpoints, config, distribute, gin_utils
 from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.central_inference import CentralInference
 from impala_tf.logdir_lock import LogdirLock
@@ -404,11 +404,11 @@ class Learner:
             self.agent, self.unrolls, self.service.counters,
             {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape))
              for name, spec in observation_spec.items()},
-            num_actions, num_envs or int(config.configured_value(Actor, "num_envs")),
+            num_actions, num_envs or int(gin_utils.configured_value(Actor, "num_envs")),
             self.run_config.unroll_length, validator.num_actors,
             is_refused=lambda actor_id: actor_id in validator.refused,
             version=lambda: self.learner_step,
-            env_seed=int(config.configured_value(Actor, "seed")),
+            env_seed=int(gin_utils.configured_value(Actor, "seed")),
             stacked_observations=stacked, observation_bounds=observation_bounds,
             limits=validator.limits, max_message_bytes=max_message_bytes, policy_seed=seed)
 

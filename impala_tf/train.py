@@ -24,7 +24,7 @@ import gin
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import config, quiet
+from impala_tf import config, gin_utils, quiet
 from impala_tf.distribute import NoTPUError, make_strategy, num_workers
 from impala_tf.envs.atari import ACTORS_ON_HOST_VARIABLE
 from impala_tf.envs.atari_multitask import multitask_coverage
@@ -232,7 +232,7 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     probe.close()
     kwargs = {}
     launcher = Launcher()
-    if not config.is_bound("Learner.num_actors"):  # else gin supplies it
+    if not gin_utils.is_bound("Learner.num_actors"):  # else gin supplies it
         kwargs["num_actors"] = launcher.num_actors * num_workers(strategy)
     from impala_tf.actor import configured_num_envs
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
@@ -257,8 +257,8 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool) -> dict:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
-    kind = config.bound_value("make_environment.kind")
-    dmlab30 = kind == "dmlab" and config.bound_value("make_dmlab.dmlab30")
+    kind = gin_utils.bound_value("make_environment.kind")
+    dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30")
     if dmlab30 or kind == "atari_multitask":
         from impala_tf.actor import configured_num_envs
         actors, envs = learner.service.validator.num_actors, configured_num_envs()

@@ -57,3 +57,47 @@ def test_query_labels_become_paths_of_the_root_package():
     assert check_targets.files_of(["//:impala_tf/actor.py", "//:tests/test_rpc.py",
                                    "//bazel:tensorflow", "//:experiments/catch.gin"]) == {
         "impala_tf/actor.py", "tests/test_rpc.py"}
+
+
+def test_imports_of_the_package_are_found_anywhere_in_a_file():
+    source = (
+        "import os\n"
+        "import impala_tf  # noqa\n"
+        "from impala_tf.rpc import codec, server\n"
+        "from impala_tf.learner import Learner\n"
+        "def later():\n"
+        "    from impala_tf.actor import Actor\n"
+        "from . import sibling\n")
+    assert check_targets.imported_modules(source) == {
+        "impala_tf", "impala_tf.rpc", "impala_tf.rpc.codec", "impala_tf.rpc.server",
+        "impala_tf.learner", "impala_tf.learner.Learner", "impala_tf.actor",
+        "impala_tf.actor.Actor"}
+    assert check_targets.module_path("impala_tf.rpc", ROOT) == "impala_tf/rpc/__init__.py"
+    assert check_targets.module_path("impala_tf.learner.Learner", ROOT) is None
+
+
+def test_an_import_without_its_dependency_is_named(tmp_path):
+    (tmp_path / "impala_tf").mkdir()
+    (tmp_path / "impala_tf" / "__init__.py").write_text("")
+    (tmp_path / "impala_tf" / "low.py").write_text("X = 1\n")
+    (tmp_path / "impala_tf" / "high.py").write_text(
+        "def f():\n    from impala_tf.low import X\n    return X\n")
+    targets = {"//:low": check_targets.Target({"impala_tf/low.py"}, set()),
+               "//:high": check_targets.Target({"impala_tf/high.py"}, set())}
+    assert check_targets.undeclared_imports(targets, tmp_path) == [
+        "//:high imports impala_tf.low (impala_tf/high.py) without depending on //:low"]
+    targets["//:high"] = check_targets.Target({"impala_tf/high.py"}, {"//:low"})
+    assert check_targets.undeclared_imports(targets, tmp_path) == []
+
+
+def test_query_xml_gives_each_rules_files_and_direct_dependencies():
+    text = """<?xml version="1.1" encoding="UTF-8" standalone="no"?>
+<query version="2">
+    <rule class="py_library" location="BUILD:1:11" name="//:learner">
+        <list name="deps"><label value="//:batcher"/><label value="//bazel:numpy"/></list>
+        <list name="srcs"><label value="//:impala_tf/learner.py"/></list>
+        <rule-input name="//:batcher"/>
+    </rule>
+</query>"""
+    assert check_targets.targets_from_xml(text) == {"//:learner": check_targets.Target(
+        {"impala_tf/learner.py"}, {"//:batcher", "//bazel:numpy"})}

@@ -17,14 +17,13 @@ import grpc
 import numpy as np
 import pytest
 
-from impala_tf import builders, config
+from impala_tf import builders, config, gin_utils
 from impala_tf.actor import Actor
 from impala_tf.central_inference import CentralInference
 from impala_tf.env_actor import EnvActor
 from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.policy import BatchedPolicy
 from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.counters import ServiceCounters
 from impala_tf.rpc.server import (ACT, LearnerServer, LearnerService, ParameterStore,
                                   UnrollQueue)
 from impala_tf.rpc.validation import UnrollValidator
@@ -139,7 +138,7 @@ def _serve(agent, env_spec, stacked, num_actions, num_envs, num_actors=2, greedy
         agent, unrolls, counters_service.counters,
         {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape)) for name, spec in env_spec.items()},
         num_actions, num_envs, T, num_actors, is_refused=lambda a: False, version=lambda: 7,
-        env_seed=int(config.configured_value(Actor, "seed")), stacked_observations=stacked,
+        env_seed=int(gin_utils.configured_value(Actor, "seed")), stacked_observations=stacked,
         policy=BatchedPolicy(agent, greedy=greedy), max_wait_ms=max_wait_ms, **central_kwargs)
     counters_service.central = central
     server = LearnerServer(counters_service, "127.0.0.1:0", 8 << 20).start()

@@ -4,7 +4,6 @@ token held a slot until its own deadline; two authorization headers let the last
 
 Real gRPC servers on loopback; the honest actors are the project's own clients."""
 
-import queue
 import threading
 import time
 

@@ -23,6 +23,7 @@ from dm_env import specs
 from impala_tf.envs.atari import AtariBatchedEnv, protocol_settings, resolve_game
 from impala_tf.envs.base import (BatchedEnv, BatchedTimeStep, EpisodeStats,
                                  levels_for_environments, task_coverage)
+from impala_tf.gin_utils import configured_value
 
 NUM_FULL_ACTIONS = 18
 # ALE's 18 actions in their numbering (ale_py.Action): the multi-task agent's action space.
@@ -74,9 +75,8 @@ def multitask_coverage(num_actors: int, num_envs: int, num_games: int) -> str:
 def configured_games() -> List[str]:
     """`AtariMultiTaskEnv.games` as the parsed gin config sets it (else its default),
     resolved: the task list, in task-id order."""
-    from impala_tf import config  # the config module imports every environment
 
-    return resolve_games(config.configured_value(AtariMultiTaskEnv, "games"))
+    return resolve_games(configured_value(AtariMultiTaskEnv, "games"))
 
 
 @gin.configurable

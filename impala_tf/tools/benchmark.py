@@ -51,7 +51,7 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
-from impala_tf import quiet
+from impala_tf import gin_utils, quiet
 
 FLAGS = flags.FLAGS
 DEFAULT_STAGES = ("env", "forward", "actor", "learner", "vtrace", "transport", "end_to_end")
@@ -583,9 +583,8 @@ def print_table(results: Dict) -> None:
 
 def _is_atari() -> bool:
     """Whether the parsed config's environments are single-game Atari (ALE's threads)."""
-    from impala_tf import config
     from impala_tf.envs.factory import make_environment
-    return config.configured_value(make_environment, "kind") == "atari"
+    return gin_utils.configured_value(make_environment, "kind") == "atari"
 
 
 def run_all() -> Dict:
