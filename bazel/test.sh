@@ -31,9 +31,12 @@ if [ -d "$offline" ]; then
   for archive in "$offline"/rules_cc-*.tar.gz "$offline"/rules_java-*.tar.gz; do
     tar -xzf "$archive" -C "$deps"
   done
+  rm -rf "$deps/remote_coverage_tools"  # a writable copy: the shared folder may be read-only
+  cp -r "$offline/remote_coverage_tools" "$deps/remote_coverage_tools"
+  chmod -R u+w "$deps"
   flags+=(--override_repository=rules_cc="$deps/rules_cc"
           --override_repository=rules_java="$deps/rules_java"
-          --override_repository=remote_coverage_tools="$(cd "$offline/remote_coverage_tools" && pwd)")
+          --override_repository=remote_coverage_tools="$deps/remote_coverage_tools")
 fi
 python bazel/check_targets.py "${flags[@]}"
 exec bazel --batch test "${flags[@]}" --test_tag_filters=-slow --local_test_jobs=2 \
