@@ -11,9 +11,9 @@ slow or greedy callers from starving honest actors.
   a few unroll periods (derived from the unroll length, at least `MIN_IDLE_SECONDS`) is
   closed with DEADLINE_EXCEEDED and counted; the project's actors then reconnect.
 - **Bytes in hand** (`ByteBudget`): the bytes of messages read but not yet handed on (an
-  unroll waiting for room in the queue, a step waiting for inference) are budgeted, derived
-  from the queue's capacity; past the budget a call waits before reading its next message,
-  and gRPC's flow control holds its sender.
+  unroll waiting for room in the queue, a step waiting for inference) are budgeted (the
+  service derives it from the queue's capacity and the run's actors); past the budget a
+  call waits before reading its next message, and gRPC's flow control holds its sender.
 
 The token check (`security.TokenInterceptor`) runs before any of this: a call without the
 run's token is refused before it holds a slot.
