@@ -133,7 +133,6 @@ class ByteBudget:
                              f"{capacity} and {unit}.")
         self.capacity, self.unit = int(capacity), int(unit)
         self.held = 0
-        self.peak = 0
         self._waiters: "collections.deque[asyncio.Future]" = collections.deque()
 
     async def reserve(self) -> None:
@@ -160,7 +159,6 @@ class ByteBudget:
 
     def _add(self, nbytes: int) -> None:
         self.held += nbytes
-        self.peak = max(self.peak, self.held)
 
     def _wake(self) -> None:
         if self.held < self.capacity and self._waiters and not self._waiters[0].done():

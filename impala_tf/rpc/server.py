@@ -209,8 +209,9 @@ class LearnerService:
     calls that name none); every read waits at most `idle_seconds` for the caller's next
     message, and only while the bytes that calls hold are within `byte_budget`
     (`admission.ByteBudget`). A call is ended by setting its status and returning, never by
-    raising through the handler: a rejected call then leaves no frame in a reference cycle
-    (its message and stream state are freed at once, not at the next full collection).
+    raising through the handler, so a rejected call leaves no frame of ours (its message,
+    its stream's frames) in a reference cycle. gRPC keeps one small cycle per call of its
+    own, freed by the collector's young generations (docs/reliability.md).
 
     Args:
       validator, unrolls, parameters, stop_event: the unroll checks, the queue, the newest
@@ -256,16 +257,16 @@ class LearnerService:
         self._bytes = admission.ByteBudget(
             self.byte_budget, max(1, min(self.validator.unroll_bytes, self.byte_budget)))
 
-    @property
-    def bytes_held(self) -> int:
-        return self._bytes.held if self._bytes is not None else 0
-
     # -- the parts every call shares -----------------------------------------------------------
     def _admit(self, method: str, context) -> Optional[int]:
         """The call's claimed actor id (None: none) once it holds a slot; else
         `admission.AdmissionError`."""
-        actor_id = admission.claimed_actor_id(context.invocation_metadata(),
-                                              self.validator.num_actors)
+        try:
+            actor_id = admission.claimed_actor_id(context.invocation_metadata(),
+                                                  self.validator.num_actors)
+        except admission.AdmissionError as error:  # a bad id: counted like a bad unroll
+            self.counters.reject(str(error))
+            raise
         try:
             self.calls.admit(method, actor_id)
         except admission.AdmissionError:
@@ -288,7 +289,11 @@ class LearnerService:
             async with asyncio.timeout(self.idle_seconds) as timer:  # in this task: gRPC's
                 if session is not None:                             # cancel still reaches it
                     session.read_timer = timer
-                data = await iterator.__anext__()
+                try:
+                    data = await iterator.__anext__()
+                finally:
+                    if session is not None:
+                        session.read_timer = None
         except StopAsyncIteration:
             self._bytes.release(self._bytes.unit)
             return None
