@@ -1,16 +1,17 @@
-"""Memory a hostile client cannot make the learner keep (reliability round 3): rejected
-calls left their frames in reference cycles that only a full collection freed (+55 MiB over
-56k rejected messages with collections off), and bursts of concurrent 63 MiB messages raised
-the learner's resident memory by up to 3.4 GB under the fixed 64 MiB receive limit.
+"""Memory a hostile client cannot make the learner keep (reliability round 3): the attack
+measured +55 MiB over 56k rejected messages with collections off, put down to handler frames
+left in reference cycles, and bursts of concurrent 63 MiB messages raised the learner's
+resident memory by up to 3.4 GB under the fixed 64 MiB receive limit.
 
-One cycle per call remains, and it is gRPC's own (`_find_method_handler`'s closure: six
-small objects, the call's method and metadata, about 2.6 kB, for every call accepted or
-not); young-generation collections free it as soon as they run. The tests assert that no
-frame, coroutine, message or stream state of ours is in a cycle, and that a rejected
-message's bytes never outlive its call.
+Handlers now end calls by status, so no frame, coroutine or message of ours is in a cycle
+(asserted with collections off). One cycle per call remains, and it is gRPC's own
+(`_find_method_handler`'s closure: five kinds of small object, for every call accepted or
+not); with collections off it also keeps the call's received buffers, so what frees a
+rejected message is the young-generation collections a learner runs all the time (asserted
+with them on). The receive limit derived from the spec refuses large messages unread.
 
-The service runs in its own process with Python's automatic garbage collection off
-(`memory_server_process.py`); its resident memory is read from /proc."""
+The service runs in its own process (`memory_server_process.py`), first with Python's
+automatic garbage collection off; its resident memory is read from /proc."""
 
 import json
 import os
