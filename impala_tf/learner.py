@@ -27,7 +27,8 @@ from impala_tf.central_inference import CentralInference
 from impala_tf.logdir_lock import LogdirLock
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.counters import EpisodeTally, printable
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
+from impala_tf.rpc.server import (METHODS, LearnerServer, LearnerService, ParameterStore,
+                                  UnrollQueue)
 from impala_tf.rpc.validation import Unroll, UnrollLimits, UnrollValidator
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import num_tasks, unroll_wire_spec
@@ -319,31 +320,29 @@ class Learner:
                     1, self.run_config.batch_size // max(1, self._num_workers())))
             self.parameters = ParameterStore()
             self.publish()  # before the server: its send limit follows from their size
-            wire_spec = codec.spec_from_tensor_specs(self.wire_spec)
-            limits = UnrollLimits()
-            if max_message_bytes is None:
-                max_message_bytes = self._derived_message_limit(
-                    wire_spec, num_actions, limits, observation_bounds, num_actors,
-                    stacked_observations, num_envs, observation_spec, central)
-            self.max_message_bytes = int(max_message_bytes)
-            self.service = LearnerService(
-                UnrollValidator(wire_spec, num_actions, self.max_message_bytes, limits,
-                                observation_bounds, num_actors, stacked_observations,
-                                num_envs),
-                self.unrolls, self.parameters, self._stop, idle_seconds=idle_seconds)
+            validator = UnrollValidator(
+                codec.spec_from_tensor_specs(self.wire_spec), num_actions, max_message_bytes,
+                UnrollLimits(), observation_bounds, num_actors, stacked_observations, num_envs)
+            # An explicit limit, else the largest message an honest actor of this run sends:
+            # an unroll (the validator's own limit) or, in central mode, a step of K envs.
+            self.max_message_bytes = max_message_bytes or max(
+                validator.max_message_bytes, step_messages.step_message_limit(
+                    {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape))
+                     for name, spec in observation_spec.items()}, validator.num_envs)
+                if central else 0)
+            self.service = LearnerService(validator, self.unrolls, self.parameters,
+                                          self._stop, idle_seconds=idle_seconds)
             self.frames_on_device = _frames_on_device(stack_frames_on, self.strategy)
             if central:
                 self.central = self._central_inference(
                     observation_spec, num_actions, num_envs, stacked_observations,
-                    observation_bounds, max_message_bytes, seed)
+                    observation_bounds, self.max_message_bytes, seed)
                 self.service.central = self.central
             if batch_source is None:
-                calls = self.service.calls
                 self.server = LearnerServer(
                     self.service, server_address, self.max_message_bytes,
-                    max_concurrent_rpcs=max_concurrent_rpcs or (
-                        3 * calls.per_actor * self.service.validator.num_actors
-                        + calls.anonymous + 64),
+                    max_concurrent_rpcs=max_concurrent_rpcs or 64 + self.service.calls.most_held(
+                        self.service.validator.num_actors, len(METHODS)),
                     insecure=insecure,
                     max_send_bytes=max(self.max_message_bytes,
                                        self.parameters.payload_bytes + (1 << 20))).start()
@@ -376,20 +375,6 @@ class Learner:
                 self.central.stop()
             self._lock.release()
             raise
-
-    @staticmethod
-    def _derived_message_limit(wire_spec, num_actions, limits, observation_bounds, num_actors,
-                               stacked_observations, num_envs, observation_spec,
-                               central) -> int:
-        """The largest message an honest actor of this run sends (see `max_message_bytes`)."""
-        probe = UnrollValidator(wire_spec, num_actions, 1, limits, observation_bounds,
-                                num_actors, stacked_observations, num_envs)
-        limit = probe.message_limit()
-        if central:
-            limit = max(limit, step_messages.step_message_limit(
-                {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape))
-                 for name, spec in observation_spec.items()}, probe.num_envs))
-        return limit
 
     def _central_inference(self, observation_spec, num_actions, num_envs, stacked,
                            observation_bounds, max_message_bytes, seed):

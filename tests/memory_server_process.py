@@ -30,10 +30,10 @@ SPEC = {
 def main() -> None:
     if not os.environ.get("KEEP_GC"):
         gc.disable()
-    probe = UnrollValidator(SPEC, 6, 1, num_actors=64, num_envs=8)
-    limit = probe.message_limit()
-    service = LearnerService(UnrollValidator(SPEC, 6, limit, num_actors=64, num_envs=8),
-                             UnrollQueue(maxsize=32), ParameterStore(), threading.Event())
+    validator = UnrollValidator(SPEC, 6, None, num_actors=64, num_envs=8)  # derived limit
+    limit = validator.max_message_bytes
+    service = LearnerService(validator, UnrollQueue(maxsize=32), ParameterStore(),
+                             threading.Event())
     server = LearnerServer(service, "127.0.0.1:0", limit).start()
     print(server.address, limit, flush=True)
     for line in sys.stdin:

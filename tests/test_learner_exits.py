@@ -6,29 +6,17 @@ reported once instead of ending the run."""
 import json
 import logging
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import checkpoints, config
+from impala_tf import checkpoints
 from impala_tf.batcher import ReadyBatch
 from impala_tf.learner import Learner, MetricsLog
 from impala_tf.networks import Agent
-from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
 
-SPEC = {"frame": tf.TensorSpec([10, 5, 1], tf.uint8)}
-RUN = RunConfig(unroll_length=4, batch_size=4, total_environment_frames=1e6,
-                num_action_repeats=1)
-
-
-@pytest.fixture(autouse=True)
-def _small_agent():
-    config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8",
-                             "make_optimizer.learning_rate = 0.01"])
-    yield
-    gin.clear_config()
+from test_learner import RUN, SPEC, _small_agent  # noqa: F401 (the autouse fixture)
 
 
 class Injected(Exception):

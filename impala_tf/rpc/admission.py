@@ -112,6 +112,11 @@ class CallBudget:
             if not self._held[key]:
                 del self._held[key]
 
+    def most_held(self, num_actors: int, methods: int) -> int:
+        """The most calls it lets hold slots at once: every id's slots of every method, and
+        the anonymous pool."""
+        return methods * self.per_actor * int(num_actors) + self.anonymous
+
     def held(self) -> int:
         """Calls holding a slot now."""
         with self._lock:

@@ -39,6 +39,11 @@ ALLOWED_DTYPES = {
 }
 
 
+def field_bytes(dtype, shape) -> int:
+    """The payload bytes of a field of `dtype` and `shape` (a spec entry)."""
+    return np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+
+
 class CodecError(ValueError):
     """A message that cannot be decoded or does not match its spec."""
 

@@ -200,6 +200,7 @@ class _Idle(Exception):
 
 
 STREAM_UNROLLS_METHOD, GET_PARAMETERS_METHOD, ACT_METHOD = "StreamUnrolls", "GetParameters", "Act"
+METHODS = (STREAM_UNROLLS_METHOD, GET_PARAMETERS_METHOD, ACT_METHOD)
 
 
 class LearnerService:

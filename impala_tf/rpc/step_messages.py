@@ -82,8 +82,7 @@ def step_message_limit(observation_spec: Mapping[str, Tuple[Any, tuple]],
     """The largest step message an honest environment actor sends: K environments' whole
     observations (every stack restarting) and up to K episodes."""
     payload = num_envs * (1 + 4 + 4 + 1 + sum(
-        np.dtype(dtype).itemsize * int(np.prod(shape))
-        for dtype, shape in observation_spec.values()))
+        codec.field_bytes(dtype, shape) for dtype, shape in observation_spec.values()))
     return message_limit_bytes(payload, num_envs)
 
 

@@ -218,7 +218,8 @@ class UnrollValidator:
     Args:
       wire_spec: name -> (numpy dtype, shape) of an unroll on the wire.
       num_actions: the action set's size.
-      max_message_bytes: the largest message decoded.
+      max_message_bytes: the largest message decoded (None: the largest an honest actor
+        sends, `message_limit`).
       limits: `UnrollLimits` (default: the gin-configured one).
       observation_bounds: observation name -> (minimum, maximum) from the environment's
         dm_env spec (`specs.observation_bounds`).
@@ -232,7 +233,7 @@ class UnrollValidator:
     """
 
     def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
-                 max_message_bytes: int, limits: Optional[UnrollLimits] = None,
+                 max_message_bytes: Optional[int], limits: Optional[UnrollLimits] = None,
                  observation_bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
                  num_actors: Optional[int] = None,
                  stacked_observations: Optional[Mapping[str, int]] = None,
@@ -242,7 +243,6 @@ class UnrollValidator:
         self._unpack = frame_packing.Unpacker(self.wire_spec, self.stacked)
         self.limits = limits or UnrollLimits()
         self.bounds = field_bounds(self.wire_spec, num_actions, self.limits, observation_bounds)
-        self.max_message_bytes = max_message_bytes
         self.num_actors = int(num_actors or DEFAULT_NUM_ACTORS)
         self.num_envs = int(num_envs or DEFAULT_NUM_ENVS)
         # Stacked observations whose values need a check (floats, booleans, bounds narrower
@@ -257,6 +257,7 @@ class UnrollValidator:
         action_shape = self.wire_spec.get("action", (None, (1,)))[1]
         self.unroll_length = int(action_shape[0]) - 1 if action_shape else 0
         self.max_episodes_per_unroll = max(1, self.unroll_length) * self.num_envs
+        self.max_message_bytes = int(max_message_bytes or self.message_limit())
         self._refused: Set[int] = set()
         self._lock = threading.Lock()
 
@@ -266,7 +267,7 @@ class UnrollValidator:
         to their newest frames (a continued unroll's size, without its header)."""
         total = 0
         for name, (dtype, shape) in self.wire_spec.items():
-            size = np.dtype(dtype).itemsize * int(np.prod(shape))
+            size = codec.field_bytes(dtype, shape)
             channels = self.stacked.get(name[len("observation/"):])
             if name.startswith("observation/") and channels:
                 size = size * channels // shape[-1]
@@ -277,8 +278,7 @@ class UnrollValidator:
     def whole_unroll_bytes(self) -> int:
         """The bytes of one unroll's fields with whole stacks (an environment's first unroll
         on a stream, or an actor that does not pack)."""
-        return sum(np.dtype(dtype).itemsize * int(np.prod(shape))
-                   for dtype, shape in self.wire_spec.values())
+        return sum(codec.field_bytes(dtype, shape) for dtype, shape in self.wire_spec.values())
 
     def message_limit(self) -> int:
         """The largest unroll message an honest actor sends (`message_limit_bytes`)."""
