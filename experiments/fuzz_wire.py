@@ -263,7 +263,7 @@ def hostile_memory(count: int, threads: int, gin_file: str) -> int:
     import tempfile
     from impala_tf import config
     from impala_tf.rpc import codec
-    from impala_tf.train import build_learner
+    from impala_tf.launcher import build_learner
     config.parse_config([gin_file])
     workdir = tempfile.mkdtemp(prefix="hostile_memory_")
     learner = build_learner(os.path.join(workdir, "run"), "127.0.0.1:0")
@@ -342,7 +342,7 @@ def idle_callers(count: int, seconds: float, reopen_seconds: float,
     import gin
     from impala_tf import config
     from impala_tf.actor import Actor
-    from impala_tf.train import build_learner
+    from impala_tf.launcher import build_learner
     import tempfile
     config.parse_config(["catch.gin"], ["Launcher.num_actors = 1",
                                         f"Launcher.inference = '{inference}'"])

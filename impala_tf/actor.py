@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, config, gin_utils
+from impala_tf import builders, command_line, config, gin_utils
 from impala_tf.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
@@ -267,5 +267,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, define_flags, "impala_tf.actor")

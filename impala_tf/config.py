@@ -37,7 +37,7 @@ _CONFIGURABLE_MODULES = (
     "impala_tf.optimizers",
     "impala_tf.rpc.security",
     "impala_tf.run_config",
-    "impala_tf.train",
+    "impala_tf.launcher",
     "impala_tf.train_step",
 )
 

@@ -23,7 +23,7 @@ import gin
 import grpc
 from absl import app, flags
 
-from impala_tf import config, quiet
+from impala_tf import command_line, config, quiet
 from impala_tf.envs.factory import make_environment
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, call_metadata, channel_options
@@ -214,5 +214,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, define_flags, "impala_tf.env_actor")

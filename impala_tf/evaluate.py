@@ -14,20 +14,12 @@ figures for the same tasks (Tables B.1 and C.1). Other runs play the configured 
 
 import csv
 import dataclasses
-import functools
 import json
 import os
-from typing import Tuple
 
 from absl import app, flags
 
-import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, checkpoints, config, evaluation, gin_utils, quiet
-from impala_tf.envs import dmlab as dmlab_env
-from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, configured_games
-from impala_tf.envs.factory import make_environment
-from impala_tf.policy import BatchedPolicy
-from impala_tf.specs import num_tasks, tensor_specs
+from impala_tf import command_line, config, quiet
 
 FLAGS = flags.FLAGS
 
@@ -48,6 +40,7 @@ def define_flags() -> None:
 
 
 def _resolve_inputs():
+    from impala_tf import checkpoints
     if bool(FLAGS.logdir) == bool(FLAGS.checkpoint):
         raise app.UsageError("Give exactly one of --logdir and --checkpoint.")
     if FLAGS.logdir:
@@ -66,67 +59,13 @@ def _resolve_inputs():
     return path, out_dir, gin_files
 
 
-def evaluation_environments(num_envs: int, seed: int):
-    """(environment makers, kind, multitask) for the configured experiment: one maker per
-    task, each building `num_envs` environments of it in evaluation mode (DMLab-30: its 30
-    distinct test levels; multi-task Atari: each game), else one of the configured game or
-    level. Makers, so that one task's environments exist at a time."""
-    kind = gin_utils.bound_value("make_environment.kind", "atari")
-    dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30", False)
-    if dmlab30:  # dmlab30=False: each batch its own level, not the actor's assignment
-        makers = [functools.partial(dmlab_env.make_dmlab, num_envs, seed=seed, level=level,
-                                    mode="test", dmlab30=False)
-                  for level in dmlab_env.dmlab30_level_names("test")]
-    elif kind == "atari_multitask":  # the task ids stay those of the configured game list
-        games = configured_games()
-        makers = [functools.partial(AtariMultiTaskEnv, num_envs, games=games, seed=seed,
-                                    env_games=[game] * num_envs, mode="eval")
-                  for game in games]
-    else:
-        makers = [functools.partial(make_environment, num_envs, seed=seed, mode="eval")]
-    return makers, kind, dmlab30 or kind == "atari_multitask"
-
-
-def paper_column(kind: str, multitask: bool, torso: str) -> Tuple[str, str]:
-    """(the paper's per-task column to print beside ours, its name in words)."""
-    if kind == "atari_multitask":
-        return "impala_deep_multitask", "IMPALA deep multi-task (Table C.1)"
-    if kind == "atari":
-        if torso == "deep":
-            return "impala_deep_experts", "IMPALA deep experts (Table C.1)"
-        return "impala_shallow_experts", "IMPALA shallow experts (Table C.1)"
-    if multitask:
-        return "impala", "IMPALA deep DMLab-30 (Table B.1)"
-    return "experts", "IMPALA deep experts (Table B.1)"
-
-
-def evaluate(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
-    """Returns (rows, summary, kind, paper summary over the same tasks, its label) for the
-    configured experiment."""
-    makers, kind, multitask = evaluation_environments(num_envs, seed)
-    episodes, agent, policy = [], None, None
-    for make in makers:
-        env = make()
-        if agent is None:
-            spec = env.observation_spec()
-            agent = builders.build_agent(tensor_specs(spec), env.action_spec().num_values,
-                                         num_tasks(spec))
-            checkpoints.restore_agent(agent, checkpoint_path)
-            policy = BatchedPolicy(agent, greedy=greedy, seed=seed)
-        episodes += evaluation.run_episodes(policy, env, num_episodes)
-        env.close()
-    column, label = paper_column(kind, multitask, agent.torso_name)
-    scored_as = "atari" if kind == "atari_multitask" else kind
-    rows = evaluation.score_rows(episodes, scored_as, column)
-    return (rows, evaluation.summary(rows, scored_as), kind,
-            evaluation.paper_summary(rows, scored_as), label)
-
-
 def main(argv) -> None:
     del argv
+    quiet.import_tensorflow()
+    from impala_tf import evaluation  # TensorFlow: after the flags (help answers without it)
     path, out_dir, gin_files = _resolve_inputs()
     config.parse_config(gin_files, FLAGS.gin_bindings)
-    rows, summary_values, kind, paper_values, paper_label = evaluate(
+    rows, summary_values, kind, paper_values, paper_label = evaluation.evaluate_checkpoint(
         path, FLAGS.num_episodes, FLAGS.num_envs, FLAGS.greedy, FLAGS.seed)
     print(f"checkpoint: {path} ({kind}, {FLAGS.num_episodes} episodes each)")
     print(f"paper column: {paper_label}")
@@ -146,8 +85,7 @@ def main(argv) -> None:
 
 def cli() -> None:
     """The console script's entry point (see pyproject.toml)."""
-    define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, define_flags, "impala_tf.evaluate")
 
 
 if __name__ == "__main__":

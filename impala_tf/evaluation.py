@@ -8,13 +8,18 @@ and the unclipped score; DMLab on the test levels with the reference mixer seed
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+import functools
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from impala_tf import scores
+from impala_tf import builders, checkpoints, gin_utils, scores
+from impala_tf.envs import dmlab as dmlab_env
+from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, configured_games
 from impala_tf.envs.base import BatchedEnv, EpisodeStats
+from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
+from impala_tf.specs import num_tasks, tensor_specs
 
 
 def run_episodes(policy: BatchedPolicy, env: BatchedEnv, num_episodes: int) -> List[EpisodeStats]:
@@ -133,3 +138,62 @@ def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float],
                      f"{paper_values[key]:.1f}%)")
         lines.append(line)
     return "\n".join(lines)
+
+
+def evaluation_environments(num_envs: int, seed: int):
+    """(environment makers, kind, multitask) for the configured experiment: one maker per
+    task, each building `num_envs` environments of it in evaluation mode (DMLab-30: its 30
+    distinct test levels; multi-task Atari: each game), else one of the configured game or
+    level. Makers, so that one task's environments exist at a time."""
+    kind = gin_utils.bound_value("make_environment.kind", "atari")
+    dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30", False)
+    if dmlab30:  # dmlab30=False: each batch its own level, not the actor's assignment
+        makers = [functools.partial(dmlab_env.make_dmlab, num_envs, seed=seed, level=level,
+                                    mode="test", dmlab30=False)
+                  for level in dmlab_env.dmlab30_level_names("test")]
+    elif kind == "atari_multitask":  # the task ids stay those of the configured game list
+        games = configured_games()
+        makers = [functools.partial(AtariMultiTaskEnv, num_envs, games=games, seed=seed,
+                                    env_games=[game] * num_envs, mode="eval")
+                  for game in games]
+    else:
+        makers = [functools.partial(make_environment, num_envs, seed=seed, mode="eval")]
+    return makers, kind, dmlab30 or kind == "atari_multitask"
+
+
+def paper_column(kind: str, multitask: bool, torso: str) -> Tuple[Optional[str], str]:
+    """(the paper's per-task column to print beside ours, its name in words); the column is
+    None for an environment the paper did not run (Catch, your own)."""
+    if kind == "atari_multitask":
+        return "impala_deep_multitask", "IMPALA deep multi-task (Table C.1)"
+    if kind == "atari":
+        if torso == "deep":
+            return "impala_deep_experts", "IMPALA deep experts (Table C.1)"
+        return "impala_shallow_experts", "IMPALA shallow experts (Table C.1)"
+    if kind != "dmlab":
+        return None, f"none (the paper did not run {kind!r})"
+    if multitask:  # Table B.1's IMPALA column is the PBT agent (49.4% in Table 3)
+        return "impala", "IMPALA deep, PBT, DMLab-30 (Table B.1)"
+    return "experts", "IMPALA deep experts (Table B.1)"
+
+
+def evaluate_checkpoint(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
+    """Returns (rows, summary, kind, paper summary over the same tasks, its label) for the
+    configured experiment."""
+    makers, kind, multitask = evaluation_environments(num_envs, seed)
+    episodes, agent, policy = [], None, None
+    for make in makers:
+        env = make()
+        if agent is None:
+            spec = env.observation_spec()
+            agent = builders.build_agent(tensor_specs(spec), env.action_spec().num_values,
+                                         num_tasks(spec))
+            checkpoints.restore_agent(agent, checkpoint_path)
+            policy = BatchedPolicy(agent, greedy=greedy, seed=seed)
+        episodes += run_episodes(policy, env, num_episodes)
+        env.close()
+    column, label = paper_column(kind, multitask, agent.torso_name)
+    scored_as = "atari" if kind == "atari_multitask" else kind
+    rows = score_rows(episodes, scored_as, column)
+    return (rows, summary(rows, scored_as), kind,
+            paper_summary(rows, scored_as), label)

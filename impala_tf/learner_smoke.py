@@ -12,7 +12,7 @@ import time
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, config, quiet
+from impala_tf import builders, command_line, config, quiet
 from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
 from impala_tf.env_shapes import ENV_SHAPES
@@ -61,5 +61,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, define_flags, "impala_tf.learner_smoke")

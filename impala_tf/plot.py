@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 from absl import app, flags
 
-from impala_tf import quiet
+from impala_tf import command_line, quiet
 
 
 class Run(NamedTuple):
@@ -209,8 +209,7 @@ def main(argv: List[str]) -> None:
 
 def cli() -> None:
     """The console script's entry point (see pyproject.toml)."""
-    define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, define_flags, "impala_tf.plot")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_bad_game_lists_are_named(games, message):
 def test_evaluation_environments_of_a_multitask_run_play_each_game(tmp_path):
     """`evaluate` on a multi-task config: one maker per game, task ids those of training."""
     from impala_tf import config
-    from impala_tf.evaluate import evaluation_environments
+    from impala_tf.evaluation import evaluation_environments
     config.parse_config(["atari/multitask_shallow_small.gin"])
     try:
         makers, kind, multitask = evaluation_environments(num_envs=2, seed=1)

@@ -55,7 +55,8 @@ def test_catch_learns_with_actor_processes(tmp_path):
     out, _ = process.communicate(timeout=900)
     assert process.returncode == 0, out[-4000:]
     address = re.search(r"learner listening on (\S+);", out).group(1)
-    assert "started 2 actor processes" in out and "done:" in out
+    assert "started 2 actor processes" in out
+    assert "done (RunConfig.total_environment_frames=300000 reached)" in out
     records = _metrics(logdir)
     assert records[-1]["env_frames"] >= FRAME_BUDGET
     returns = [(r["env_frames"], r["episode_return_mean"], r["episodes"]) for r in records
@@ -98,7 +99,7 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes(tmp_path):
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 0, "".join(lines) + out
-    assert "stopping" in out
+    assert "stopping" in out and "done (SIGTERM received)" in out
     assert _actor_processes(address) == []
     frames_at_stop = _metrics(logdir)[-1]["env_frames"]
     assert frames_at_stop > 0
@@ -110,7 +111,7 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes(tmp_path):
     assert resumed.returncode == 0, out[-4000:]
     match = re.search(r"resumed from \S+: step (\d+), ([\d,]+) frames", out)
     assert match and int(match.group(2).replace(",", "")) == frames_at_stop
-    assert "done:" in out
+    assert f"done (--max_frames={frames_at_stop + 3200} reached)" in out
     last = _metrics(logdir)[-1]
     assert last["env_frames"] >= frames_at_stop + 3200
     assert last["learning_rate"] > 0.0099  # 0.01 decayed over 1e9 frames, not over the budget
@@ -325,7 +326,7 @@ def test_role_all_on_a_public_bind_with_tls_has_its_local_actors_dial_loopback(t
             process.kill()
             out, _ = process.communicate(timeout=30)
     assert process.returncode == 0, out[-4000:]
-    assert re.search(r"learner listening on 0\.0\.0\.0:\d+", out) and "done:" in out
+    assert re.search(r"learner listening on 0\.0\.0\.0:\d+", out) and "done (" in out
     last = _metrics(logdir)[-1]
     # Only local actors exist, so these frames came over TLS from them (one may have
     # started late on a loaded machine: the budget is small).

@@ -50,8 +50,10 @@ def test_the_declared_dependencies_cover_the_imports():
         assert f'"{name}>=' in pyproject, name
 
 
-def test_an_installed_wheel_trains_catch_outside_the_checkout(wheel, tmp_path):
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """(venv folder, environment) of a fresh virtualenv with the wheel installed."""
+    venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     fresh_site = subprocess.run(
@@ -62,10 +64,38 @@ def test_an_installed_wheel_trains_catch_outside_the_checkout(wheel, tmp_path):
     (Path(fresh_site) / "reuse_dependencies.pth").write_text(site.getsitepackages()[0] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                     str(wheel)], check=True, capture_output=True, timeout=300)
-    work = tmp_path / "elsewhere"
-    work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "IMPALA_TF_VERBOSE")}
     env["CUDA_VISIBLE_DEVICES"] = ""
+    return venv, env, fresh_site
+
+
+# Each installed command -> flags its help must list (its own, not absl's).
+SCRIPT_FLAGS = {
+    "impala-train": ["gin_file", "logdir", "role", "max_frames", "verbose"],
+    "impala-evaluate": ["logdir", "checkpoint", "num_episodes", "verbose"],
+    "impala-plot": ["out", "labels", "title", "verbose"],
+    "impala-benchmark": ["gin_file", "seconds", "stages", "verbose"],
+}
+
+
+def test_every_installed_command_answers_help(installed, tmp_path):
+    venv, env, _ = installed
+    for script, names in SCRIPT_FLAGS.items():
+        result = subprocess.run([str(venv / "bin" / script), "--help"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (script, result.stderr[-2000:])
+        assert result.stdout.startswith(f"usage: {script} [flags]\n\n"), result.stdout[:300]
+        for name in names:
+            assert f"--{name}\n" in result.stdout or f"--[no]{name}\n" in result.stdout, \
+                (script, name)
+        assert "(internal)" not in result.stdout
+
+
+def test_an_installed_wheel_trains_catch_outside_the_checkout(installed, tmp_path):
+    venv, env, fresh_site = installed
+    python = venv / "bin" / "python"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
     where = subprocess.run([str(python), "-c", "import impala_tf.config as c; "
                             "print(c.__file__); print(c.EXPERIMENTS_DIR)"],
                            cwd=work, env=env, check=True, capture_output=True, text=True)

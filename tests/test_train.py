@@ -11,7 +11,7 @@ import gin
 
 from impala_tf import config
 from impala_tf.run_config import RunConfig
-from impala_tf.train import Launcher, Progress
+from impala_tf.launcher import Launcher, Progress, stop_reason
 
 
 class _FakeProcess:
@@ -78,24 +78,47 @@ def _record(frames):
     return {"env_frames": frames, "fps": 100.0, "episodes": 0, "episode_return_mean": None}
 
 
-def test_progress_stops_the_run_at_its_frame_budget(capsys):
+def test_progress_stops_the_run_at_its_frame_budget_and_says_why(capsys):
     stops = []
     progress = Progress(1e9, max_frames=1000, stop=lambda: stops.append(1))
     progress(_record(500))
-    assert not stops
+    assert not stops and progress.stop_reason is None
     progress(_record(1200))
-    assert stops == [1]
+    assert stops == [1] and progress.stop_reason == "--max_frames=1000 reached"
     assert "1,200 / 1,000" in capsys.readouterr().out  # the ETA counts down to the budget
+    assert stop_reason(progress, None, 1200, 1000, 1e9) == "--max_frames=1000 reached"
+    assert stop_reason(progress, "SIGINT received", 1200, 1000, 1e9) == "SIGINT received"
+    assert stop_reason(Progress(50), None, 60, None, 50) == \
+        "RunConfig.total_environment_frames=50 reached"
 
 
 def test_progress_stops_the_run_after_its_wall_time():
-    stops = []
-    progress = Progress(1e9, max_minutes=1e-4, stop=lambda: stops.append(1))
+    stops, now = [], [1000.0]
+    progress = Progress(1e9, max_minutes=2, stop=lambda: stops.append(1),
+                        clock=lambda: now[0])
     progress(_record(10))
-    assert not stops
-    time.sleep(0.01)
+    now[0] += 119.9
     progress(_record(20))
-    assert stops == [1]
+    assert not stops
+    now[0] += 0.1
+    progress(_record(30))
+    assert stops == [1] and progress.stop_reason == "--max_minutes=2 elapsed"
+    progress(_record(40))
+    assert stops == [1]  # asked once
+
+
+def test_the_eta_leaves_start_up_out(capsys):
+    """The first line (after graph tracing and actors connecting) has no ETA; later ones use
+    the rate since it, however slow the start was."""
+    now = [0.0]
+    progress = Progress(100_000, clock=lambda: now[0])
+    now[0] = 60.0  # a minute of start-up for the first 1,000 frames
+    progress(dict(_record(1_000), fps=1_000 / 60))
+    now[0] = 70.0  # then 1,000 frames/s
+    progress(dict(_record(11_000), fps=1_000.0))
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith("ETA n/a")
+    assert second.endswith("ETA 1m29s")  # 89,000 frames left at 1,000 frames/s
 
 
 def test_make_train_runs_a_described_pong_experiment():
@@ -139,12 +162,13 @@ def test_the_first_screen_holds_only_our_own_lines():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     env.pop("IMPALA_TF_VERBOSE", None)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    quiet = subprocess.run([sys.executable, "-m", "impala_tf.train", "--help"],
-                           capture_output=True, text=True, timeout=120, env=env)
-    assert "One training command" in quiet.stdout
+    # A gin file that does not exist: TensorFlow is imported, then the run stops in one line.
+    command = [sys.executable, "-m", "impala_tf.train", "--gin_file=catchh.gin", "--logdir=x"]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert "did you mean catch.gin?" in quiet.stderr
     assert not _CPP_LOGGING.search(quiet.stdout + quiet.stderr), quiet.stderr[:2000]
-    verbose = subprocess.run([sys.executable, "-m", "impala_tf.train", "--help", "--verbose"],
-                             capture_output=True, text=True, timeout=120, env=env)
+    verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True,
+                             timeout=120, env=env)
     assert _CPP_LOGGING.search(verbose.stderr)  # --verbose brings it back
 
 
@@ -159,7 +183,7 @@ def test_each_learner_workers_actors_have_their_own_global_indices(tmp_path, mon
             commands.append(command)
             environments.append(kwargs["env"])
 
-    monkeypatch.setattr("impala_tf.train.subprocess.Popen", _Popen)
+    monkeypatch.setattr("impala_tf.launcher.subprocess.Popen", _Popen)
     launcher = Launcher(3)
     launcher.start("127.0.0.1:1", ["catch.gin"], [], str(tmp_path), first_actor_index=2 * 3)
     launcher._stopping.set()

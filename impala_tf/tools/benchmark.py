@@ -51,7 +51,7 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
-from impala_tf import gin_utils, quiet
+from impala_tf import command_line, gin_utils, quiet
 
 FLAGS = flags.FLAGS
 DEFAULT_STAGES = ("env", "forward", "actor", "learner", "vtrace", "transport", "end_to_end")
@@ -677,8 +677,7 @@ def main(argv) -> None:
 
 def cli() -> None:
     """The console script's entry point (see pyproject.toml)."""
-    define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, define_flags, "impala_tf.tools.benchmark")
 
 
 if __name__ == "__main__":

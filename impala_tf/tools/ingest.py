@@ -144,7 +144,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
 
     from impala_tf import config
     from impala_tf.rpc import codec
-    from impala_tf.train import build_learner
+    from impala_tf.launcher import build_learner
     config.parse_config(gin_files, list(gin_bindings) + [f"Learner.num_actors = {num_actors}"])
     workdir = tempfile.mkdtemp(prefix="ingest_")
     learner = build_learner(os.path.join(workdir, "run"), "127.0.0.1:0")
