@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, command_line, config, gin_utils
+from impala_tf import builders, command_line, config, gin_utils, seeding
 from impala_tf.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
 from impala_tf.policy import BatchedPolicy
@@ -43,7 +43,7 @@ class LearnerUnreachableError(RuntimeError):
     """The learner did not answer for longer than `Actor.reconnect_timeout_seconds`."""
 
 
-@gin.configurable
+@gin.configurable(denylist=["learner_step"])
 class Actor:
     """Runs K environments and streams their unrolls to the learner.
 
@@ -51,7 +51,8 @@ class Actor:
       learner_address: `host:port` of the learner's gRPC server.
       actor_index: this actor's number (seeds; DMLab-30 level assignment).
       num_envs: K environments stepped together, one batched inference per step.
-      seed: base seed; environment seeds are `seed + 1000 * actor_index + i`.
+      seed: base seed; environment seeds are `seed + 1000 * actor_index + i` in a fresh
+        run (`seeding.actor_seed`).
       refresh_every_unrolls: pull newer parameters before every N-th unroll (1: each).
       max_message_bytes: the largest message sent or received.
       rpc_timeout_seconds: how long one parameter pull waits for an unreachable learner.
@@ -62,6 +63,9 @@ class Actor:
       pack_stacked_frames: send stacked observations packed, each frame once
         (`rpc.frame_packing`: a quarter of the bytes, and less learner CPU per frame), or
         whole stacks; the learner takes both.
+      learner_step: the run's step when this actor started (the launcher passes it): past
+        step 0 the seeds mix it in, so a resumed run or a restarted actor does not replay
+        the episodes of step 0 (`seeding.actor_seed`). Not a gin setting.
     """
 
     def __init__(self, learner_address: str, actor_index: int = 0, num_envs: int = 8,
@@ -71,7 +75,7 @@ class Actor:
                  max_reconnect_backoff_seconds: float = 10.0,
                  reconnect_timeout_seconds: Optional[float] = None,
                  pack_stacked_frames: bool = True,
-                 run_config: Optional[RunConfig] = None):
+                 run_config: Optional[RunConfig] = None, learner_step: int = 0):
         self.actor_index = int(actor_index)
         self.run_config = run_config or RunConfig()
         self.refresh_every_unrolls = max(1, int(refresh_every_unrolls))
@@ -79,7 +83,7 @@ class Actor:
         self.reconnect_timeout_seconds = reconnect_timeout_seconds
         self.pack_stacked_frames = bool(pack_stacked_frames)
         self._backoff = (reconnect_backoff_seconds, max_reconnect_backoff_seconds)
-        base_seed = seed + 1000 * self.actor_index
+        base_seed = seeding.actor_seed(seed, self.actor_index, learner_step)
         self.env = make_environment(num_envs, seed=base_seed, actor_index=self.actor_index)
         self.num_actions = self.env.action_spec().num_values
         self.agent = builders.build_agent(tensor_specs(self.env.observation_spec()),
@@ -226,6 +230,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     define_actor_flags()
     flags.DEFINE_integer("max_unrolls", None, "Stop after this many rounds of unrolls.")
+    flags.DEFINE_integer("learner_step", 0, "The run's step now (the launcher passes the "
+                         "learner's): seeds mix it in past step 0, so a resumed run does not "
+                         "replay the episodes of step 0.")
 
 
 @gin.configurable
@@ -239,7 +246,7 @@ def configure_actor_threads(inter_op_threads: int = 1, intra_op_threads: int = 0
 
 def run_actor_process(learner_address: str, actor_index: int,
                       max_unrolls: Optional[int] = None,
-                      parent_pid: Optional[int] = None) -> None:
+                      parent_pid: Optional[int] = None, learner_step: int = 0) -> None:
     """The body of an actor process (gin already parsed): runs until SIGTERM / SIGINT,
     `max_unrolls`, or the death of `parent_pid` (when given)."""
     import signal
@@ -249,7 +256,7 @@ def run_actor_process(learner_address: str, actor_index: int,
     if parent_pid is not None:
         stop_when_orphaned(parent_pid, stop)
     configure_actor_threads()
-    actor = Actor(learner_address, actor_index=actor_index)
+    actor = Actor(learner_address, actor_index=actor_index, learner_step=learner_step)
     try:
         actor.run(stop, max_unrolls=max_unrolls)
     finally:
@@ -263,7 +270,7 @@ def main(argv) -> None:
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     logging.info("actor %d connecting to %s", FLAGS.actor_index, FLAGS.learner_address)
     run_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_unrolls,
-                      FLAGS.parent_pid)
+                      FLAGS.parent_pid, FLAGS.learner_step)
 
 
 if __name__ == "__main__":

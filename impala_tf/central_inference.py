@@ -33,6 +33,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from impala_tf import seeding
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.policy import BatchedPolicy
 from impala_tf.queues import put_unless_stopped
@@ -112,11 +113,14 @@ class CentralInference:
       num_actors: actor ids accepted are [0, num_actors).
       is_refused: whether an actor's unrolls are refused (non-finite updates traced to it).
       version: the learner step now (an unroll's policy version).
-      env_seed: actor i's environments are seeded `env_seed + 1000 * i + j`, as in actors
-        that act themselves.
+      env_seed: actor i's environments are seeded as those of actors that act themselves:
+        `env_seed + 1000 * i + j` when it says hello at step 0, mixed with the step after
+        (`seeding.actor_seed`: a resumed run does not replay step 0's episodes).
       stacked_observations, observation_bounds, limits, max_message_bytes: for the step
         messages' checks (`step_messages.StepDecoder`).
       policy_seed: seeds the action sampling (None: a fresh draw).
+      policy_rng: the action sampling's `tf.random.Generator` (instead of `policy_seed`;
+        the learner checkpoints it).
       policy: the batched policy (default: sampling from `agent`; tests pass a greedy one).
       max_wait_ms: how long the first waiting step waits for others to join its batch. An
         actor whose step did not come within it is late: later batches do not wait for it
@@ -137,9 +141,10 @@ class CentralInference:
                  max_message_bytes: Optional[int] = None, policy_seed: Optional[int] = None,
                  policy: Optional[BatchedPolicy] = None, max_wait_ms: float = 5.0,
                  max_batch_envs: Optional[int] = None,
-                 replace_silent_after_seconds: Optional[float] = None):
+                 replace_silent_after_seconds: Optional[float] = None,
+                 policy_rng: Optional[tf.random.Generator] = None):
         self.agent = agent
-        self.policy = policy or BatchedPolicy(agent, seed=policy_seed)
+        self.policy = policy or BatchedPolicy(agent, seed=policy_seed, rng=policy_rng)
         self.num_envs, self.num_actions = int(num_envs), int(num_actions)
         self.unroll_length = int(unroll_length)
         self.num_actors = int(num_actors)
@@ -168,9 +173,10 @@ class CentralInference:
         self.waited_out = 0  # batches that waited the whole max_wait_ms for a late actor
 
     # -- the stream's side (the server's event loop) -------------------------------------------
-    def settings(self) -> bytes:
-        """The answer to an actor's hello."""
-        return step_messages.encode_settings(self.num_envs, self.env_seed, self.num_actions)
+    def settings(self, actor_id: int) -> bytes:
+        """The answer to actor `actor_id`'s hello: its environments and their base seed."""
+        seed = seeding.actor_seed(self.env_seed, actor_id, self._version())
+        return step_messages.encode_settings(self.num_envs, seed, self.num_actions)
 
     def open(self, hello: bytes, claimed: Optional[int] = None) -> _Session:
         """A session for the actor that sent `hello` (on a call whose metadata `claimed` an

@@ -4,7 +4,9 @@
   mirrored      all local GPUs, or `num_cpu_devices` logical CPU devices when there is no
                 GPU (how this is tested on a laptop); gradients all-reduced each step;
   multi_worker  several hosts (or processes), described by the TF_CONFIG environment
-                variable; each worker feeds its own replicas;
+                variable; each worker feeds its own replicas. TensorFlow's workers talk
+                plain gRPC (no TLS, no token): off loopback, a warning says so once;
+                run them on a private network;
   tpu           a TPU (pod) through `TPUClusterResolver(tpu=...)`; the step is compiled
                 with XLA (tested here with `jit_compile=True`, TPUs cannot run here).
 
@@ -12,6 +14,10 @@ Logical CPU devices must be configured before TensorFlow starts its runtime, so 
 `configure_devices` first thing in a process (the learner entry point does).
 """
 
+import ipaddress
+import json
+import logging
+import os
 from typing import NamedTuple, Optional
 
 import gin
@@ -77,6 +83,31 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return worker_identity(strategy).count
 
 
+def unsecured_cluster_warning(tf_config: str) -> Optional[str]:
+    """One line when TF_CONFIG's cluster has an address off loopback, else None: the
+    workers' gradients and weights then cross the network without TLS or a token."""
+    try:
+        cluster = json.loads(tf_config or "{}").get("cluster", {})
+    except (ValueError, AttributeError):
+        return None
+    outside = []
+    for addresses in cluster.values():
+        for address in addresses:
+            host = str(address).rsplit(":", 1)[0].strip("[]")
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                outside.append(str(address))
+    if not outside:
+        return None
+    return (f"TF_CONFIG's learner workers ({', '.join(outside)}) exchange gradients and "
+            "weights over TensorFlow's plain gRPC, without TLS or a token: run them on a "
+            "private network (a VPC, a Kubernetes namespace with a NetworkPolicy) that no "
+            "one else can reach.")
+
+
 @gin.configurable
 def make_strategy(
     kind: str = "default", num_cpu_devices: int = 2, tpu_address: Optional[str] = None
@@ -95,6 +126,9 @@ def make_strategy(
             devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
         )
     if kind == "multi_worker":
+        warning = unsecured_cluster_warning(os.environ.get("TF_CONFIG", ""))
+        if warning:
+            logging.warning("%s", warning)
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "tpu":
         try:

@@ -123,7 +123,7 @@ class EnvActor:
             self.streams += 1
             if self.env is None:
                 self.env = make_environment(
-                    settings["num_envs"], seed=settings["seed"] + 1000 * self.actor_index,
+                    settings["num_envs"], seed=settings["seed"],
                     actor_index=self.actor_index)
                 self._encoder = step_messages.StepEncoder(self.env.stacked_observations)
                 self._timestep = self.env.reset()

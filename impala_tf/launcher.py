@@ -71,9 +71,12 @@ class Launcher:
         self._watcher: Optional[threading.Thread] = None
 
     def start(self, learner_address: str, gin_files, gin_bindings, logdir: str,
-              first_actor_index: int = 0) -> None:
+              first_actor_index: int = 0,
+              learner_step: Callable[[], int] = lambda: 0) -> None:
         """Spawns the actors, numbered from `first_actor_index` (learner worker w's are
-        `w * num_actors + i`, so seeds and levels differ across workers)."""
+        `w * num_actors + i`, so seeds and levels differ across workers). `learner_step`
+        answers the run's step at each (re)spawn: actors seed from it past step 0."""
+        self._learner_step = learner_step
         os.makedirs(os.path.join(logdir, "actors"), exist_ok=True)
         self._spawn_args = (learner_address, list(gin_files), list(gin_bindings), logdir)
         self.first_actor_index = int(first_actor_index)
@@ -92,6 +95,8 @@ class Launcher:
         command = [sys.executable, "-m", module,
                    f"--learner_address={learner_address}", f"--actor_index={actor_index}",
                    f"--parent_pid={os.getpid()}"]
+        if self.inference == "actor":  # environment actors get their seeds from the learner
+            command.append(f"--learner_step={int(self._learner_step())}")
         command += [f"--gin_file={f}" for f in gin_files]
         command += [f"--gin_bindings={b}" for b in gin_bindings]
         log = open(os.path.join(logdir, "actors", f"actor_{actor_index}.log"), "ab")
@@ -282,7 +287,8 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
         if launcher is not None:
             first = learner.worker.index * launcher.num_actors
             launcher.start(local_dial_address(learner.address), gin_files, gin_bindings,
-                           logdir, first_actor_index=first)
+                           logdir, first_actor_index=first,
+                           learner_step=lambda: learner.learner_step)
             print(f"started {launcher.num_actors} actor processes (actors {first} to "
                   f"{first + launcher.num_actors - 1})", flush=True)
         total = RunConfig().total_environment_frames

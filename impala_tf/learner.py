@@ -207,7 +207,8 @@ class Learner:
         step; with several (Mirrored, MultiWorkerMirrored) each replica's loss and gradients,
         the all-reduce and the optimiser staying outside XLA, which cannot compile variables
         spread over devices nor a cross-replica sync; under TPUStrategy the TPU compiles the
-        whole step anyway and the flag changes nothing.
+        whole step anyway and the flag changes nothing. None (the default): as
+        `TrainStep.jit_compile` says, so either setting acts.
       max_consecutive_nonfinite_updates: updates whose gradients held NaN/Inf are skipped
         (weights and optimiser state untouched), counted and logged, and traced to the
         unrolls behind them: the actors whose unrolls alone give non-finite gradients are
@@ -259,7 +260,7 @@ class Learner:
         publish_every_steps: int = 1,
         batch_source: Optional[Callable[[], Optional[ReadyBatch]]] = None,
         is_chief: Optional[bool] = None,
-        jit_compile: bool = False,
+        jit_compile: Optional[bool] = None,
         max_consecutive_nonfinite_updates: int = 100,
         insecure: bool = False,
         num_actors: Optional[int] = None,
@@ -304,9 +305,14 @@ class Learner:
                 self.agent = builders.build_agent(
                     observation_spec, num_actions, num_tasks(observation_bounds or {}))
                 self.train_step = builders.build_train_step(self.agent, self.run_config)
+            # Central inference's action sampling, made here to be checkpointed.
+            self._policy_rng = None if not central else (
+                tf.random.Generator.from_seed(seed) if seed is not None
+                else tf.random.Generator.from_non_deterministic_state())
             self.checkpointer = checkpoints.Checkpointer(
                 checkpoint_logdir, self.agent, self.train_step.optimizer,
-                max_to_keep=checkpoints_to_keep, popart=self.train_step.popart)
+                max_to_keep=checkpoints_to_keep, popart=self.train_step.popart,
+                minibatch_rng=self._shuffle, policy_rng=self._policy_rng)
             # Every worker resumes from the chief's checkpoint: workers that restored
             # different steps would train diverged copies of one model.
             self.restored_from = self.checkpointer.restore_latest(
@@ -357,6 +363,8 @@ class Learner:
             else:
                 self.batcher = None
                 self._next_batch = batch_source
+            if jit_compile is None:
+                jit_compile = self.train_step.jit_compile
             whole_step_xla, replica_xla = _xla_plan(self.strategy, jit_compile)
             self._local_gradients = (
                 tf.function(self.train_step.local_gradients, jit_compile=True)
@@ -395,7 +403,8 @@ class Learner:
             version=lambda: self.learner_step,
             env_seed=int(gin_utils.configured_value(Actor, "seed")),
             stacked_observations=stacked, observation_bounds=observation_bounds,
-            limits=validator.limits, max_message_bytes=max_message_bytes, policy_seed=seed)
+            limits=validator.limits, max_message_bytes=max_message_bytes,
+            policy_rng=self._policy_rng)
 
     # -- properties ----------------------------------------------------------------------------
     @property

@@ -16,6 +16,8 @@ lr * g / epsilon, 1/sqrt(epsilon) times larger for the same epsilon.
 Atari agents use it), with the same schedule and the same handling of all-reduced gradients.
 """
 
+from typing import Optional
+
 import gin
 import keras
 import tensorflow as tf
@@ -121,7 +123,7 @@ def make_optimizer(
     learning_rate: float = 0.0006,
     decay: float = 0.99,
     momentum: float = 0.0,
-    epsilon: float = 0.01,
+    epsilon: Optional[float] = None,
     initial_mean_square: float = 1.0,
     epsilon_outside_sqrt: bool = False,
     kind: str = "rmsprop",
@@ -130,17 +132,31 @@ def make_optimizer(
 ) -> keras.optimizers.Optimizer:
     """RMSProp (paper Table G.1 defaults) or Adam, with `LinearDecay` over the run's frames.
 
-    The defaults are TF1's RMSProp as the paper used it; `epsilon_outside_sqrt=True` with
-    `initial_mean_square=0` is PyTorch's `torch.optim.RMSprop`. `kind='adam'` takes
-    `learning_rate`, `beta_1`, `beta_2` and `epsilon` (outside the square root, as in the
-    Adam paper and PyTorch) and ignores the RMSProp arguments. `frames_per_update` is the
-    frames of one optimiser step (a fraction of a batch's when a batch is reused).
+    The defaults are TF1's RMSProp as the paper used it (epsilon 0.01 inside the square
+    root); `epsilon_outside_sqrt=True` with `initial_mean_square=0` is PyTorch's
+    `torch.optim.RMSprop`. `kind='adam'` takes `learning_rate`, `beta_1`, `beta_2` and
+    `epsilon` (outside the square root, as in the Adam paper and PyTorch; default 1e-8, the
+    Adam paper's). An argument the chosen kind does not use, set away from its default, is
+    an error naming it (a file that switches an RMSProp experiment to Adam must not keep a
+    changed `decay` silently). `frames_per_update` is the frames of one optimiser step (a
+    fraction of a batch's when a batch is reused).
 
     Gradient clipping is done by `TrainStep` (global norm), not by the optimiser.
     """
     schedule = LinearDecay(learning_rate, total_environment_frames, frames_per_update)
     if kind not in OPTIMIZERS:
         raise ValueError(f"Unknown make_optimizer.kind {kind!r}; expected one of {OPTIMIZERS}.")
+    unused = ({"decay": (decay, 0.99), "momentum": (momentum, 0.0),
+               "initial_mean_square": (initial_mean_square, 1.0),
+               "epsilon_outside_sqrt": (epsilon_outside_sqrt, False)} if kind == "adam"
+              else {"beta_1": (beta_1, 0.9), "beta_2": (beta_2, 0.999)})
+    changed = [f"{name} = {value!r}" for name, (value, default) in unused.items()
+               if value != default]
+    if changed:
+        raise ValueError(f"make_optimizer.kind = {kind!r} does not use make_optimizer."
+                         f"{', make_optimizer.'.join(changed)}; remove it or change kind.")
+    if epsilon is None:
+        epsilon = 1e-8 if kind == "adam" else 0.01
     if kind == "adam":
         return AllReducedAdam(learning_rate=schedule, beta_1=beta_1, beta_2=beta_2,
                               epsilon=epsilon)

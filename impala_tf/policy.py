@@ -29,14 +29,17 @@ class BatchedPolicy:
       greedy: act with the most probable action instead of sampling.
       seed: seeds the sampling (a `tf.random.Generator`) for reproducible runs.
       jit_compile: XLA-compile the step.
+      rng: the sampling's generator itself (instead of `seed`), for a caller that
+        checkpoints it (the learner's central inference).
     """
 
     def __init__(self, agent: Agent, greedy: bool = False, seed: Optional[int] = None,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, rng: Optional[tf.random.Generator] = None):
         self.agent = agent
         self.greedy = bool(greedy)
-        self._rng = (tf.random.Generator.from_seed(seed) if seed is not None
-                     else tf.random.Generator.from_non_deterministic_state())
+        self._rng = rng if rng is not None else (
+            tf.random.Generator.from_seed(seed) if seed is not None
+            else tf.random.Generator.from_non_deterministic_state())
         self._step = tf.function(self._step_graph, jit_compile=jit_compile, reduce_retracing=True)
         # K -> the traced step: calling it skips tf.function's per-call signature matching
         # (about 0.3 ms of CPU a call, 15% of a shallow Atari step for K=8).

@@ -151,7 +151,9 @@ def _unrolls_both_ways(gin_file, bindings, rounds):
     central inference with the same weights, two environment actors batched together."""
     config.parse_config([gin_file], bindings)
     try:
-        actors = [Actor("127.0.0.1:9", actor_index=i) for i in range(2)]  # never dialled
+        # Started at the service's step 7: both modes mix it into the seeds alike.
+        actors = [Actor("127.0.0.1:9", actor_index=i, learner_step=7)  # never dialled
+                  for i in range(2)]
         for actor in actors[1:]:
             for mine, theirs in zip(actor.agent.variables, actors[0].agent.variables):
                 mine.assign(theirs)

@@ -51,6 +51,38 @@ def test_round_trip_and_resume(tmp_path):
                                float(fresh_step(batch)["total_loss"]), rtol=1e-5)
 
 
+def test_the_random_generators_resume_where_they_were(tmp_path):
+    """The minibatch order's numpy generator and central inference's TensorFlow generator
+    continue their sequences after a resume, instead of restarting from their seeds."""
+    agent, step = _learner()
+    minibatch, policy = np.random.default_rng(3), tf.random.Generator.from_seed(5)
+    saver = Checkpointer(str(tmp_path), agent, step.optimizer, minibatch_rng=minibatch,
+                         policy_rng=policy)
+    minibatch.permutation(8), policy.uniform([4])  # the run draws, then saves
+    saver.save()
+    expected_order, expected_draw = minibatch.permutation(8), policy.uniform([4]).numpy()
+    fresh_minibatch, fresh_policy = np.random.default_rng(3), tf.random.Generator.from_seed(5)
+    fresh_agent, fresh_step = _learner()
+    Checkpointer(str(tmp_path), fresh_agent, fresh_step.optimizer,
+                 minibatch_rng=fresh_minibatch, policy_rng=fresh_policy).restore_latest()
+    np.testing.assert_array_equal(fresh_minibatch.permutation(8), expected_order)
+    np.testing.assert_array_equal(fresh_policy.uniform([4]).numpy(), expected_draw)
+
+
+def test_a_checkpoint_from_before_the_generators_still_resumes(tmp_path):
+    agent, step = _learner()
+    old = Checkpointer(str(tmp_path), agent, step.optimizer)
+    old.learner_step.assign(5)
+    old.save()
+    fresh_agent, fresh_step = _learner()
+    resumed = Checkpointer(str(tmp_path), fresh_agent, fresh_step.optimizer,
+                           minibatch_rng=np.random.default_rng(1))
+    assert resumed.restore_latest().endswith("ckpt-5")
+    assert int(resumed.learner_step.numpy()) == 5
+    for a, b in zip(agent.get_weights(), fresh_agent.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
     agent, step = _learner()
     assert Checkpointer(str(tmp_path), agent, step.optimizer).restore_latest() is None

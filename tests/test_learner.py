@@ -257,6 +257,20 @@ def test_mirrored_over_two_cpus_compiles_each_replicas_gradients_with_xla(tmp_pa
     assert max(np.abs(a - b).max() for a, b in zip(initial, default.agent.get_weights())) > 1e-3
 
 
+def test_train_steps_jit_compile_setting_acts_through_the_learner(tmp_path):
+    """`TrainStep.jit_compile = True` alone (Learner.jit_compile left unset) compiles the
+    learner's step, as `Learner.jit_compile = True` does; neither is ignored."""
+    source, _ = _synthetic_source()
+    plain = _learner(tmp_path / "b", batch_source=source,
+                     strategy=make_strategy("mirrored", num_cpu_devices=2))
+    assert plain._local_gradients is None
+    config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8",
+                             "make_optimizer.learning_rate = 0.01", "TrainStep.jit_compile = True"])
+    by_train_step = _learner(tmp_path / "a", batch_source=source,
+                             strategy=make_strategy("mirrored", num_cpu_devices=2))
+    assert by_train_step._local_gradients is not None  # each replica's gradients under XLA
+
+
 def test_policy_lag_counts_updates_since_the_acting_parameters(tmp_path):
     """Unrolls from version 0 trained at steps 0, 1, 2: lags 0, 1, 2."""
     source, _ = _synthetic_source()

@@ -189,3 +189,16 @@ def test_without_a_cluster_the_one_worker_is_the_chief():
     import tensorflow as tf
     from impala_tf.distribute import worker_identity
     assert tuple(worker_identity(tf.distribute.get_strategy())) == (0, 1, True)
+
+
+def test_workers_off_loopback_are_warned_about_their_plain_grpc():
+    from impala_tf.distribute import unsecured_cluster_warning
+    local = {"cluster": {"worker": ["127.0.0.1:2222", "localhost:2223", "[::1]:2224"]},
+             "task": {"type": "worker", "index": 0}}
+    assert unsecured_cluster_warning(json.dumps(local)) is None
+    assert unsecured_cluster_warning("") is None
+    remote = {"cluster": {"chief": ["10.0.0.5:2222"], "worker": ["127.0.0.1:2223",
+                                                                 "learner-1.example:2222"]}}
+    warning = unsecured_cluster_warning(json.dumps(remote))
+    assert "10.0.0.5:2222, learner-1.example:2222" in warning and "without TLS" in warning
+    assert "127.0.0.1" not in warning and "\n" not in warning

@@ -192,3 +192,33 @@ def test_each_learner_workers_actors_have_their_own_global_indices(tmp_path, mon
     assert [e["IMPALA_TF_ACTORS_ON_HOST"] for e in environments] == ["3", "3", "3"]
     assert sorted(p.name for p in (tmp_path / "actors").iterdir()) == [
         "actor_6.log", "actor_7.log", "actor_8.log"]
+
+
+def test_actors_spawned_later_in_a_run_are_told_its_step(tmp_path, monkeypatch):
+    """A resumed run's actors, and an actor restarted mid-run, seed from the learner's step
+    at their spawn (`--learner_step`), not from step 0 again."""
+    commands = []
+
+    class _Popen(_FakeProcess):
+        def __init__(self, command, **kwargs):
+            super().__init__()
+            commands.append(command)
+
+    monkeypatch.setattr("impala_tf.launcher.subprocess.Popen", _Popen)
+    step = [1200]
+    launcher = Launcher(2, restart_backoff_seconds=0.0)
+    launcher.start("127.0.0.1:1", ["catch.gin"], [], str(tmp_path),
+                   learner_step=lambda: step[0])
+    launcher._stopping.set()
+    assert [next(a for a in c if a.startswith("--learner_step=")) for c in commands] == \
+        ["--learner_step=1200"] * 2
+    launcher._stopping.clear()
+    step[0] = 3400
+    launcher.processes[1].returncode = 1
+    launcher.check(now=launcher._started_at[1] + 1.0)  # schedules the restart
+    launcher.check(now=launcher._started_at[1] + 2.0)  # performs it
+    assert "--learner_step=3400" in commands[-1] and "--actor_index=1" in commands[-1]
+    central = Launcher(1, inference="central")
+    central.start("127.0.0.1:1", [], [], str(tmp_path), learner_step=lambda: 9)
+    central._stopping.set()
+    assert not any(a.startswith("--learner_step") for a in commands[-1])  # seeded by the learner

@@ -196,6 +196,20 @@ def test_an_unknown_optimiser_is_named():
         make_optimizer(1e6, 1, kind="adamw")
 
 
+def test_each_optimiser_gets_its_own_epsilon_and_refuses_the_others_settings():
+    assert make_optimizer(1e6, 1).epsilon == pytest.approx(0.01)  # TF1 RMSProp, the paper's
+    assert make_optimizer(1e6, 1, kind="adam").epsilon == pytest.approx(1e-8)  # Adam's own
+    assert make_optimizer(1e6, 1, kind="adam", epsilon=1e-3).epsilon == pytest.approx(1e-3)
+    # Settings equal to their defaults pass (a base file's paper values), changed ones fail.
+    make_optimizer(1e6, 1, kind="adam", decay=0.99, momentum=0.0)
+    with pytest.raises(ValueError, match=r"kind = 'adam' does not use make_optimizer.decay "
+                       r"= 0.95, make_optimizer.momentum = 0.9;"):
+        make_optimizer(1e6, 1, kind="adam", decay=0.95, momentum=0.9)
+    with pytest.raises(ValueError, match=r"kind = 'rmsprop' does not use "
+                       r"make_optimizer.beta_2 = 0.99;"):
+        make_optimizer(1e6, 1, beta_2=0.99)
+
+
 def test_epsilon_placement_sets_the_step_on_tiny_gradients():
     """With the same epsilon, TF1's form steps lr * g / sqrt(ms + eps) and PyTorch's
     lr * g / (sqrt(ms) + eps): on a gradient far below epsilon, 1/sqrt(eps) times larger."""

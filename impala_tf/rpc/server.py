@@ -429,7 +429,7 @@ class LearnerService:
                 try:
                     if session is None:
                         session = central.open(data, claimed)
-                        reply = central.settings()
+                        reply = central.settings(session.actor_id)
                     else:
                         session.heard()
                         timestep, episodes = session.decoder.decode(data)
