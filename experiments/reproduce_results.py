@@ -1,4 +1,4 @@
-"""Reproduces one row of the README's results table with one command.
+"""Reproduces one row of the results table (docs/pong.md, "All runs") with one command.
 
     python experiments/reproduce_results.py ROW [--logdir_root=logs/results] [--no_eval]
     python experiments/reproduce_results.py --list
@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--max_frames", type=float, default=None,
                         help="Override the row's frame budget.")
     parser.add_argument("--no_eval", action="store_true", help="Skip the evaluation.")
+    parser.add_argument("--gpu", action="store_true",
+                        help="Let the learner use the GPUs (its actors stay on the CPU, as "
+                             "the launcher keeps them). The rows were measured on the CPU.")
     args = parser.parse_args()
     if args.list or not args.row:
         for name, (gin_file, bindings, frames, game) in ROWS.items():
@@ -147,7 +150,10 @@ def main() -> None:
     gin_file, bindings, frames, game = ROWS[args.row]
     frames = args.max_frames or frames
     logdir = os.path.join(args.logdir_root, args.row)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    # The rows were measured with the CPU alone; --gpu leaves the GPUs visible to the learner.
+    env = dict(os.environ) if args.gpu else dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    print("learner on " + ("the GPUs it finds" if args.gpu else "the CPU (--gpu for GPUs)"),
+          flush=True)
     command = [sys.executable, "-m", "impala_tf.train", f"--gin_file={gin_file}",
                f"--logdir={logdir}", f"--max_frames={frames}"]
     command += [f"--gin_bindings={b}" for b in bindings]

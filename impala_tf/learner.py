@@ -190,8 +190,9 @@ class Learner:
       idle_seconds: a call whose caller sends nothing for this long is closed and counted
         (`idle_calls_closed`); None: derived from the unroll length
         (`rpc.admission.idle_deadline_seconds`: 30 s on Atari, 100 s on DMLab).
-      rpc_threads: ignored; the server no longer holds a thread per stream. Kept so that
-        the operative_config.gin of earlier runs still parses (`evaluate --logdir`).
+      rpc_threads: no longer used (the server holds no thread per stream); kept so that
+        the operative_config.gin of earlier runs still parses (`evaluate --logdir`). Set,
+        it is reported with a warning, never silently dropped.
       checkpoint_every_minutes: checkpoint period (and one at the end of `run`).
       checkpoints_to_keep: the newest this many are kept (None: all, e.g. to follow the
         torso's health over a run with `experiments/torso_health.py`).
@@ -295,6 +296,10 @@ class Learner:
             self._log_every = log_every_seconds
             self._publish_every = max(1, int(publish_every_steps))
             self._stop = threading.Event()
+            if rpc_threads is not None:
+                logging.warning("Learner.rpc_threads = %s is not used any more (the server "
+                                "holds no thread per stream); remove it from the config",
+                                rpc_threads)
             self.sink_errors = SinkErrors()
             self._shuffle = np.random.default_rng(seed)
             os.makedirs(logdir, exist_ok=True)

@@ -1,13 +1,17 @@
 """Every file path, link, module, flag, make target and gin file that the README and the
 docs/ pages name exists, so a newcomer following them never meets a dead end."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+PAGES = ([ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+         + sorted((ROOT / "docs" / "notes").glob("*.md")))
+GUIDES = [page for page in PAGES if page.parent.name != "notes"]
+FIGURE = re.compile(r"<!-- figure: (\w+) -->")
 EXTENSIONS = ("py", "gin", "md", "csv", "png", "json", "toml", "txt", "sh", "yaml", "yml")
 TOP_LEVEL = ("impala_tf/", "experiments/", "tests/", "docs/", "deploy/", ".ci/")
 RUN_OUTPUTS = {"operative_config.gin"}
@@ -90,6 +94,34 @@ def test_named_commands_modules_flags_and_make_targets_exist(page):
         for gin_file in re.findall(r"--gin_file[= ](\S+\.gin)", rest):
             if not re.search(r"[A-Z]{3,}", gin_file):  # MY_EXPERIMENT.gin: a placeholder
                 assert _exists(gin_file), f"{page.name}: no gin file {gin_file}"
+
+
+def test_quoted_figures_agree_with_the_one_figures_file():
+    """A figure two pages quote (`TEXT<!-- figure: NAME -->`) is the one in docs/figures.json,
+    which gives each its date and hardware; every figure there is quoted somewhere."""
+    figures = {name: value for name, value in json.loads(
+        (ROOT / "docs" / "figures.json").read_text()).items() if not name.startswith("_")}
+    for name, figure in figures.items():
+        assert figure["text"] and figure["date"] and figure["hardware"], name
+    quoted = set()
+    for page in GUIDES:
+        text = page.read_text()
+        for match in FIGURE.finditer(text):
+            name = match.group(1)
+            assert name in figures, f"{page.name} quotes an unknown figure {name}"
+            before = text[max(0, match.start() - 60):match.start()]
+            assert figures[name]["text"] in before, \
+                f"{page.name}: figure {name} is {figures[name]['text']!r} in docs/figures.json"
+            quoted.add(name)
+    assert quoted == set(figures), f"never quoted: {sorted(set(figures) - quoted)}"
+
+
+def test_guides_give_the_current_state_not_a_lab_notebook():
+    """History (before/after, issue numbers, times of day) lives in docs/notes/."""
+    for page in GUIDES:
+        text = page.read_text()
+        assert not re.search(r"\b[Ii]ssue \d+", text), page.name
+        assert not re.search(r"^\*\*(Before|Now|Since then)\*\*", text, re.M), page.name
 
 
 def test_the_readme_is_a_guide_not_a_notebook():

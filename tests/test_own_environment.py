@@ -83,15 +83,16 @@ def test_the_example_follows_the_batched_contract():
 
 
 def test_impala_learns_an_environment_defined_outside_the_package(tmp_path):
-    """From the example's folder, as docs/environments.md says: the learner and both actor
-    processes import corridor.py through the gin file; the agent learns to walk right."""
+    """As docs/environments.md runs it, from the checkout with the example's folder on
+    PYTHONPATH: the learner and both actor processes import corridor.py through the gin
+    file's `import`; the agent learns to walk right."""
     logdir = tmp_path / "run"
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(EXAMPLE))
     result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.train", "--gin_file=corridor.gin",
+        [sys.executable, "-m", "impala_tf.train", f"--gin_file={EXAMPLE / 'corridor.gin'}",
          f"--logdir={logdir}", "--max_frames=60000",
          "--gin_bindings=Learner.log_every_seconds = 2"],
-        cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=600)
+        cwd=EXAMPLE.parent.parent, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads(line) for line in (logdir / "metrics.jsonl").open()]
     returns = [r["episode_return_mean"] for r in records
