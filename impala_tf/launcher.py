@@ -69,6 +69,7 @@ class Launcher:
         self._restart_at: List[Optional[float]] = []
         self._stopping = threading.Event()
         self._watcher: Optional[threading.Thread] = None
+        self._learner_step: Callable[[], int] = lambda: 0
 
     def start(self, learner_address: str, gin_files, gin_bindings, logdir: str,
               first_actor_index: int = 0,
