@@ -82,16 +82,19 @@ def test_the_example_follows_the_batched_contract():
     assert [e.episode_return for e in env.pop_finished_episodes()] == [1.0, 0.0]
 
 
-def test_impala_learns_an_environment_defined_outside_the_package(tmp_path):
+@pytest.mark.parametrize("inference", ["actor", "central"])
+def test_impala_learns_an_environment_defined_outside_the_package(tmp_path, inference):
     """As docs/environments.md runs it, from the checkout with the example's folder on
-    PYTHONPATH: the learner and both actor processes import corridor.py through the gin
-    file's `import`; the agent learns to walk right."""
+    PYTHONPATH: the learner and both actor processes (TensorFlow actors, or environment
+    actors under central inference) import corridor.py through the gin file's `import`;
+    the agent learns to walk right."""
     logdir = tmp_path / "run"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(EXAMPLE))
     result = subprocess.run(
         [sys.executable, "-m", "impala_tf.train", f"--gin_file={EXAMPLE / 'corridor.gin'}",
          f"--logdir={logdir}", "--max_frames=60000",
-         "--gin_bindings=Learner.log_every_seconds = 2"],
+         "--gin_bindings=Learner.log_every_seconds = 2",
+         f"--gin_bindings=Launcher.inference = '{inference}'"],
         cwd=EXAMPLE.parent.parent, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads(line) for line in (logdir / "metrics.jsonl").open()]
