@@ -35,7 +35,7 @@ def pinned_requirements(root: pathlib.Path = ROOT) -> Set[str]:
 
 
 def files_of(labels: Iterable[str]) -> Set[str]:
-    """`//:impala_tf/actor.py` -> `impala_tf/actor.py` (files of the root package)."""
+    """`//:impala_tf/acting/actor.py` -> `impala_tf/acting/actor.py` (files of the root package)."""
     return {label.split(":", 1)[1] for label in labels
             if label.startswith("//:") and label.endswith(".py")}
 

@@ -22,10 +22,12 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401
-from impala_tf import builders, config
-from impala_tf.checkpoints import Checkpointer
+from impala_tf import config
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
+from impala_tf.learning.checkpoints import Checkpointer
 from impala_tf.envs.factory import make_environment
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import LearnerBatch, Trajectory, tensor_specs
 
@@ -126,8 +128,8 @@ def main(argv):
     run_config = RunConfig()
     env = make_environment(run_config.batch_size, seed=123)
     num_actions = env.action_spec().num_values
-    agent = builders.build_agent(tensor_specs(env.observation_spec()), num_actions)
-    train_step = builders.build_train_step(agent, run_config)
+    agent = build_agent(tensor_specs(env.observation_spec()), num_actions)
+    train_step = build_train_step(agent, run_config)
     restored = None
     if FLAGS.logdir:
         restored = Checkpointer(FLAGS.logdir, agent, train_step.optimizer).restore_latest()

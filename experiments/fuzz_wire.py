@@ -341,7 +341,7 @@ def idle_callers(count: int, seconds: float, reopen_seconds: float,
     import threading
     import gin
     from impala_tf import config
-    from impala_tf.actor import Actor
+    from impala_tf.acting.actor import Actor
     from impala_tf.launcher import build_learner
     import tempfile
     config.parse_config(["catch.gin"], ["Launcher.num_actors = 1",
@@ -349,7 +349,7 @@ def idle_callers(count: int, seconds: float, reopen_seconds: float,
     learner = build_learner(tempfile.mkdtemp(), "127.0.0.1:0")
     stop = threading.Event()
     if inference == "central":
-        from impala_tf.env_actor import EnvActor
+        from impala_tf.acting.env_actor import EnvActor
         actor = EnvActor(learner.address, actor_index=0)
     else:
         actor = Actor(learner.address, actor_index=0)

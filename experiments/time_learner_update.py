@@ -15,7 +15,9 @@ import time
 import impala_tf  # noqa: F401
 import tensorflow as tf
 
-from impala_tf import builders, config
+from impala_tf import config
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
 from impala_tf.env_shapes import ENV_SHAPES
 from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
@@ -32,8 +34,8 @@ def time_case(gin_file, env, jit_compile, updates):
     config.parse_config([gin_file], [f"TrainStep.jit_compile = {jit_compile}"])
     run = RunConfig()
     spec, num_actions = ENV_SHAPES[env]
-    agent = builders.build_agent(spec, num_actions)
-    step = builders.build_train_step(agent, run)
+    agent = build_agent(spec, num_actions)
+    step = build_train_step(agent, run)
     batch = synthetic_batch(agent, spec, run.unroll_length, run.batch_size)
     start = time.perf_counter()
     float(step(batch)["total_loss"])

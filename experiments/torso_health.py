@@ -26,10 +26,11 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401
-from impala_tf import builders, config
+from impala_tf import config
+from impala_tf.networks import build_agent
 from impala_tf.envs.factory import make_environment
 from impala_tf.networks.torsos import NatureTorso, ShallowTorso, scale_frame
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.specs import tensor_specs
 
 from diagnose_update import collect_batch  # experiments/, this script's folder
@@ -102,7 +103,7 @@ def main(argv):
     keras.utils.set_random_seed(FLAGS.seed)
     env = make_environment(FLAGS.envs, seed=123)
     num_actions = env.action_spec().num_values
-    agent = builders.build_agent(tensor_specs(env.observation_spec()), num_actions)
+    agent = build_agent(tensor_specs(env.observation_spec()), num_actions)
     frames = collect_frames(env, agent, FLAGS.warmup_steps, FLAGS.steps)
     env.close()
     print(f"fixed batch: {frames.shape[0]} frames")

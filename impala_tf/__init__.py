@@ -5,7 +5,7 @@ layers, `tf.function`, `tf.distribute` and XLA all see the same tensors, and imp
 TensorFlow with its start-up notices kept off the terminal (`impala_tf.quiet`; `--verbose`
 or IMPALA_TF_VERBOSE=1 shows them).
 
-Two exceptions: a process started as `python -m impala_tf.env_actor` (central
+Two exceptions: a process started as `python -m impala_tf.acting.env_actor` (central
 inference: it steps environments and runs no model) never imports TensorFlow, and a command
 asked for `--help` answers before importing it (`impala_tf.command_line`).
 """
@@ -17,7 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Processes that run no model: they must not pay for TensorFlow (about 0.5 GB resident).
-LEAN_ENTRY_POINTS = ("impala_tf.env_actor", "impala_tf.plot")
+LEAN_ENTRY_POINTS = ("impala_tf.acting.env_actor", "impala_tf.plot")
 LEAN_SCRIPTS = ("impala-plot",)
 
 

@@ -27,25 +27,25 @@ EXPERIMENTS_DIR = (
 
 
 _CONFIGURABLE_MODULES = (
-    "impala_tf.actor",
-    "impala_tf.central_inference",
+    "impala_tf.acting.actor",
+    "impala_tf.learning.central_inference",
     "impala_tf.distribute",
-    "impala_tf.env_actor",
+    "impala_tf.acting.env_actor",
     "impala_tf.envs.factory",
-    "impala_tf.learner",
+    "impala_tf.learning.learner",
     "impala_tf.networks",
-    "impala_tf.optimizers",
+    "impala_tf.learning.optimizers",
     "impala_tf.rpc.security",
     "impala_tf.run_config",
     "impala_tf.launcher",
-    "impala_tf.train_step",
+    "impala_tf.learning.train_step",
 )
 
 
-# The configurables of a process that runs no model (`impala_tf.env_actor`): environments,
+# The configurables of a process that runs no model (`impala_tf.acting.env_actor`): environments,
 # transport security, the run's shape. None of them imports TensorFlow.
 _LEAN_CONFIGURABLE_MODULES = (
-    "impala_tf.env_actor",
+    "impala_tf.acting.env_actor",
     "impala_tf.envs.factory",
     "impala_tf.rpc.security",
     "impala_tf.run_config",

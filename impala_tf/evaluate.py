@@ -40,7 +40,7 @@ def define_flags() -> None:
 
 
 def _resolve_inputs():
-    from impala_tf import checkpoints
+    from impala_tf.learning import checkpoints
     if bool(FLAGS.logdir) == bool(FLAGS.checkpoint):
         raise app.UsageError("Give exactly one of --logdir and --checkpoint.")
     if FLAGS.logdir:

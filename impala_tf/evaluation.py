@@ -13,12 +13,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from impala_tf import builders, checkpoints, gin_utils, scores
+from impala_tf import gin_utils, scores
+from impala_tf.networks import build_agent
+from impala_tf.learning import checkpoints
 from impala_tf.envs import dmlab as dmlab_env
 from impala_tf.envs.atari_multitask import AtariMultiTaskEnv, configured_games
 from impala_tf.envs.base import BatchedEnv, EpisodeStats
 from impala_tf.envs.factory import make_environment
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.specs import num_tasks, tensor_specs
 
 
@@ -186,7 +188,7 @@ def evaluate_checkpoint(checkpoint_path: str, num_episodes: int, num_envs: int, 
         env = make()
         if agent is None:
             spec = env.observation_spec()
-            agent = builders.build_agent(tensor_specs(spec), env.action_spec().num_values,
+            agent = build_agent(tensor_specs(spec), env.action_spec().num_values,
                                          num_tasks(spec))
             checkpoints.restore_agent(agent, checkpoint_path)
             policy = BatchedPolicy(agent, greedy=greedy, seed=seed)

@@ -22,7 +22,7 @@ from impala_tf.envs.atari import ACTORS_ON_HOST_VARIABLE
 from impala_tf.envs.atari_multitask import multitask_coverage
 from impala_tf.envs.dmlab import dmlab30_coverage
 from impala_tf.envs.factory import make_environment
-from impala_tf.learner import Learner
+from impala_tf.learning.learner import Learner
 from impala_tf.rpc.security import local_dial_address
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import observation_bounds, tensor_specs
@@ -44,7 +44,7 @@ class Launcher:
       num_actors: actor processes to run on this machine.
       inference: where the policy runs: 'actor' (the paper's: each actor process holds a
         copy of the agent and acts on its CPU, pulling parameters) or 'central' (SEED RL's:
-        actor processes, `impala_tf.env_actor`, only step environments and import no
+        actor processes, `impala_tf.acting.env_actor`, only step environments and import no
         TensorFlow; the learner batches every actor's steps into one inference call on its
         device and assembles the unrolls, `central_inference`).
       restart_backoff_seconds, max_restart_backoff_seconds, stable_after_seconds: see above.
@@ -92,7 +92,7 @@ class Launcher:
     def _spawn(self, i: int) -> subprocess.Popen:
         learner_address, gin_files, gin_bindings, logdir = self._spawn_args
         actor_index = self.first_actor_index + i
-        module = "impala_tf.env_actor" if self.inference == "central" else "impala_tf.actor"
+        module = "impala_tf.acting.env_actor" if self.inference == "central" else "impala_tf.acting.actor"
         command = [sys.executable, "-m", module,
                    f"--learner_address={learner_address}", f"--actor_index={actor_index}",
                    f"--parent_pid={os.getpid()}"]
@@ -245,7 +245,7 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     launcher = Launcher()
     if not gin_utils.is_bound("Learner.num_actors"):  # else gin supplies it
         kwargs["num_actors"] = launcher.num_actors * num_workers(strategy)
-    from impala_tf.actor import configured_num_envs
+    from impala_tf.acting.actor import configured_num_envs
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
                    observation_bounds=bounds, stacked_observations=stacked,
@@ -280,7 +280,7 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
     kind = gin_utils.bound_value("make_environment.kind")
     dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30")
     if dmlab30 or kind == "atari_multitask":
-        from impala_tf.actor import configured_num_envs
+        from impala_tf.acting.actor import configured_num_envs
         actors, envs = learner.service.validator.num_actors, configured_num_envs()
         print(dmlab30_coverage(actors, envs) if kind == "dmlab" else
               multitask_coverage(actors, envs, learner.agent.num_tasks), flush=True)
@@ -314,8 +314,8 @@ def run_actor(learner_address: str, actor_index: int) -> None:
     """One actor process of the configured inference mode, in this process, until SIGTERM or
     SIGINT (`--role=actor`: an actor started by hand on any host)."""
     if Launcher().inference == "central":
-        from impala_tf.env_actor import run_env_actor_process
+        from impala_tf.acting.env_actor import run_env_actor_process
         run_env_actor_process(learner_address, actor_index)
     else:
-        from impala_tf.actor import run_actor_process
+        from impala_tf.acting.actor import run_actor_process
         run_actor_process(learner_address, actor_index)

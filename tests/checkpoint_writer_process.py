@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from impala_tf.checkpoints import Checkpointer
+from impala_tf.learning.checkpoints import Checkpointer
 
 
 class Model(tf.Module):

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf import config
-from impala_tf.batcher import ReadyBatch
+from impala_tf.learning.batcher import ReadyBatch
 from impala_tf.distribute import make_strategy
-from impala_tf.learner import Learner
+from impala_tf.learning.learner import Learner
 from impala_tf.networks import Agent
 from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch

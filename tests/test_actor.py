@@ -15,9 +15,9 @@ import tensorflow as tf
 
 import fake_deepmind_lab
 from impala_tf import config
-from impala_tf.actor import Actor
+from impala_tf.acting.actor import Actor
 from impala_tf.envs.factory import make_environment
-from impala_tf.learner import Learner
+from impala_tf.learning.learner import Learner
 from impala_tf.networks import AgentInput
 from impala_tf.specs import tensor_specs, trajectory_from_fields, unflatten_core_state
 

@@ -180,7 +180,9 @@ def test_evaluate_prints_the_summary_beside_the_papers_for_the_same_games(tmp_pa
     """`python -m impala_tf.evaluate` on a tiny multi-task run (a saved untrained agent, three
     games cut to 400 frames): one row per game, and the summaries equal a hand computation
     from the rows and from the paper's per-game figures (Table C.1, deep multi-task)."""
-    from impala_tf import builders, checkpoints, config
+    from impala_tf import config
+    from impala_tf.networks import build_agent
+    from impala_tf.learning import checkpoints
     from impala_tf.envs.factory import make_environment
     from impala_tf.specs import tensor_specs
     bindings = ["AtariMultiTaskEnv.games = ['boxing', 'pong', 'breakout']",
@@ -188,7 +190,7 @@ def test_evaluate_prints_the_summary_beside_the_papers_for_the_same_games(tmp_pa
     config.parse_config(["atari/multitask_shallow_small.gin"], bindings)
     try:
         env = make_environment(1)  # as train does: the operative config records the kind
-        agent = builders.build_agent(tensor_specs(env.observation_spec()), 18,
+        agent = build_agent(tensor_specs(env.observation_spec()), 18,
                                      num_tasks(env.observation_spec()))
         env.close()
         saver = checkpoints.Checkpointer(str(tmp_path), agent)

@@ -6,7 +6,7 @@ import gc
 import numpy as np
 import tensorflow as tf
 
-from impala_tf.batcher import aligned_empty, as_tensor, stack_unrolls
+from impala_tf.learning.batcher import aligned_empty, as_tensor, stack_unrolls
 from impala_tf.rpc.validation import Unroll
 
 

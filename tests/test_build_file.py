@@ -19,7 +19,7 @@ ALL_COVERED = {"library or binary": set(EXPECTED["library or binary"]),
 
 def test_the_tree_it_checks_holds_the_package_the_scripts_and_the_tests():
     modules = EXPECTED["library or binary"]
-    assert {"impala_tf/learner.py", "impala_tf/rpc/admission.py",
+    assert {"impala_tf/learning/learner.py", "impala_tf/rpc/admission.py",
             "experiments/fuzz_wire.py"} <= modules
     assert all(not path.startswith("tests/") for path in modules)
     assert {"tests/test_build_file.py", "tests/test_idle_callers.py"} <= EXPECTED["py_test"]
@@ -54,9 +54,9 @@ def test_requirements_and_their_targets_must_agree():
 
 
 def test_query_labels_become_paths_of_the_root_package():
-    assert check_targets.files_of(["//:impala_tf/actor.py", "//:tests/test_rpc.py",
+    assert check_targets.files_of(["//:impala_tf/acting/actor.py", "//:tests/test_rpc.py",
                                    "//bazel:tensorflow", "//:experiments/catch.gin"]) == {
-        "impala_tf/actor.py", "tests/test_rpc.py"}
+        "impala_tf/acting/actor.py", "tests/test_rpc.py"}
 
 
 def test_imports_of_the_package_are_found_anywhere_in_a_file():
@@ -64,16 +64,16 @@ def test_imports_of_the_package_are_found_anywhere_in_a_file():
         "import os\n"
         "import impala_tf  # noqa\n"
         "from impala_tf.rpc import codec, server\n"
-        "from impala_tf.learner import Learner\n"
+        "from impala_tf.learning.learner import Learner\n"
         "def later():\n"
-        "    from impala_tf.actor import Actor\n"
+        "    from impala_tf.acting.actor import Actor\n"
         "from . import sibling\n")
     assert check_targets.imported_modules(source) == {
         "impala_tf", "impala_tf.rpc", "impala_tf.rpc.codec", "impala_tf.rpc.server",
-        "impala_tf.learner", "impala_tf.learner.Learner", "impala_tf.actor",
-        "impala_tf.actor.Actor"}
+        "impala_tf.learning.learner", "impala_tf.learning.learner.Learner", "impala_tf.acting.actor",
+        "impala_tf.acting.actor.Actor"}
     assert check_targets.module_path("impala_tf.rpc", ROOT) == "impala_tf/rpc/__init__.py"
-    assert check_targets.module_path("impala_tf.learner.Learner", ROOT) is None
+    assert check_targets.module_path("impala_tf.learning.learner.Learner", ROOT) is None
 
 
 def test_an_import_without_its_dependency_is_named(tmp_path):
@@ -95,9 +95,9 @@ def test_query_xml_gives_each_rules_files_and_direct_dependencies():
 <query version="2">
     <rule class="py_library" location="BUILD:1:11" name="//:learner">
         <list name="deps"><label value="//:batcher"/><label value="//bazel:numpy"/></list>
-        <list name="srcs"><label value="//:impala_tf/learner.py"/></list>
+        <list name="srcs"><label value="//:impala_tf/learning/learner.py"/></list>
         <rule-input name="//:batcher"/>
     </rule>
 </query>"""
     assert check_targets.targets_from_xml(text) == {"//:learner": check_targets.Target(
-        {"impala_tf/learner.py"}, {"//:batcher", "//bazel:numpy"})}
+        {"impala_tf/learning/learner.py"}, {"//:batcher", "//bazel:numpy"})}

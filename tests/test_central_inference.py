@@ -17,12 +17,13 @@ import grpc
 import numpy as np
 import pytest
 
-from impala_tf import builders, config, gin_utils
-from impala_tf.actor import Actor
-from impala_tf.central_inference import CentralInference
-from impala_tf.env_actor import EnvActor
+from impala_tf import config, gin_utils
+from impala_tf.networks import build_agent
+from impala_tf.acting.actor import Actor
+from impala_tf.learning.central_inference import CentralInference
+from impala_tf.acting.env_actor import EnvActor
 from impala_tf.envs.base import BatchedTimeStep
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.server import (ACT, LearnerServer, LearnerService, ParameterStore,
                                   UnrollQueue)
@@ -165,7 +166,7 @@ def _unrolls_both_ways(gin_file, bindings, rounds):
                              for _ in range(rounds) for m in actor.act()])
         env = actors[0].env
         spec, num_actions = tensor_specs(env.observation_spec()), env.action_spec().num_values
-        agent = builders.build_agent(spec, num_actions, num_tasks(env.observation_spec()))
+        agent = build_agent(spec, num_actions, num_tasks(env.observation_spec()))
         for mine, theirs in zip(agent.variables, actors[0].agent.variables):
             mine.assign(theirs)
         server, service, central = _serve(agent, spec, env.stacked_observations, num_actions,
@@ -347,7 +348,7 @@ def test_an_environment_actor_imports_no_tensorflow():
     """The module, the config and the environments of an env actor process: `-X importtime`
     lists every module it imports."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "impala_tf.env_actor",
+        [sys.executable, "-X", "importtime", "-m", "impala_tf.acting.env_actor",
          "--learner_address=127.0.0.1:9", "--gin_file=atari/pong_shallow.gin", "--max_steps=0"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf.checkpoints import Checkpointer, latest_checkpoint, restore_agent
+from impala_tf.learning.checkpoints import Checkpointer, latest_checkpoint, restore_agent
 from impala_tf.networks import Agent
-from impala_tf.optimizers import make_optimizer
+from impala_tf.learning.optimizers import make_optimizer
 from impala_tf.synthetic import synthetic_batch
-from impala_tf.train_step import TrainStep
+from impala_tf.learning.train_step import TrainStep
 
 WRITER = os.path.join(os.path.dirname(__file__), "checkpoint_writer_process.py")
 SPEC = {"frame": tf.TensorSpec([24, 24, 1], tf.uint8)}

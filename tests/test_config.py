@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 import fake_deepmind_lab
-from impala_tf import builders, config
+from impala_tf import config
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
 from impala_tf.envs.factory import make_environment
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import num_tasks, tensor_specs
@@ -45,9 +47,9 @@ def test_gin_file_parses_and_builds(path, fake_lab):
     """Parses the file, builds its environment, and the agent and update for its specs."""
     config.parse_config([str(path)])
     env = make_environment(2)
-    agent = builders.build_agent(tensor_specs(env.observation_spec()),
+    agent = build_agent(tensor_specs(env.observation_spec()),
                                  env.action_spec().num_values, num_tasks(env.observation_spec()))
-    step = builders.build_train_step(agent)
+    step = build_train_step(agent)
     assert RunConfig().num_action_repeats == env.frames_per_step
     assert agent.count_params() > 1_000
     # The paper's baseline cost, except where a file says it runs another recipe's weight.
@@ -70,7 +72,7 @@ def test_paper_values_reach_the_objects(fake_lab):
     assert evaluation_env.noops_left.min() >= 1
     run = RunConfig()
     assert (run.unroll_length, run.batch_size, run.frames_per_update) == (20, 32, 20 * 32 * 4)
-    step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6), run)
+    step = build_train_step(build_agent(ATARI_SPEC, 6), run)
     assert step.entropy_cost == 0.01 and step.max_grad_norm == 40.0
     assert float(step.current_learning_rate()) == pytest.approx(0.0006)
     assert step.optimizer.epsilon == 0.01 and step.optimizer.rho == 0.99
@@ -79,9 +81,9 @@ def test_paper_values_reach_the_objects(fake_lab):
     assert make_environment(1, actor_index=4).levels == ["rooms_keys_doors_puzzle"]
     run = RunConfig()
     assert run.unroll_length == 100 and run.total_environment_frames == 1e10
-    agent = builders.build_agent(DMLAB_SPEC, 9)
+    agent = build_agent(DMLAB_SPEC, 9)
     assert agent.torso_name == "deep" and agent.instruction_encoder is not None
-    step = builders.build_train_step(agent, run)
+    step = build_train_step(agent, run)
     assert step.reward_clipping == "soft_asymmetric" and step.max_grad_norm is None
     assert step.entropy_cost == pytest.approx(0.0033391318945337044)
     assert float(step.current_learning_rate()) == pytest.approx(0.00031866995608948655)
@@ -94,9 +96,9 @@ def test_make_train_keeps_the_torso_alive_through_its_objects():
     config.parse_config(["atari/pong_shallow_adam_t5_b8_centred.gin"])
     run = RunConfig()
     assert (run.unroll_length, run.batch_size, run.updates_per_batch) == (5, 8, 1)
-    agent = builders.build_agent(ATARI_SPEC, 6)
+    agent = build_agent(ATARI_SPEC, 6)
     assert not agent.use_lstm and agent.torso_name == "shallow"
-    step = builders.build_train_step(agent, run)
+    step = build_train_step(agent, run)
     assert isinstance(step.optimizer, tf.keras.optimizers.Adam)
     assert step.optimizer.epsilon == pytest.approx(1e-3)
     assert float(step.current_learning_rate()) == pytest.approx(6e-4)
@@ -104,22 +106,22 @@ def test_make_train_keeps_the_torso_alive_through_its_objects():
     black = tf.zeros([1, 84, 84, 4], tf.uint8)
     np.testing.assert_allclose(agent.torso(grey).numpy(), agent.torso(black).numpy(), atol=1e-4)
     config.parse_config(["atari/pong_shallow_adam_t5_b8.gin"])  # ... which its parent does not
-    agent = builders.build_agent(ATARI_SPEC, 6)
+    agent = build_agent(ATARI_SPEC, 6)
     assert np.abs(agent.torso(grey).numpy() - agent.torso(black).numpy()).max() > 1e-2
 
 
 def test_deep_atari_overrides_only_the_torso():
     config.parse_config(["atari/experts_deep.gin"])
-    agent = builders.build_agent(ATARI_SPEC, 6)
+    agent = build_agent(ATARI_SPEC, 6)
     assert agent.torso_name == "deep"
-    assert builders.build_train_step(agent).entropy_cost == 0.01
+    assert build_train_step(agent).entropy_cost == 0.01
 
 
 def test_bindings_override_files():
     config.parse_config(["atari/experts_shallow.gin"], ["TrainStep.entropy_cost = 0.05",
                                                 "AtariBatchedEnv.game = 'breakout'"])
     assert make_environment(1).game == "breakout"
-    step = builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
+    step = build_train_step(build_agent(ATARI_SPEC, 6))
     assert step.entropy_cost == 0.05
 
 
@@ -147,7 +149,7 @@ def test_missing_gin_file_is_named():
 
 def test_operative_config_is_written(tmp_path):
     config.parse_config(["atari/experts_shallow.gin"])
-    builders.build_train_step(builders.build_agent(ATARI_SPEC, 6))
+    build_train_step(build_agent(ATARI_SPEC, 6))
     path = config.write_operative_config(str(tmp_path))
     assert "TrainStep.entropy_cost = 0.01" in open(path).read()
 

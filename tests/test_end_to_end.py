@@ -38,7 +38,7 @@ def _actor_processes(address):
                 zombie = f.read().split()[2] == "Z"
         except OSError:
             continue
-        if ("impala_tf.actor" in cmdline or "impala_tf.env_actor" in cmdline) \
+        if ("impala_tf.acting.actor" in cmdline or "impala_tf.acting.env_actor" in cmdline) \
                 and address in cmdline and not zombie:
             pids.append(int(pid))
     return pids

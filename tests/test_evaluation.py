@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import builders, checkpoints, config, evaluation
+from impala_tf import config, evaluation
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
+from impala_tf.learning import checkpoints
 from impala_tf.envs.base import EpisodeStats
 from impala_tf.envs.catch import make_catch
 from impala_tf.envs.factory import make_environment
 from impala_tf.networks import Agent
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.specs import tensor_specs
 
 
@@ -74,8 +77,8 @@ def test_dmlab_summary_is_mean_capped():
 def test_evaluate_command_on_a_checkpoint(tmp_path):
     config.parse_config(["catch.gin"])
     env = make_environment(1)
-    agent = builders.build_agent(tensor_specs(env.observation_spec()), 3)
-    step = builders.build_train_step(agent)
+    agent = build_agent(tensor_specs(env.observation_spec()), 3)
+    step = build_train_step(agent)
     saver = checkpoints.Checkpointer(str(tmp_path), agent, step.optimizer)
     saver.learner_step.assign(12)
     saver.save()

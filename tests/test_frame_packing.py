@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from impala_tf import config
-from impala_tf.actor import Actor
-from impala_tf.batcher import stack_unrolls
-from impala_tf.learner import Learner
+from impala_tf.acting.actor import Actor
+from impala_tf.learning.batcher import stack_unrolls
+from impala_tf.learning.learner import Learner
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
@@ -231,7 +231,7 @@ def test_a_learner_stacking_frames_in_its_graph_makes_the_same_update(tmp_path):
     """Real Pong unrolls batched frame-major (as for a learner on an accelerator) train a
     mirrored learner over two CPUs, the stacks built in its graph, to the weights a default
     learner reaches from the same unrolls batched as stacks."""
-    from impala_tf.batcher import ReadyBatch, as_tensor
+    from impala_tf.learning.batcher import ReadyBatch, as_tensor
     from impala_tf.distribute import make_strategy
     config.parse_config(["atari/pong_shallow.gin"], [
         "RunConfig.unroll_length = 5", "RunConfig.batch_size = 2", "Agent.lstm_size = 8",

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import builders, config
-from impala_tf.batcher import ReadyBatch, minibatches
+from impala_tf import config
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
+from impala_tf.learning.batcher import ReadyBatch, minibatches
 from impala_tf.distribute import make_strategy
-from impala_tf.learner import Learner, NonFiniteUpdatesError
+from impala_tf.learning.learner import Learner, NonFiniteUpdatesError
 from impala_tf.networks import Agent
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
@@ -343,7 +345,7 @@ def test_minibatches_cover_each_unroll_once_per_pass_with_its_core_state():
 def _reference_updates(agent, batch, run, seed, batches):
     """What reuse should do, written out: `batches` times, num_epochs passes of num_minibatches
     slices in the order a `default_rng(seed)` draws, one TrainStep update each."""
-    step = builders.build_train_step(agent, run)
+    step = build_train_step(agent, run)
     rng = np.random.default_rng(seed)
     size = run.batch_size // run.num_minibatches
     for _ in range(batches):
@@ -384,7 +386,7 @@ def test_sample_reuse_makes_epochs_times_minibatches_updates_a_batch(tmp_path, s
     # 12 optimiser steps of 4 frames each: lr = 0.01 * (1 - 48 / 400) for the next one.
     assert float(learner.train_step.current_learning_rate()) == pytest.approx(0.01 * (1 - 0.12))
     assert np.isfinite(record["total_loss"])
-    reference_agent = builders.build_agent(SPEC, 3)
+    reference_agent = build_agent(SPEC, 3)
     reference_agent.set_weights(initial)
     step = _reference_updates(reference_agent, batch, run, 11, batches=3)
     assert int(step.optimizer.iterations) == 12

@@ -19,8 +19,8 @@ import pytest
 import tensorflow as tf
 
 from impala_tf import config
-from impala_tf.learner import DiskFullError, Learner, MetricsLog, is_disk_full, json_safe
-from impala_tf.logdir_lock import LogdirInUseError
+from impala_tf.learning.learner import DiskFullError, Learner, MetricsLog, is_disk_full, json_safe
+from impala_tf.learning.logdir_lock import LogdirInUseError
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.server import PortInUseError
@@ -207,7 +207,7 @@ def test_the_training_command_rejects_a_bad_bind_in_one_line(tmp_path):
 
 
 def _synthetic_source():
-    from impala_tf.batcher import ReadyBatch
+    from impala_tf.learning.batcher import ReadyBatch
     from impala_tf.networks import Agent
     from impala_tf.synthetic import synthetic_batch
     batch = synthetic_batch(Agent(3, SPEC, torso="mlp", lstm_size=8), SPEC,
@@ -288,7 +288,7 @@ def test_an_orphaned_actor_does_not_say_the_learner_answers_when_it_stops(caplog
     """It logged 'learner answers again' on its way out, with no learner there."""
     config.parse_config(["catch.gin"], ["Actor.num_envs = 1",
                                         "Actor.reconnect_backoff_seconds = 0.1"])
-    from impala_tf.actor import Actor
+    from impala_tf.acting.actor import Actor
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -316,7 +316,7 @@ def test_the_tpu_strategy_without_a_tpu_fails_at_start_in_one_line(tmp_path):
 def test_tracing_names_only_the_poisoned_unrolls_actor_under_mirrored(tmp_path):
     """Mirrored over 2 logical CPUs: a batch whose third unroll (actor 7) has NaN behaviour
     logits is skipped, traced to actor 7 alone, and the next clean batch trains."""
-    from impala_tf.batcher import ReadyBatch
+    from impala_tf.learning.batcher import ReadyBatch
     from impala_tf.distribute import make_strategy
     from impala_tf.networks import Agent
     from impala_tf.synthetic import synthetic_batch

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import checkpoints
-from impala_tf.batcher import ReadyBatch
-from impala_tf.learner import Learner, MetricsLog
+from impala_tf.learning import checkpoints
+from impala_tf.learning.batcher import ReadyBatch
+from impala_tf.learning.learner import Learner, MetricsLog
 from impala_tf.networks import Agent
 from impala_tf.synthetic import synthetic_batch
 

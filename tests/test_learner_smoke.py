@@ -7,7 +7,7 @@ import sys
 
 def test_learner_smoke_runs_updates_and_writes_the_config(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.learner_smoke", "--gin_file=atari/experts_shallow.gin",
+        [sys.executable, "-m", "impala_tf.tools.learner_smoke", "--gin_file=atari/experts_shallow.gin",
          "--gin_bindings=RunConfig.batch_size=4", "--num_updates=3", f"--logdir={tmp_path}"],
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),

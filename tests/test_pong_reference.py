@@ -24,16 +24,17 @@ import pytest
 import tensorflow as tf
 from ale_py import ALEInterface, roms
 
-from impala_tf import builders, config
-from impala_tf.actor import Actor
-from impala_tf.batcher import stack_unrolls
+from impala_tf import config
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.acting.actor import Actor
+from impala_tf.learning.batcher import stack_unrolls
 from impala_tf.envs.atari import AtariBatchedEnv
-from impala_tf.learner import Learner
+from impala_tf.learning.learner import Learner
 from impala_tf.networks.agent import AgentOutput
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.server import Unroll
 from impala_tf.specs import PackedFrames, Trajectory, tensor_specs, unroll_wire_spec
-from impala_tf.train_step import agent_input_from_trajectory
+from impala_tf.learning.train_step import agent_input_from_trajectory
 
 PADDLE_COLUMNS = slice(72, 77)  # our (right, green) paddle in the 84x84 frame
 
@@ -246,7 +247,7 @@ class _FixedOutputs:
 def test_real_pong_gradient_matches_a_numpy_implementation_of_the_paper_loss(pong_batch):
     actor, batch, frame_major = pong_batch
     agent = actor.agent
-    step = builders.build_train_step(agent)
+    step = build_train_step(agent)
     # The learner has moved on from the behaviour policy: off-policy, rho != 1.
     agent.policy_head.kernel.assign(agent.policy_head.kernel * 1.3)
     try:

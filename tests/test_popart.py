@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from impala_tf.distribute import make_strategy
 from impala_tf.networks import Agent
-from impala_tf.optimizers import make_optimizer
+from impala_tf.learning.optimizers import make_optimizer
 from impala_tf.specs import LearnerBatch, Trajectory
-from impala_tf.train_step import POPART_MOMENTS, TrainStep, agent_input_from_trajectory
+from impala_tf.learning.train_step import POPART_MOMENTS, TrainStep, agent_input_from_trajectory
 from test_vtrace import _log_softmax, reference_vtrace
 
 A, N = 4, 3  # actions, tasks
@@ -233,7 +233,7 @@ def test_bad_popart_settings_are_named(kwargs, message):
 
 def test_statistics_are_checkpointed_with_the_head(tmp_path):
     """The head is in the statistics' units: a resumed learner needs both."""
-    from impala_tf.checkpoints import Checkpointer
+    from impala_tf.learning.checkpoints import Checkpointer
     agent = _agent()
     step = _step(agent)
     _set_statistics(step)

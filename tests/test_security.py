@@ -19,7 +19,7 @@ import pytest
 from pki import TOKEN, make_pki
 
 from impala_tf import config
-from impala_tf.actor import Actor, LearnerUnreachableError
+from impala_tf.acting.actor import Actor, LearnerUnreachableError
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bind,

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from impala_tf.networks import Agent
-from impala_tf.optimizers import make_optimizer
+from impala_tf.learning.optimizers import make_optimizer
 from impala_tf.specs import LearnerBatch, Trajectory
-from impala_tf.train_step import TrainStep, agent_input_from_trajectory
+from impala_tf.learning.train_step import TrainStep, agent_input_from_trajectory
 
 SPEC = {"frame": tf.TensorSpec([24, 24, 1], tf.uint8)}
 A = 3

@@ -196,3 +196,11 @@ def _merge_time_and_batch(x: tf.Tensor) -> tf.Tensor:
 def _split_time_and_batch(x: tf.Tensor, leading: tf.Tensor) -> tf.Tensor:
     """`[T * B, ...]` -> `[T, B, ...]` given `leading = [T, B]`."""
     return tf.reshape(x, tf.concat([leading, x.shape[1:].as_list()], axis=0))
+
+
+def build_agent(observation_spec: Mapping[str, tf.TensorSpec], num_actions: int,
+                num_tasks: Optional[int] = None) -> Agent:
+    """The `Agent` for these specs (`num_tasks`: `specs.num_tasks` of the environment's
+    spec, for multi-task environments); its hyperparameters come from gin."""
+    return Agent(num_actions=num_actions, observation_spec=observation_spec,
+                 num_tasks=num_tasks)

@@ -121,7 +121,7 @@ def _until(seconds: float, step) -> int:
 def stage_env(seconds: float) -> Dict:
     import numpy as np
 
-    from impala_tf.actor import configured_num_envs
+    from impala_tf.acting.actor import configured_num_envs
     from impala_tf.envs.factory import make_environment
     num_envs = configured_num_envs()
     env = make_environment(num_envs, seed=0)
@@ -149,15 +149,15 @@ def _wire_bytes(message) -> int:
 def stage_forward(seconds: float) -> Dict:
     import tensorflow as tf
 
-    from impala_tf import builders
-    from impala_tf.actor import configure_actor_threads, configured_num_envs
+    from impala_tf.networks import build_agent
+    from impala_tf.acting.actor import configure_actor_threads, configured_num_envs
     from impala_tf.envs.factory import make_environment
     from impala_tf.networks.agent import AgentInput
     from impala_tf.specs import num_tasks, tensor_specs
     configure_actor_threads()  # as in an actor process
     k = configured_num_envs()
     env = make_environment(k, seed=0)
-    agent = builders.build_agent(tensor_specs(env.observation_spec()),
+    agent = build_agent(tensor_specs(env.observation_spec()),
                                  env.action_spec().num_values,
                                  num_tasks(env.observation_spec()))
     timestep, frames_per_step = env.reset(), env.frames_per_step
@@ -182,7 +182,7 @@ def stage_forward(seconds: float) -> Dict:
 
 
 def stage_actor(seconds: float) -> Dict:
-    from impala_tf.actor import Actor, configure_actor_threads
+    from impala_tf.acting.actor import Actor, configure_actor_threads
     configure_actor_threads()  # as in an actor process
     actor = Actor("127.0.0.1:1", actor_index=0)  # no learner: parameters stay initial
     frames_per_step = actor.env.frames_per_step
@@ -203,11 +203,11 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
     import numpy as np
     import tensorflow as tf
 
-    from impala_tf.batcher import ReadyBatch
+    from impala_tf.learning.batcher import ReadyBatch
     from impala_tf.distribute import make_strategy
     from impala_tf.envs.factory import make_environment
-    from impala_tf.learner import Learner
-    from impala_tf import builders
+    from impala_tf.learning.learner import Learner
+    from impala_tf.networks import build_agent
     from impala_tf.run_config import RunConfig
     from impala_tf.specs import tensor_specs
     from impala_tf.synthetic import synthetic_batch
@@ -216,7 +216,7 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
     spec, num_actions = tensor_specs(probe.observation_spec()), probe.action_spec().num_values
     probe.close()
     run = RunConfig()
-    template = builders.build_agent(spec, num_actions)
+    template = build_agent(spec, num_actions)
     batch = synthetic_batch(template, spec, run.unroll_length, run.batch_size)
     ready = ReadyBatch(batch, np.zeros(run.batch_size, np.int64))
     with tempfile.TemporaryDirectory() as logdir:
@@ -274,8 +274,8 @@ def stage_vtrace(seconds: float) -> Dict:
 def stage_transport(seconds: float) -> Dict:
     import queue as queue_lib
 
-    from impala_tf.actor import Actor
-    from impala_tf.learner import Learner
+    from impala_tf.acting.actor import Actor
+    from impala_tf.learning.learner import Learner
     from impala_tf.rpc import codec
     from impala_tf.rpc.client import LearnerClient
     from impala_tf.specs import tensor_specs

@@ -1,6 +1,6 @@
 """Central inference (SEED RL's design): the learner acts for every actor.
 
-With `Launcher.inference = 'central'` the actor processes (`impala_tf.env_actor`) only step
+With `Launcher.inference = 'central'` the actor processes (`impala_tf.acting.env_actor`) only step
 their environments: each sends its K environments' timestep over one stream
 (`/impala.Learner/Act`, `rpc.step_messages`) and waits for their actions. Here, in the
 learner process:
@@ -35,12 +35,12 @@ import tensorflow as tf
 
 from impala_tf import seeding
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.step_messages import SessionRefused
 from impala_tf.rpc.validation import Unroll, UnrollLimits, meta_int
-from impala_tf.unroll_builder import UnrollBuilder
+from impala_tf.acting.unroll_builder import UnrollBuilder
 
 
 class _Session:

@@ -2,7 +2,7 @@
 with the environment's shapes (no environment, no actors): does the experiment build,
 compile and step, and how long does an update take?
 
-    python -m impala_tf.learner_smoke --gin_file=experiments/atari/experts_shallow.gin --num_updates=20
+    python -m impala_tf.tools.learner_smoke --gin_file=experiments/atari/experts_shallow.gin --num_updates=20
 
 The numbers it trains on are noise, so its losses say nothing about learning.
 """
@@ -12,7 +12,9 @@ import time
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, command_line, config, quiet
+from impala_tf import command_line, config, quiet
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
 from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
 from impala_tf.env_shapes import ENV_SHAPES
@@ -34,8 +36,8 @@ def main(argv) -> None:
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     run = RunConfig()
     observation_spec, num_actions = ENV_SHAPES[FLAGS.env]
-    agent = builders.build_agent(observation_spec, num_actions)
-    step = builders.build_train_step(agent, run)
+    agent = build_agent(observation_spec, num_actions)
+    step = build_train_step(agent, run)
     batch = synthetic_batch(agent, observation_spec, run.unroll_length, run.batch_size)
     print(
         f"learner-only smoke run ({FLAGS.env} shapes, random data): {agent.count_params():,} "
@@ -61,4 +63,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    command_line.run(main, __doc__, define_flags, "impala_tf.learner_smoke")
+    command_line.run(main, __doc__, define_flags, "impala_tf.tools.learner_smoke")

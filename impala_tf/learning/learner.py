@@ -21,10 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from impala_tf import builders, checkpoints, config, distribute, gin_utils
-from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
-from impala_tf.central_inference import CentralInference
-from impala_tf.logdir_lock import LogdirLock
+from impala_tf import config, distribute, gin_utils
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
+from impala_tf.learning import checkpoints
+from impala_tf.learning.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
+from impala_tf.learning.central_inference import CentralInference
+from impala_tf.learning.logdir_lock import LogdirLock
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.counters import EpisodeTally, printable
 from impala_tf.rpc.server import (METHODS, LearnerServer, LearnerService, ParameterStore,
@@ -307,9 +310,9 @@ class Learner:
             if seed is not None:  # before the agent is built: its initialisers draw from it
                 keras.utils.set_random_seed(int(seed))
             with self.strategy.scope():
-                self.agent = builders.build_agent(
+                self.agent = build_agent(
                     observation_spec, num_actions, num_tasks(observation_bounds or {}))
-                self.train_step = builders.build_train_step(self.agent, self.run_config)
+                self.train_step = build_train_step(self.agent, self.run_config)
             # Central inference's action sampling, made here to be checkpointed.
             self._policy_rng = None if not central else (
                 tf.random.Generator.from_seed(seed) if seed is not None
@@ -391,9 +394,9 @@ class Learner:
 
     def _central_inference(self, observation_spec, num_actions, num_envs, stacked,
                            observation_bounds, max_message_bytes, seed):
-        # Not at the top: an actor process runs impala_tf.actor as __main__ and registers this
+        # Not at the top: an actor process runs impala_tf.acting.actor as __main__ and registers this
         # module's configurables; a second copy of Actor would make `Actor.*` ambiguous.
-        from impala_tf.actor import Actor
+        from impala_tf.acting.actor import Actor
         if isinstance(self.strategy, tf.distribute.TPUStrategy):
             raise ValueError("Launcher.inference = 'central' does not run under the 'tpu' "
                              "strategy yet: use 'actor' on TPUs.")

@@ -29,8 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf import losses, vtrace
-from impala_tf.popart import PopArt
+from impala_tf.learning.optimizers import make_optimizer
 from impala_tf.networks.agent import Agent, AgentInput
+from impala_tf.popart import PopArt
+from impala_tf.run_config import RunConfig
 from impala_tf.specs import LearnerBatch, Trajectory, agent_observation
 
 
@@ -338,3 +340,13 @@ class TrainStep:
     def __call__(self, batch: LearnerBatch) -> Dict[str, tf.Tensor]:
         """One update (compiled); returns float32 scalar stats."""
         return self._update_fn(batch)
+
+
+def build_train_step(agent: Agent, run_config: Optional[RunConfig] = None) -> TrainStep:
+    """The optimiser (decayed over `run_config`'s frames) and the update, from gin."""
+    run_config = run_config or RunConfig()
+    optimizer = make_optimizer(
+        total_environment_frames=run_config.total_environment_frames,
+        frames_per_update=run_config.frames_per_update,
+    )
+    return TrainStep(agent, optimizer)

@@ -1,6 +1,6 @@
 """An actor for central inference: it steps its environments, and the learner acts.
 
-    python -m impala_tf.env_actor --learner_address=HOST:PORT --actor_index=3 --gin_file=F
+    python -m impala_tf.acting.env_actor --learner_address=HOST:PORT --actor_index=3 --gin_file=F
 
 (`Launcher.inference = 'central'` starts these itself.) The process never imports
 TensorFlow: it holds K environments, sends each step over one stream
@@ -160,7 +160,7 @@ FLAGS = flags.FLAGS
 
 
 def define_actor_flags() -> None:
-    """The flags of both kinds of actor process (this one and `impala_tf.actor`)."""
+    """The flags of both kinds of actor process (this one and `impala_tf.acting.actor`)."""
     quiet.define_verbose_flag()
     flags.DEFINE_string("learner_address", None, "host:port of the learner.")
     flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
@@ -214,4 +214,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    command_line.run(main, __doc__, define_flags, "impala_tf.env_actor")
+    command_line.run(main, __doc__, define_flags, "impala_tf.acting.env_actor")

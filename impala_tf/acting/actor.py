@@ -1,7 +1,7 @@
 """The actor: K environments, batched inference with its own (lagging) copy of the policy,
 unrolls of T steps per environment streamed to the learner.
 
-    python -m impala_tf.actor --learner_address=HOST:PORT --gin_file=atari/experts_shallow.gin
+    python -m impala_tf.acting.actor --learner_address=HOST:PORT --gin_file=atari/experts_shallow.gin
 
 Each unroll holds T+1 steps (step 0 repeats the previous unroll's last), the core state
 before step 0 and the version of the parameters that acted (layout in `specs.py`). The
@@ -28,15 +28,16 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import builders, command_line, config, gin_utils, seeding
-from impala_tf.env_actor import define_actor_flags, stop_when_orphaned
+from impala_tf import command_line, config, gin_utils, seeding
+from impala_tf.networks import build_agent
+from impala_tf.acting.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
-from impala_tf.policy import BatchedPolicy
+from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, LearnerClient
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import num_tasks, tensor_specs
-from impala_tf.unroll_builder import UnrollBuilder
+from impala_tf.acting.unroll_builder import UnrollBuilder
 
 
 class LearnerUnreachableError(RuntimeError):
@@ -86,7 +87,7 @@ class Actor:
         base_seed = seeding.actor_seed(seed, self.actor_index, learner_step)
         self.env = make_environment(num_envs, seed=base_seed, actor_index=self.actor_index)
         self.num_actions = self.env.action_spec().num_values
-        self.agent = builders.build_agent(tensor_specs(self.env.observation_spec()),
+        self.agent = build_agent(tensor_specs(self.env.observation_spec()),
                                           self.num_actions,
                                           num_tasks(self.env.observation_spec()))
         self.policy = BatchedPolicy(self.agent, seed=base_seed)
@@ -274,4 +275,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    command_line.run(main, __doc__, define_flags, "impala_tf.actor")
+    command_line.run(main, __doc__, define_flags, "impala_tf.acting.actor")

@@ -1,0 +1,8 @@
+"""The actor side: processes that step environments and send unrolls to the learner.
+
+`actor` (the paper's: K environments and batched inference with a lagging copy of the
+policy), `env_actor` (central inference: environments only, no TensorFlow), `policy` (the
+batched policy both the actor and the learner's central inference act with) and
+`unroll_builder` (T+1 steps of K environments into unrolls). Nothing here imports
+`impala_tf.learning` or the learner's server.
+"""
