@@ -220,7 +220,7 @@ def _hostile_client(address: str, count: int, threads: int, spec_file: str) -> N
     import grpc
     import numpy as np
     from impala_tf.rpc import codec
-    from impala_tf.rpc.server import STREAM_UNROLLS
+    from impala_tf.rpc.protocol import STREAM_UNROLLS
     from impala_tf.tools.ingest import honest_fields
     with open(spec_file) as f:
         spec = {name: (np.dtype(dtype), tuple(shape))
@@ -302,7 +302,7 @@ def _idle_client(address: str, count: int, reopen_seconds: float) -> None:
     if negative), until stdin closes."""
     import threading
     import grpc
-    from impala_tf.rpc.server import ACT, GET_PARAMETERS, STREAM_UNROLLS
+    from impala_tf.rpc.protocol import ACT, GET_PARAMETERS, STREAM_UNROLLS
     release = threading.Event()
 
     def hold():

@@ -5,8 +5,8 @@ script that is the script, which defines none) and exits with status 1. `run` an
 `-h`/`--help`/`--helpshort` itself instead: the command's description (its module
 docstring), then every flag its `define_flags` defined, `--verbose` included and flags
 whose help starts with "(internal)" left out, and exits 0. It does so before the command
-imports TensorFlow (`impala_tf/__init__.py` skips that import when help is asked for, and
-the commands import their heavy modules inside `main`), so help answers in about a second.
+imports TensorFlow (the package imports none, and the commands import their heavy modules
+inside `main`), so help answers in about a second.
 `--helpfull` stays absl's: every flag of every module.
 """
 

@@ -146,12 +146,3 @@ class _DropGinPathMisses(logging.Filter):
             record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
             and str(record.msg).startswith("Path not found")
         )
-
-
-def write_operative_config(logdir: str) -> str:
-    """Writes the config actually used (after objects were built) to LOGDIR/operative_config.gin."""
-    os.makedirs(logdir, exist_ok=True)
-    path = os.path.join(logdir, "operative_config.gin")
-    with open(path, "w") as f:
-        f.write(gin.operative_config_str())
-    return path

@@ -10,6 +10,7 @@ allowlist of named parameters makes a typo fail at parse time, naming the bad ke
 """
 
 import inspect
+import os
 
 import gin
 
@@ -49,3 +50,12 @@ def configured_value(configurable, parameter: str):
 def is_bound(binding: str) -> bool:
     """Whether the parsed config binds `binding` at all (to None too)."""
     return bound_value(binding, _UNBOUND) is not _UNBOUND
+
+
+def write_operative_config(logdir: str) -> str:
+    """Writes the config actually used (after objects were built) to LOGDIR/operative_config.gin."""
+    os.makedirs(logdir, exist_ok=True)
+    path = os.path.join(logdir, "operative_config.gin")
+    with open(path, "w") as f:
+        f.write(gin.operative_config_str())
+    return path

@@ -245,11 +245,13 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     launcher = Launcher()
     if not gin_utils.is_bound("Learner.num_actors"):  # else gin supplies it
         kwargs["num_actors"] = launcher.num_actors * num_workers(strategy)
-    from impala_tf.acting.actor import configured_num_envs
+    # Not at the top: an actor process runs impala_tf.acting.actor as __main__ and registers
+    # this module's configurables; a second copy of Actor would make `Actor.*` ambiguous.
+    from impala_tf.acting.actor import configured_actor_seed, configured_num_envs
     return Learner(observation_spec, num_actions, logdir, strategy=strategy,
                    server_address=server_address, insecure=insecure,
                    observation_bounds=bounds, stacked_observations=stacked,
-                   num_envs=configured_num_envs(),
+                   num_envs=configured_num_envs(), actor_seed=configured_actor_seed(),
                    central=launcher.inference == "central", **kwargs)
 
 

@@ -180,7 +180,7 @@ def test_evaluate_prints_the_summary_beside_the_papers_for_the_same_games(tmp_pa
     """`python -m impala_tf.evaluate` on a tiny multi-task run (a saved untrained agent, three
     games cut to 400 frames): one row per game, and the summaries equal a hand computation
     from the rows and from the paper's per-game figures (Table C.1, deep multi-task)."""
-    from impala_tf import config
+    from impala_tf import config, gin_utils
     from impala_tf.networks import build_agent
     from impala_tf.learning import checkpoints
     from impala_tf.envs.factory import make_environment
@@ -195,7 +195,7 @@ def test_evaluate_prints_the_summary_beside_the_papers_for_the_same_games(tmp_pa
         env.close()
         saver = checkpoints.Checkpointer(str(tmp_path), agent)
         saver.save()
-        config.write_operative_config(str(tmp_path))
+        gin_utils.write_operative_config(str(tmp_path))
     finally:
         gin.clear_config()
     result = subprocess.run(

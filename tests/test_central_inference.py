@@ -25,8 +25,8 @@ from impala_tf.acting.env_actor import EnvActor
 from impala_tf.envs.base import BatchedTimeStep
 from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.server import (ACT, LearnerServer, LearnerService, ParameterStore,
-                                  UnrollQueue)
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
+from impala_tf.rpc.protocol import ACT
 from impala_tf.rpc.validation import UnrollValidator
 from impala_tf.specs import num_tasks, tensor_specs
 

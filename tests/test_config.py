@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import fake_deepmind_lab
-from impala_tf import config
+from impala_tf import config, gin_utils
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.envs.factory import make_environment
@@ -150,7 +150,7 @@ def test_missing_gin_file_is_named():
 def test_operative_config_is_written(tmp_path):
     config.parse_config(["atari/experts_shallow.gin"])
     build_train_step(build_agent(ATARI_SPEC, 6))
-    path = config.write_operative_config(str(tmp_path))
+    path = gin_utils.write_operative_config(str(tmp_path))
     assert "TrainStep.entropy_cost = 0.01" in open(path).read()
 
 

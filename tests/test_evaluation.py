@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import config, evaluation
+from impala_tf import config, evaluation, gin_utils
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.learning import checkpoints
@@ -82,7 +82,7 @@ def test_evaluate_command_on_a_checkpoint(tmp_path):
     saver = checkpoints.Checkpointer(str(tmp_path), agent, step.optimizer)
     saver.learner_step.assign(12)
     saver.save()
-    config.write_operative_config(str(tmp_path))
+    gin_utils.write_operative_config(str(tmp_path))
     gin.clear_config()
     result = subprocess.run(
         [sys.executable, "-m", "impala_tf.evaluate", f"--logdir={tmp_path}",

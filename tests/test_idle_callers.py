@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from impala_tf.rpc import codec
-from impala_tf.rpc.admission import (ACTOR_ID_METADATA, AdmissionError, CallBudget,
-                                     claimed_actor_id, idle_deadline_seconds)
+from impala_tf.rpc.admission import (AdmissionError, CallBudget, claimed_actor_id,
+                                     idle_deadline_seconds)
+from impala_tf.rpc.protocol import (ACT, ACTOR_ID_METADATA, GET_PARAMETERS, PARAMETERS_REQUEST,
+                                    STREAM_UNROLLS)
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.security import AUTHORIZATION, Security
-from impala_tf.rpc.server import (ACT, GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
-                                  LearnerServer, LearnerService, ParameterStore, UnrollQueue)
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
 from impala_tf.rpc.validation import UnrollValidator
 
 SPEC = {"action": (np.dtype(np.int32), (5,)), "reward": (np.dtype(np.float32), (5,))}

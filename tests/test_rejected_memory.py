@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from impala_tf.rpc import codec
-from impala_tf.rpc.server import STREAM_UNROLLS
+from impala_tf.rpc.protocol import STREAM_UNROLLS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20

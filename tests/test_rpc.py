@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from impala_tf.rpc import codec
-from impala_tf.rpc.admission import ACTOR_ID_METADATA
+from impala_tf.rpc.protocol import ACTOR_ID_METADATA, GET_PARAMETERS, STREAM_UNROLLS
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import (GET_PARAMETERS, READ_AHEAD_UNROLLS, STREAM_UNROLLS,
-                                  LearnerServer, LearnerService, ParameterStore, UnrollValidator)
+from impala_tf.rpc.server import (READ_AHEAD_UNROLLS, LearnerServer, LearnerService,
+                                  ParameterStore, UnrollValidator)
 
 SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 4, 4, 1)),
         "action": (np.dtype(np.int32), (3,)),

@@ -26,9 +26,8 @@ from hypothesis import strategies as st
 
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import (GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
-                                  LearnerServer, LearnerService, ParameterStore,
-                                  UnrollValidator)
+from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator
+from impala_tf.rpc.protocol import GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS
 
 NUM_ACTIONS = 4
 MAX_MESSAGE_BYTES = 1 << 20

@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import command_line, config, gin_utils, seeding
+from impala_tf import command_line, gin_utils, seeding
 from impala_tf.networks import build_agent
 from impala_tf.acting.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
@@ -225,6 +225,11 @@ def configured_num_envs() -> int:
     return int(gin_utils.configured_value(Actor, "num_envs"))
 
 
+def configured_actor_seed() -> int:
+    """`Actor.seed` as the parsed gin config sets it, else its default."""
+    return int(gin_utils.configured_value(Actor, "seed"))
+
+
 FLAGS = flags.FLAGS
 
 
@@ -268,6 +273,7 @@ def main(argv) -> None:
     del argv
     if not FLAGS.learner_address:
         raise app.UsageError("--learner_address=HOST:PORT is required.")
+    from impala_tf import config  # the wiring's registry: commands only
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     logging.info("actor %d connecting to %s", FLAGS.actor_index, FLAGS.learner_address)
     run_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_unrolls,

@@ -23,12 +23,12 @@ import gin
 import grpc
 from absl import app, flags
 
-from impala_tf import command_line, config, quiet
+from impala_tf import command_line, quiet
 from impala_tf.envs.factory import make_environment
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, call_metadata, channel_options
 from impala_tf.rpc.security import Security
-from impala_tf.rpc.server import ACT
+from impala_tf.rpc.protocol import ACT
 
 # Ends of a stream worth another: the learner is not there (yet), is stopping or busy
 # (RESOURCE_EXHAUSTED), closed an idle stream (DEADLINE_EXCEEDED), still holds this
@@ -206,6 +206,7 @@ def main(argv) -> None:
     del argv
     if not FLAGS.learner_address:
         raise app.UsageError("--learner_address=HOST:PORT is required.")
+    from impala_tf import config  # the wiring's registry: commands only
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings, lean=True)
     logging.info("environment actor %d connecting to %s", FLAGS.actor_index,
                  FLAGS.learner_address)

@@ -21,13 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from impala_tf import config, distribute, gin_utils
-from impala_tf.learning.train_step import build_train_step
-from impala_tf.networks import build_agent
+from impala_tf import distribute, gin_utils
 from impala_tf.learning import checkpoints
 from impala_tf.learning.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.learning.central_inference import CentralInference
 from impala_tf.learning.logdir_lock import LogdirLock
+from impala_tf.learning.train_step import build_train_step
+from impala_tf.networks import build_agent
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.counters import EpisodeTally, printable
 from impala_tf.rpc.server import (METHODS, LearnerServer, LearnerService, ParameterStore,
@@ -168,7 +168,7 @@ class MetricsLog:
         self._writer.flush()
 
 
-@gin.configurable
+@gin.configurable(denylist=["actor_seed"])
 class Learner:
     """Trains the agent on unrolls streamed by actors.
 
@@ -236,6 +236,8 @@ class Learner:
       num_envs: environments per actor (`Actor.num_envs`; `train` passes the configured
         one): a stream keeps the last stack of at most this many (None:
         `validation.DEFAULT_NUM_ENVS`).
+      actor_seed: `Actor.seed`, which central inference seeds its environment actors from
+        (the wiring passes the configured one; not a gin setting of the learner's).
       central: serve central inference (`Launcher.inference = 'central'`,
         `central_inference`): environment actors send steps, this learner acts for them on
         its device and assembles their unrolls. Its actors' parameter pulls and unroll
@@ -273,6 +275,7 @@ class Learner:
         num_envs: Optional[int] = None,
         stack_frames_on: str = "auto",
         central: bool = False,
+        actor_seed: int = 0,
         seed: Optional[int] = None,
         idle_seconds: Optional[float] = None,
     ):
@@ -349,8 +352,8 @@ class Learner:
             self.frames_on_device = _frames_on_device(stack_frames_on, self.strategy)
             if central:
                 self.central = self._central_inference(
-                    observation_spec, num_actions, num_envs, stacked_observations,
-                    observation_bounds, self.max_message_bytes, seed)
+                    observation_spec, num_actions, validator.num_envs, actor_seed,
+                    stacked_observations, observation_bounds, self.max_message_bytes)
                 self.service.central = self.central
             if batch_source is None:
                 self.server = LearnerServer(
@@ -383,7 +386,7 @@ class Learner:
                 self.central.start()
             self.metrics = MetricsLog(logdir, write_summaries=is_chief) if is_chief else None
             if is_chief:
-                config.write_operative_config(logdir)
+                gin_utils.write_operative_config(logdir)
         except BaseException:  # a half-built learner frees its port and its logdir
             if self.server is not None:
                 self.server.stop(grace=None)
@@ -392,11 +395,8 @@ class Learner:
             self._lock.release()
             raise
 
-    def _central_inference(self, observation_spec, num_actions, num_envs, stacked,
-                           observation_bounds, max_message_bytes, seed):
-        # Not at the top: an actor process runs impala_tf.acting.actor as __main__ and registers this
-        # module's configurables; a second copy of Actor would make `Actor.*` ambiguous.
-        from impala_tf.acting.actor import Actor
+    def _central_inference(self, observation_spec, num_actions, num_envs, actor_seed,
+                           stacked, observation_bounds, max_message_bytes):
         if isinstance(self.strategy, tf.distribute.TPUStrategy):
             raise ValueError("Launcher.inference = 'central' does not run under the 'tpu' "
                              "strategy yet: use 'actor' on TPUs.")
@@ -405,11 +405,11 @@ class Learner:
             self.agent, self.unrolls, self.service.counters,
             {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape))
              for name, spec in observation_spec.items()},
-            num_actions, num_envs or int(gin_utils.configured_value(Actor, "num_envs")),
+            num_actions, num_envs,
             self.run_config.unroll_length, validator.num_actors,
             is_refused=lambda actor_id: actor_id in validator.refused,
             version=lambda: self.learner_step,
-            env_seed=int(gin_utils.configured_value(Actor, "seed")),
+            env_seed=int(actor_seed),
             stacked_observations=stacked, observation_bounds=observation_bounds,
             limits=validator.limits, max_message_bytes=max_message_bytes,
             policy_rng=self._policy_rng)

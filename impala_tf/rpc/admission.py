@@ -24,7 +24,11 @@ import collections
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ACTOR_ID_METADATA = "impala-actor-id"
+from impala_tf.rpc.protocol import ACTOR_ID_METADATA
+
+__all__ = ["ACTOR_ID_METADATA", "AdmissionError", "ByteBudget", "CallBudget",
+           "claimed_actor_id", "idle_deadline_seconds"]
+
 PER_ACTOR_CALLS = 2  # per method: the call, and a reconnect overlapping its end
 ANONYMOUS_CALLS = 16  # calls that name no actor id, all methods together
 MIN_IDLE_SECONDS = 30.0

@@ -24,11 +24,10 @@ import numpy as np
 
 from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec
-from impala_tf.rpc.admission import ACTOR_ID_METADATA
 from impala_tf.rpc.frame_packing import StreamedUnroll
 from impala_tf.rpc.security import Security
-from impala_tf.rpc.server import (GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS,
-                                  grpc_options)
+from impala_tf.rpc.protocol import (ACTOR_ID_METADATA, GET_PARAMETERS, PARAMETERS_REQUEST,
+                                    STREAM_UNROLLS, grpc_options)
 
 _CLOSE = object()
 

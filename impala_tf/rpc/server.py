@@ -34,7 +34,6 @@ import json
 import logging
 import queue
 import secrets
-import struct
 import threading
 from typing import Callable, List, Mapping, Optional, Tuple
 
@@ -42,6 +41,8 @@ import grpc
 import numpy as np
 
 from impala_tf.rpc import admission, codec, step_messages
+from impala_tf.rpc.protocol import (ACT, GET_PARAMETERS, PARAMETERS_REQUEST, SERVICE,
+                                    STREAM_UNROLLS, grpc_options)
 from impala_tf.rpc.counters import ServiceCounters, printable
 from impala_tf.rpc.security import Security, check_bind, split_address
 from impala_tf.rpc.validation import Unroll, UnrollValidator
@@ -49,11 +50,6 @@ from impala_tf.rpc.validation import Unroll, UnrollValidator
 __all__ = ["LearnerServer", "LearnerService", "ParameterStore", "PortInUseError", "Unroll",
            "UnrollQueue", "UnrollValidator", "grpc_options"]
 
-SERVICE = "impala.Learner"
-STREAM_UNROLLS = f"/{SERVICE}/StreamUnrolls"
-GET_PARAMETERS = f"/{SERVICE}/GetParameters"
-ACT = f"/{SERVICE}/Act"
-PARAMETERS_REQUEST = struct.Struct("<qq")  # (version, incarnation) the caller holds
 
 
 # How far a learner's stream reads ahead of its handler: about this many unrolls, within
@@ -62,21 +58,6 @@ PARAMETERS_REQUEST = struct.Struct("<qq")  # (version, incarnation) the caller h
 READ_AHEAD_UNROLLS = 8
 MIN_STREAM_WINDOW_BYTES = 16 << 10
 MAX_STREAM_WINDOW_BYTES = 1 << 20
-
-
-def grpc_options(max_message_bytes: int, stream_window_bytes: int = 1 << 20,
-                 max_send_bytes: Optional[int] = None) -> List[Tuple[str, int]]:
-    """Message size limits (received: `max_message_bytes`; sent: `max_send_bytes`, by
-    default the same), and HTTP/2 flow control that does not grow its window by
-    bandwidth-delay probing: a stream then buffers at most `stream_window_bytes` that its
-    receiver has not asked for, so a full learner queue stops the actors instead of filling
-    memory."""
-    return [
-        ("grpc.max_receive_message_length", int(max_message_bytes)),
-        ("grpc.max_send_message_length", int(max_send_bytes or max_message_bytes)),
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", int(stream_window_bytes)),
-    ]
 
 
 class ParameterStore:

@@ -40,7 +40,6 @@ the figures are this machine's, today.
 import json
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from typing import Dict, List, Optional
 from absl import app, flags
 
 from impala_tf import command_line, gin_utils, quiet
+from impala_tf.tools.meters import Meter, cores
 
 FLAGS = flags.FLAGS
 DEFAULT_STAGES = ("env", "forward", "actor", "learner", "vtrace", "transport", "end_to_end")
@@ -84,28 +84,6 @@ def define_flags() -> None:
     flags.DEFINE_string("stage_out", None, "(internal) where that stage writes its JSON.")
     flags.DEFINE_string("strategy", "default", "(internal) learner stage: default|mirrored.")
     flags.DEFINE_integer("num_actors", None, "(internal) end_to_end: actor processes.")
-
-
-def cpu_seconds() -> float:
-    """This process's user and system CPU seconds so far (getrusage)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-class Meter:
-    """Wall and CPU time over a measured window."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = cpu_seconds() - self.cpu
 
 
 def _until(seconds: float, step) -> int:
@@ -644,9 +622,9 @@ def run_all() -> Dict:
 
 def main(argv) -> None:
     del argv
-    import impala_tf  # noqa: F401  (sets the Keras backend)
     from impala_tf import config
     if FLAGS.stage:  # a child: one stage
+        quiet.import_tensorflow()
         if FLAGS.stage == "learner" and FLAGS.strategy == "mirrored":
             from impala_tf.distribute import configure_devices
             configure_devices(2)

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Dict, Optional
 
-from impala_tf.tools.benchmark import cpu_seconds
+from impala_tf.tools.meters import cpu_seconds
 
 STREAMS_PER_PROCESS = 64
 
@@ -83,8 +83,7 @@ def client_main(address: str, first: int, count: int, spec_file: str, stop_at: f
     import grpc
     import numpy as np
 
-    from impala_tf.rpc.admission import ACTOR_ID_METADATA
-    from impala_tf.rpc.server import STREAM_UNROLLS, grpc_options
+    from impala_tf.rpc.protocol import ACTOR_ID_METADATA, STREAM_UNROLLS, grpc_options
     with open(spec_file) as f:
         saved = json.load(f)
     spec = {n: (np.dtype(d), tuple(s)) for n, (d, s) in saved["spec"].items()}

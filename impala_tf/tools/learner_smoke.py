@@ -12,7 +12,7 @@ import time
 from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import command_line, config, quiet
+from impala_tf import command_line, config, gin_utils, quiet
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.run_config import RunConfig
@@ -33,6 +33,7 @@ def define_flags() -> None:
 
 def main(argv) -> None:
     del argv
+    quiet.import_tensorflow()
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     run = RunConfig()
     observation_spec, num_actions = ENV_SHAPES[FLAGS.env]
@@ -48,7 +49,7 @@ def main(argv) -> None:
     stats = step(batch)
     print(f"update 1 (tracing and compiling): {time.perf_counter() - start:.1f}s")
     if FLAGS.logdir:
-        print("operative config:", config.write_operative_config(FLAGS.logdir))
+        print("operative config:", gin_utils.write_operative_config(FLAGS.logdir))
     start = time.perf_counter()
     for i in range(2, FLAGS.num_updates + 1):
         stats = step(batch)
