@@ -22,6 +22,11 @@ def _seed():
     yield
 
 
+# TensorFlow imported as the commands import it: its start-up notices kept out of the output.
+from impala_tf import quiet  # noqa: E402
+
+quiet.import_tensorflow()
+
 # Two logical CPU devices, so that MirroredStrategy can be tested on one CPU. This must run
 # before TensorFlow starts its runtime, hence here, at import time.
 from impala_tf.distribute import configure_devices  # noqa: E402
