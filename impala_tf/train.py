@@ -44,7 +44,7 @@ def main(argv) -> None:
     quiet.import_tensorflow()
     from impala_tf import launcher  # TensorFlow: after the flags (help answers without it)
     from impala_tf.distribute import NoTPUError
-    from impala_tf.learning.learner import DiskFullError, WorkerLostError
+    from impala_tf.learning.faults import DiskFullError, WorkerLostError
     from impala_tf.learning.logdir_lock import LogdirInUseError
     from impala_tf.rpc.security import SecurityError, split_address
     from impala_tf.rpc.server import PortInUseError

@@ -18,7 +18,8 @@ from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.learning.batcher import ReadyBatch, minibatches
 from impala_tf.distribute import make_strategy
-from impala_tf.learning.learner import Learner, NonFiniteUpdatesError
+from impala_tf.learning.faults import NonFiniteUpdatesError
+from impala_tf.learning.learner import Learner
 from impala_tf.networks import Agent
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient

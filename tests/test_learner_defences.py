@@ -19,7 +19,9 @@ import pytest
 import tensorflow as tf
 
 from impala_tf import config
-from impala_tf.learning.learner import DiskFullError, Learner, MetricsLog, is_disk_full, json_safe
+from impala_tf.learning.faults import DiskFullError, is_disk_full
+from impala_tf.learning.learner import Learner
+from impala_tf.learning.metrics import MetricsLog, json_safe
 from impala_tf.learning.logdir_lock import LogdirInUseError
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient

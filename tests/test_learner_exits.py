@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from impala_tf.learning import checkpoints
 from impala_tf.learning.batcher import ReadyBatch
-from impala_tf.learning.learner import Learner, MetricsLog
+from impala_tf.learning.learner import Learner
+from impala_tf.learning.metrics import MetricsLog
 from impala_tf.networks import Agent
 from impala_tf.synthetic import synthetic_batch
 

@@ -2,5 +2,6 @@
 
 `learner` (the loop), `batcher` (unrolls into `[T+1, B, ...]` batches), `train_step` (one
 V-trace actor-critic update), `optimizers`, `central_inference` (acting for environment
-actors), `checkpoints` and `logdir_lock`.
+actors), `checkpoints`, `metrics` (metrics.jsonl and TensorBoard), `faults` (what stops a
+learner), `placement` (frame stacking on the device, the XLA plan) and `logdir_lock`.
 """

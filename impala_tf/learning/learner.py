@@ -5,10 +5,7 @@ One `Learner` per process (per worker in a multi-worker cluster). It owns the gR
 its actors stream to; `run()` trains until the run's frame budget is spent or `stop()`.
 """
 
-import errno
-import json
 import logging
-import math
 import os
 import queue
 import sys
@@ -25,11 +22,14 @@ from impala_tf import distribute, gin_utils
 from impala_tf.learning import checkpoints
 from impala_tf.learning.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.learning.central_inference import CentralInference
+from impala_tf.learning.faults import (LOST_WORKER_ERRORS, DiskFullError, NonFiniteUpdatesError,
+                                       WorkerLostError, is_disk_full)
 from impala_tf.learning.logdir_lock import LogdirLock
+from impala_tf.learning.metrics import MetricsLog, MetricsWindow, SinkErrors
+from impala_tf.learning.placement import frames_on_device, xla_plan
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.counters import EpisodeTally, printable
 from impala_tf.rpc.server import (METHODS, LearnerServer, LearnerService, ParameterStore,
                                   UnrollQueue)
 from impala_tf.rpc.validation import Unroll, UnrollLimits, UnrollValidator
@@ -41,131 +41,10 @@ _SUMMED_STATS = ("total_loss", "pg_loss", "baseline_loss", "entropy_loss")
 DECISIONS = "decisions"  # the step's stats entry: [stop, checkpoint], summed over workers
 
 
-def _frames_on_device(stack_frames_on: str, strategy: tf.distribute.Strategy) -> bool:
-    """Whether the train step stacks frames on the learner's device (`Learner`'s
-    `stack_frames_on`: 'host', 'device' or 'auto')."""
-    if stack_frames_on not in ("auto", "host", "device"):
-        raise ValueError(f"Learner.stack_frames_on = {stack_frames_on!r}: expected 'auto', "
-                         "'host' or 'device'.")
-    if stack_frames_on != "auto":
-        return stack_frames_on == "device"
-    try:
-        devices = strategy.extended.worker_devices
-    except RuntimeError:  # the default strategy: TensorFlow's placement, GPU first
-        devices = ()
-    return (isinstance(strategy, tf.distribute.TPUStrategy)
-            or any("GPU" in device.upper() for device in devices)
-            or bool(tf.config.list_logical_devices("GPU")))
-
-
-def _xla_plan(strategy: tf.distribute.Strategy, jit_compile: bool) -> Tuple[bool, bool]:
-    """(XLA-compile the whole step, XLA-compile each replica's gradients) for `strategy`."""
-    if not jit_compile or isinstance(strategy, tf.distribute.TPUStrategy):
-        return False, False
-    if strategy.num_replicas_in_sync == 1:
-        return True, False
-    return False, True
-
-
-class NonFiniteUpdatesError(RuntimeError):
-    """Too many updates in a row had NaN/Inf gradients that no actor's unrolls explain."""
-
-
-class DiskFullError(RuntimeError):
-    """The disk under the logdir is full: the run stopped (see the message)."""
-
-
-class WorkerLostError(RuntimeError):
-    """A learner worker of a multi-worker run lost another (see the message)."""
-
-
-# What a collective op raises on a worker when another worker of the cluster has gone.
-_LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError,
-                       tf.errors.AbortedError, tf.errors.DeadlineExceededError)
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether `error` (Python's or TensorFlow's) says the device has no space left."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(error, tf.errors.OpError) and "No space left on device" in str(error)
-
-
-def json_safe(value):
-    """`value` with every non-finite float replaced by None (null), so that metrics.jsonl
-    stays strict JSON whatever the numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def parameter_fields(agent) -> Dict[str, np.ndarray]:
     """The agent's variables by path, in the agent's fixed order (actors load them by
     position, checking shapes)."""
     return {v.path: np.asarray(v.numpy()) for v in agent.variables}
-
-
-class SinkErrors:
-    """Failures of the learner's logging sinks (metrics, summaries, progress): counted, and
-    logged once per (sink, exception type), so a bad value or a broken terminal is seen
-    without ending the run or flooding the log."""
-
-    def __init__(self):
-        self.count = 0
-        self._seen = set()
-
-    def add(self, sink: str, error: BaseException) -> None:
-        self.count += 1
-        kind = (sink, type(error).__name__)
-        if kind not in self._seen:
-            self._seen.add(kind)
-            logging.warning("The learner's %s sink failed (%s: %s); contained and counted in "
-                            "logging_errors, reported once.", sink, type(error).__name__,
-                            printable(str(error))[:200])
-
-    def absorb(self, other: "SinkErrors") -> None:
-        """Adds the failures `other` collected since the last call."""
-        self.count += other.count
-        other.count = 0
-
-
-class MetricsLog:
-    """Appends one JSON object per log interval to LOGDIR/metrics.jsonl and mirrors the
-    numbers to TensorBoard. A summary that TensorBoard refuses is skipped and counted in
-    `summary_errors`; the others are written."""
-
-    def __init__(self, logdir: str, write_summaries: bool = True):
-        self.path = os.path.join(logdir, "metrics.jsonl")
-        self._writer = tf.summary.create_file_writer(logdir) if write_summaries else None
-        self.summary_errors = SinkErrors()
-
-    def write(self, record: Mapping) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-        if self._writer is None:
-            return
-        scalars = []
-        for key, value in record.items():
-            if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value)):
-                scalars.append((key, value))
-            elif isinstance(value, dict):
-                scalars.extend((f"{key}/{sub}", sub_value) for sub, sub_value in value.items()
-                               if isinstance(sub_value, (int, float))
-                               and math.isfinite(sub_value))
-        with self._writer.as_default(step=int(record["env_frames"])):
-            for name, value in scalars:
-                try:
-                    tf.summary.scalar(name, value)
-                except Exception as error:  # noqa: BLE001 (one bad name loses one scalar)
-                    if is_disk_full(error):
-                        raise
-                    self.summary_errors.add("summaries", error)
-        self._writer.flush()
 
 
 @gin.configurable(denylist=["actor_seed"])
@@ -349,7 +228,7 @@ class Learner:
                 if central else 0)
             self.service = LearnerService(validator, self.unrolls, self.parameters,
                                           self._stop, idle_seconds=idle_seconds)
-            self.frames_on_device = _frames_on_device(stack_frames_on, self.strategy)
+            self.frames_on_device = frames_on_device(stack_frames_on, self.strategy)
             if central:
                 self.central = self._central_inference(
                     observation_spec, num_actions, validator.num_envs, actor_seed,
@@ -376,7 +255,7 @@ class Learner:
                 self._next_batch = batch_source
             if jit_compile is None:
                 jit_compile = self.train_step.jit_compile
-            whole_step_xla, replica_xla = _xla_plan(self.strategy, jit_compile)
+            whole_step_xla, replica_xla = xla_plan(self.strategy, jit_compile)
             self._local_gradients = (
                 tf.function(self.train_step.local_gradients, jit_compile=True)
                 if replica_xla else None)
@@ -480,7 +359,7 @@ class Learner:
         except NonFiniteUpdatesError:
             raise  # it saved the last finite weights itself
         except BaseException as error:  # noqa: BLE001 (saved, then raised again)
-            if isinstance(error, _LOST_WORKER_ERRORS) and self._num_workers() > 1:
+            if isinstance(error, LOST_WORKER_ERRORS) and self._num_workers() > 1:
                 self._stop_on_lost_worker(error)
             if isinstance(error, (OSError, tf.errors.OpError)) and is_disk_full(error):
                 self._stop_on_full_disk(error)
@@ -535,7 +414,7 @@ class Learner:
         total = min(self.run_config.total_environment_frames, max_frames or float("inf"))
         steps_done = 0
         last_log = last_checkpoint = time.time()
-        window = _Window(self.env_frames)
+        window = MetricsWindow(self.env_frames)
         record: dict = {}
         together = self._num_workers() > 1
         while (together or not self._stop.is_set()) and self.env_frames < total:
@@ -637,7 +516,7 @@ class Learner:
     def save(self) -> Optional[str]:
         return self.checkpointer.save()
 
-    def _log(self, window: "_Window", progress) -> dict:
+    def _log(self, window: MetricsWindow, progress) -> dict:
         """One metrics record to every sink. A sink that fails (other than a full disk) is
         contained: counted in `logging_errors`, reported once per kind, never fatal."""
         episodes = self.service.counters.pop_episodes()
@@ -667,55 +546,3 @@ class Learner:
         if self.server is not None:
             self.server.stop(grace=0.5)
         self._lock.release()
-
-
-class _Window:
-    """Accumulates stats between two log lines."""
-
-    def __init__(self, env_frames: int):
-        self.reset(env_frames)
-
-    def reset(self, env_frames: int) -> None:
-        self.start_time = time.time()
-        self.start_frames = env_frames
-        self.steps = 0
-        self.skipped = 0
-        self.sums: Dict[str, float] = {}
-        self.lags: List[float] = []
-
-    def add(self, stats: Mapping[str, tf.Tensor], lags: np.ndarray) -> None:
-        self.steps += 1
-        for name, value in stats.items():
-            if name != "nonfinite_update":  # counted as `skipped` instead
-                self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.lags.extend(np.asarray(lags, np.float64).tolist())
-
-    def record(self, learner: Learner, episodes: EpisodeTally) -> dict:
-        elapsed = max(time.time() - self.start_time, 1e-9)
-        frames = learner.env_frames
-        record = {
-            "time": time.time(),
-            "env_frames": frames,
-            "learner_steps": learner.learner_step,
-            "fps": (frames - self.start_frames) / elapsed,
-            "episodes": episodes.count,
-            "episode_return_mean": episodes.return_mean,
-            "episode_length_mean": episodes.length_mean,
-            "policy_lag_mean": float(np.mean(self.lags)) if self.lags else None,
-            "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
-            "rejected_unrolls": learner.service.counters.rejected,
-            "accepted_unrolls": learner.service.counters.accepted,
-            "accepted_unrolls_by_actor": learner.service.counters.by_actor(),
-            "refused_actors": learner.service.validator.refused,
-            "broken_streams": learner.service.counters.broken_streams,
-            "unauthenticated_calls": learner.service.counters.unauthenticated,
-            "idle_calls_closed": learner.service.counters.idle_closed,
-            "refused_calls": learner.service.counters.refused_calls,
-            "skipped_nonfinite_updates": self.skipped,
-            "nonfinite_updates": learner.nonfinite_updates,
-        }
-        record.update({k: v / self.steps for k, v in self.sums.items()} if self.steps else {})
-        if len(episodes.level_counts) > 1:
-            record["episode_return_per_level"] = episodes.level_return_means()
-            record["episodes_per_level"] = dict(sorted(episodes.level_counts.items()))
-        return record

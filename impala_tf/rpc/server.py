@@ -35,14 +35,13 @@ import logging
 import queue
 import secrets
 import threading
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional
 
 import grpc
 import numpy as np
 
 from impala_tf.rpc import admission, codec, step_messages
-from impala_tf.rpc.protocol import (ACT, GET_PARAMETERS, PARAMETERS_REQUEST, SERVICE,
-                                    STREAM_UNROLLS, grpc_options)
+from impala_tf.rpc.protocol import PARAMETERS_REQUEST, SERVICE, grpc_options
 from impala_tf.rpc.counters import ServiceCounters, printable
 from impala_tf.rpc.security import Security, check_bind, split_address
 from impala_tf.rpc.validation import Unroll, UnrollValidator
