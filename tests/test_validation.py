@@ -1,0 +1,118 @@
+"""UnrollValidator and its helpers, unit by unit: what an honest unroll yields (every field,
+its actor and version), and each bound refusing with a message that names it; the episode
+reports; the derived message limit against its arithmetic."""
+
+import numpy as np
+import pytest
+
+from impala_tf.rpc import codec
+from impala_tf.rpc.validation import (EPISODE_ENTRY_BYTES, HEADER_ALLOWANCE_BYTES,
+                                      UnrollLimits, UnrollValidator, check_text, meta_int,
+                                      parse_episodes)
+
+T, A = 3, 4
+SPEC = {"observation/frame": (np.uint8, (T + 1, 2, 2, 1)), "action": (np.int32, (T + 1,)),
+        "reward": (np.float32, (T + 1,)), "discount": (np.float32, (T + 1,)),
+        "episode_start": (np.bool_, (T + 1,)),
+        "behaviour_logits": (np.float32, (T + 1, A)), "core_state/h": (np.float32, (5,))}
+
+
+def _fields(**changes):
+    rng = np.random.default_rng(1)
+    fields = {"observation/frame": rng.integers(0, 256, (T + 1, 2, 2, 1), dtype=np.uint8),
+              "action": np.array([0, 3, 1, 2], np.int32),
+              "reward": np.array([0, 1, -2, 0.5], np.float32),
+              "discount": np.array([1, 1, 0, 1], np.float32),
+              "episode_start": np.array([True, False, False, True]),
+              "behaviour_logits": rng.normal(size=(T + 1, A)).astype(np.float32),
+              "core_state/h": rng.normal(size=5).astype(np.float32)}
+    fields.update(changes)
+    return fields
+
+
+def _message(fields=None, **meta):
+    meta = {"actor_id": 1, "policy_version": 9, "episodes": [], **meta}
+    return codec.encode(codec.UNROLL_MAGIC, fields or _fields(), meta)
+
+
+def _validator(**kwargs):
+    return UnrollValidator(SPEC, A, None, num_actors=2, num_envs=2, **kwargs)
+
+
+def test_an_honest_unroll_comes_back_whole_with_its_actor_version_and_episodes():
+    fields = _fields()
+    unroll, episodes = _validator()(_message(fields, episodes=[[1.5, 40, "pong"]]))
+    assert (unroll.actor_id, unroll.policy_version) == (1, 9)
+    assert list(unroll.fields) == list(SPEC)
+    for name, value in fields.items():
+        np.testing.assert_array_equal(unroll.fields[name], value, err_msg=name)
+    assert [(e.episode_return, e.episode_frames, e.level) for e in episodes] == [
+        (1.5, 40, "pong")]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(action=np.array([0, 4, 1, 2], np.int32)), "action"),
+    (dict(discount=np.array([1, 1.5, 0, 1], np.float32)), "discount"),
+    (dict(reward=np.array([0, 2e6, 0, 0], np.float32)), "reward"),
+    (dict(behaviour_logits=np.full((T + 1, A), 2e4, np.float32)), "behaviour_logits"),
+    (dict(reward=np.array([0, np.nan, 0, 0], np.float32)), "reward"),
+    (dict(**{"core_state/h": np.full(5, 1e7, np.float32)}), "core_state/h"),
+])
+def test_each_value_bound_refuses_and_names_its_field(change, message):
+    with pytest.raises(codec.CodecError, match=message):
+        _validator()(_message(_fields(**change)))
+
+
+def test_a_field_of_the_wrong_shape_or_dtype_is_refused():
+    with pytest.raises(codec.CodecError):
+        _validator()(_message(_fields(action=np.zeros(T, np.int32))))
+    with pytest.raises(codec.CodecError):
+        _validator()(_message(_fields(action=np.zeros(T + 1, np.int64))))
+
+
+def test_actor_ids_outside_the_run_and_refused_actors_are_rejected():
+    validator = _validator()
+    with pytest.raises(codec.CodecError, match="actor_id 2 is not one of this run's 2 actors"):
+        validator(_message(actor_id=2))
+    assert validator.refuse([1, 1]) == [1] and validator.refused == [1]
+    with pytest.raises(codec.CodecError, match="actor 1 is refused"):
+        validator(_message(actor_id=1))
+    validator(_message(actor_id=0))  # the other actor still gets through
+
+
+def test_episode_reports_are_bounded_by_what_the_steps_could_score():
+    limits = UnrollLimits(max_abs_reward=10.0)
+    assert parse_episodes([[100.0, 10, "a"]], limits, 6)[0].episode_return == 100.0
+    with pytest.raises(codec.CodecError, match="beyond what its steps could score"):
+        parse_episodes([[100.5, 10, "a"]], limits, 6)
+    with pytest.raises(codec.CodecError, match="at most 6 entries"):
+        parse_episodes([[0.0, 1, "a"]] * 7, limits, 6)
+    with pytest.raises(codec.CodecError, match="malformed episode entry"):
+        parse_episodes([[True, 1, "a"]], limits, 6)
+    with pytest.raises(codec.CodecError, match="not printable"):
+        parse_episodes([[0.0, 1, "a\u202eb"]], limits, 6)
+    capped = UnrollLimits(max_abs_reward=10.0, max_abs_episode_return=50.0)
+    with pytest.raises(codec.CodecError):
+        parse_episodes([[60.0, 10, "a"]], capped, 6)
+
+
+def test_meta_ints_and_texts():
+    assert meta_int(5, "x", 0, 6) == 5
+    for bad in (6, -1, True, 2.0, "5"):
+        with pytest.raises(codec.CodecError, match="'x' must be an int"):
+            meta_int(bad, "x", 0, 6)
+    assert check_text("rooms_watermaze", "level") == "rooms_watermaze"
+    for bad in ("a\nb", "\ud800", "x" * 201, 3):
+        with pytest.raises(codec.CodecError):
+            check_text(bad, "level")
+
+
+def test_the_derived_message_limit_is_a_whole_unroll_plus_its_episodes_header():
+    validator = _validator()
+    payload = sum(np.dtype(d).itemsize * int(np.prod(s)) for d, s in SPEC.values())
+    assert validator.whole_unroll_bytes == payload
+    assert validator.max_episodes_per_unroll == T * 2  # T steps x K=2 environments
+    assert validator.max_message_bytes == (codec.PREFIX_BYTES + payload
+                                           + HEADER_ALLOWANCE_BYTES + T * 2 * EPISODE_ENTRY_BYTES)
+    honest = _message(episodes=[[1.0, 4, "l" * 200]] * (T * 2))
+    assert len(honest) <= validator.max_message_bytes
