@@ -9,7 +9,7 @@ The numbers it trains on are noise, so its losses say nothing about learning.
 
 import time
 
-from absl import app, flags
+from absl import flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import builders, command_line, config, quiet
