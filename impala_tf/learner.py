@@ -25,6 +25,7 @@ from impala_tf import builders, checkpoints, config, distribute, gin_utils
 from impala_tf.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.central_inference import CentralInference
 from impala_tf.logdir_lock import LogdirLock
+from impala_tf.policy import sampling_generator
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.counters import EpisodeTally, printable
 from impala_tf.rpc.server import (METHODS, LearnerServer, LearnerService, ParameterStore,
@@ -311,9 +312,7 @@ class Learner:
                     observation_spec, num_actions, num_tasks(observation_bounds or {}))
                 self.train_step = builders.build_train_step(self.agent, self.run_config)
             # Central inference's action sampling, made here to be checkpointed.
-            self._policy_rng = None if not central else (
-                tf.random.Generator.from_seed(seed) if seed is not None
-                else tf.random.Generator.from_non_deterministic_state())
+            self._policy_rng = sampling_generator(seed) if central else None
             self.checkpointer = checkpoints.Checkpointer(
                 checkpoint_logdir, self.agent, self.train_step.optimizer,
                 max_to_keep=checkpoints_to_keep, popart=self.train_step.popart,
