@@ -79,10 +79,8 @@ def run(main: Callable[[List[str]], None], description: str,
     """
     before = set(flags.FLAGS)
     define_flags()
-    own = [name for name in flags.FLAGS if name not in before]
-    if "verbose" in flags.FLAGS and "verbose" not in own:
-        own.append("verbose")
-    own = sorted(set(own), key=lambda n: (n == "verbose", own.index(n)))
+    own = [name for name in flags.FLAGS if name not in before and name != "verbose"]
+    own += ["verbose"] if "verbose" in flags.FLAGS else []
     if help_requested():
         sys.stdout.write(render_help(description, own, program_name(module=module)))
         sys.stdout.flush()

@@ -14,7 +14,6 @@ Logical CPU devices must be configured before TensorFlow starts its runtime, so 
 `configure_devices` first thing in a process (the learner entry point does).
 """
 
-import ipaddress
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ from typing import NamedTuple, Optional
 
 import gin
 import tensorflow as tf
+
+from impala_tf.rpc.security import is_loopback
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -90,16 +91,8 @@ def unsecured_cluster_warning(tf_config: str) -> Optional[str]:
         cluster = json.loads(tf_config or "{}").get("cluster", {})
     except (ValueError, AttributeError):
         return None
-    outside = []
-    for addresses in cluster.values():
-        for address in addresses:
-            host = str(address).rsplit(":", 1)[0].strip("[]")
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = host == "localhost"
-            if not loopback:
-                outside.append(str(address))
+    outside = [str(address) for addresses in cluster.values() for address in addresses
+               if not is_loopback(str(address))]
     if not outside:
         return None
     return (f"TF_CONFIG's learner workers ({', '.join(outside)}) exchange gradients and "

@@ -179,7 +179,8 @@ def paper_column(kind: str, multitask: bool, torso: str) -> Tuple[Optional[str],
     return "experts", "IMPALA deep experts (Table B.1)"
 
 
-def evaluate_checkpoint(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool, seed: int):
+def evaluate_checkpoint(checkpoint_path: str, num_episodes: int, num_envs: int, greedy: bool,
+                        seed: int):
     """Returns (rows, summary, kind, paper summary over the same tasks, its label) for the
     configured experiment."""
     makers, kind, multitask = evaluation_environments(num_envs, seed)

@@ -255,7 +255,6 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
                    central=launcher.inference == "central", **kwargs)
 
 
-
 def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[str] = (),
                 gin_bindings: Sequence[str] = (), insecure: bool = False,
                 max_frames: Optional[float] = None,
@@ -308,8 +307,6 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
         learner.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
 
 
 def run_actor(learner_address: str, actor_index: int) -> None:

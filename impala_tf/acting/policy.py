@@ -21,6 +21,12 @@ class PolicyStep(NamedTuple):
     baseline: np.ndarray
 
 
+def sampling_generator(seed: Optional[int] = None) -> tf.random.Generator:
+    """The action sampling's generator: seeded, or a fresh draw when `seed` is None."""
+    return (tf.random.Generator.from_seed(seed) if seed is not None
+            else tf.random.Generator.from_non_deterministic_state())
+
+
 class BatchedPolicy:
     """Samples (or, with `greedy`, takes the arg-max of) the agent's policy for K environments.
 
@@ -37,9 +43,7 @@ class BatchedPolicy:
                  jit_compile: bool = False, rng: Optional[tf.random.Generator] = None):
         self.agent = agent
         self.greedy = bool(greedy)
-        self._rng = rng if rng is not None else (
-            tf.random.Generator.from_seed(seed) if seed is not None
-            else tf.random.Generator.from_non_deterministic_state())
+        self._rng = rng if rng is not None else sampling_generator(seed)
         self._step = tf.function(self._step_graph, jit_compile=jit_compile, reduce_retracing=True)
         # K -> the traced step: calling it skips tf.function's per-call signature matching
         # (about 0.3 ms of CPU a call, 15% of a shallow Atari step for K=8).

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf import distribute, gin_utils
+from impala_tf.acting.policy import sampling_generator
 from impala_tf.learning import checkpoints
 from impala_tf.learning.batcher import Batcher, ReadyBatch, minibatches, split_for_replicas
 from impala_tf.learning.central_inference import CentralInference
@@ -196,9 +197,7 @@ class Learner:
                     observation_spec, num_actions, num_tasks(observation_bounds or {}))
                 self.train_step = build_train_step(self.agent, self.run_config)
             # Central inference's action sampling, made here to be checkpointed.
-            self._policy_rng = None if not central else (
-                tf.random.Generator.from_seed(seed) if seed is not None
-                else tf.random.Generator.from_non_deterministic_state())
+            self._policy_rng = sampling_generator(seed) if central else None
             self.checkpointer = checkpoints.Checkpointer(
                 checkpoint_logdir, self.agent, self.train_step.optimizer,
                 max_to_keep=checkpoints_to_keep, popart=self.train_step.popart,
