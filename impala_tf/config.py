@@ -12,7 +12,9 @@ import importlib.resources
 import logging
 import os
 import pathlib
+import re
 import sys
+import tempfile
 from typing import List, Sequence
 
 import gin
@@ -29,6 +31,7 @@ EXPERIMENTS_DIR = (
 _CONFIGURABLE_MODULES = (
     "impala_tf.acting.actor",
     "impala_tf.learning.central_inference",
+    "impala_tf.learning.endpoint",
     "impala_tf.distribute",
     "impala_tf.acting.env_actor",
     "impala_tf.envs.factory",
@@ -66,6 +69,56 @@ def register_configurables(modules: Sequence[str] = _CONFIGURABLE_MODULES) -> No
     for name in modules:
         if name != running:
             importlib.import_module(name)
+
+
+# Settings that moved when the learner's server side became `learning.endpoint.ActorEndpoint`,
+# and the `Learner` parameters that are gone (an operative_config.gin of an earlier run names
+# every parameter, so `evaluate --logdir` of that run would not parse without these).
+MOVED_SETTINGS = {f"Learner.{name}": f"ActorEndpoint.{name}" for name in (
+    "queue_capacity", "max_message_bytes", "max_concurrent_rpcs", "idle_seconds",
+    "num_actors", "stack_frames_on")}
+DROPPED_SETTINGS = tuple(f"Learner.{name}" for name in (
+    "rpc_threads", "server_address", "batch_source", "is_chief", "insecure",
+    "observation_bounds", "stacked_observations", "num_envs", "central", "strategy",
+    "run_config"))
+_OLD_SETTING = re.compile(r"^(Learner\.\w+)(\s*=)", re.MULTILINE)
+
+
+def upgrade_settings(text: str) -> "tuple[str, List[str]]":
+    """A gin file's `text` with moved settings renamed and dropped ones commented out, and
+    the old names it held (none: `text` unchanged)."""
+    seen: List[str] = []
+
+    def rewrite(match):
+        name = match.group(1)
+        if name in MOVED_SETTINGS:
+            seen.append(name)
+            return MOVED_SETTINGS[name] + match.group(2)
+        if name in DROPPED_SETTINGS:
+            seen.append(name)
+            return "# (no longer a setting) " + match.group(0)
+        return match.group(0)
+
+    lines = [_OLD_SETTING.sub(rewrite, line) for line in text.split("\n")]
+    if seen:  # a dropped setting's value may continue on further lines: comment them too
+        for i in range(1, len(lines)):
+            if lines[i - 1].startswith("# (no longer") and lines[i][:1] in (" ", "\t", ")"):
+                lines[i] = "# " + lines[i]
+    return "\n".join(lines), seen
+
+
+def _upgraded(path: str, workdir: str) -> str:
+    """`path`, or a copy in `workdir` with its settings upgraded (`upgrade_settings`)."""
+    with open(path) as f:
+        text, seen = upgrade_settings(f.read())
+    if not seen:
+        return path
+    logging.warning("%s uses settings of an earlier version: %s (read as %s)", path,
+                    ", ".join(seen), ", ".join(MOVED_SETTINGS.get(n, "dropped") for n in seen))
+    copy = os.path.join(workdir, f"{len(os.listdir(workdir))}_{os.path.basename(path)}")
+    with open(copy, "w") as f:
+        f.write(text)
+    return copy
 
 
 class GinFileNotFoundError(FileNotFoundError):
@@ -117,9 +170,11 @@ def parse_config(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
     gin.clear_config()
     if EXPERIMENTS_DIR.is_dir():
         gin.add_config_file_search_path(str(EXPERIMENTS_DIR))
-    resolved = [resolve_gin_file(path) for path in gin_files]
-    with _experiments_dir_off_sys_path():
-        gin.parse_config_files_and_bindings(resolved, list(gin_bindings), skip_unknown=lean)
+    with tempfile.TemporaryDirectory(prefix="gin_") as workdir:
+        resolved = [_upgraded(resolve_gin_file(path), workdir) for path in gin_files]
+        with _experiments_dir_off_sys_path():
+            gin.parse_config_files_and_bindings(resolved, list(gin_bindings),
+                                                skip_unknown=lean)
 
 
 @contextlib.contextmanager

@@ -18,17 +18,18 @@ import gin
 import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import gin_utils
 from impala_tf.distribute import make_strategy, num_workers
+from impala_tf.acting.actor import configured_actor_seed, configured_num_envs
+from impala_tf.acting.process import INFERENCE_MODES
 from impala_tf.envs.atari import ACTORS_ON_HOST_VARIABLE
 from impala_tf.envs.atari_multitask import multitask_coverage
 from impala_tf.envs.dmlab import dmlab30_coverage
 from impala_tf.envs.factory import make_environment
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import LearnerProcess, learner_process
 from impala_tf.rpc.security import local_dial_address
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import observation_bounds, tensor_specs
 
 
-INFERENCE_MODES = ("actor", "central")
 
 
 @gin.configurable
@@ -44,7 +45,7 @@ class Launcher:
       num_actors: actor processes to run on this machine.
       inference: where the policy runs: 'actor' (the paper's: each actor process holds a
         copy of the agent and acts on its CPU, pulling parameters) or 'central' (SEED RL's:
-        actor processes, `impala_tf.acting.env_actor`, only step environments and import no
+        actor processes, `acting.env_actor`, only step environments and import no
         TensorFlow; the learner batches every actor's steps into one inference call on its
         device and assembles the unrolls, `central_inference`).
       restart_backoff_seconds, max_restart_backoff_seconds, stable_after_seconds: see above.
@@ -92,8 +93,8 @@ class Launcher:
     def _spawn(self, i: int) -> subprocess.Popen:
         learner_address, gin_files, gin_bindings, logdir = self._spawn_args
         actor_index = self.first_actor_index + i
-        module = "impala_tf.acting.env_actor" if self.inference == "central" else "impala_tf.acting.actor"
-        command = [sys.executable, "-m", module,
+        command = [sys.executable, "-m", "impala_tf.acting.process",
+                   f"--inference={self.inference}",
                    f"--learner_address={learner_address}", f"--actor_index={actor_index}",
                    f"--parent_pid={os.getpid()}"]
         if self.inference == "actor":  # environment actors get their seeds from the learner
@@ -230,9 +231,9 @@ def stop_reason(progress: Progress, signalled: Optional[str], env_frames: int,
     return "stopped"
 
 
-def build_learner(logdir: str, server_address: str, insecure: bool = False) -> Learner:
-    """The learner for the parsed gin config; the environment is built once for its specs
-    and bounds. It accepts actor ids below `Learner.num_actors`, by default
+def build_learner(logdir: str, server_address: str, insecure: bool = False) -> LearnerProcess:
+    """The learner process for the parsed gin config; the environment is built once for its
+    specs and bounds. It accepts actor ids below `ActorEndpoint.num_actors`, by default
     `Launcher.num_actors` times the learner workers (set it when remote actors join)."""
     strategy = make_strategy()
     probe = make_environment(1)
@@ -241,18 +242,15 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
     stacked = dict(probe.stacked_observations)
     num_actions = probe.action_spec().num_values
     probe.close()
-    kwargs = {}
     launcher = Launcher()
-    if not gin_utils.is_bound("Learner.num_actors"):  # else gin supplies it
-        kwargs["num_actors"] = launcher.num_actors * num_workers(strategy)
-    # Not at the top: an actor process runs impala_tf.acting.actor as __main__ and registers
-    # this module's configurables; a second copy of Actor would make `Actor.*` ambiguous.
-    from impala_tf.acting.actor import configured_actor_seed, configured_num_envs
-    return Learner(observation_spec, num_actions, logdir, strategy=strategy,
-                   server_address=server_address, insecure=insecure,
-                   observation_bounds=bounds, stacked_observations=stacked,
-                   num_envs=configured_num_envs(), actor_seed=configured_actor_seed(),
-                   central=launcher.inference == "central", **kwargs)
+    num_actors = (None if gin_utils.is_bound("ActorEndpoint.num_actors")  # gin supplies it
+                  else launcher.num_actors * num_workers(strategy))
+    return learner_process(observation_spec, num_actions, logdir, strategy=strategy,
+                           server_address=server_address, insecure=insecure,
+                           num_actors=num_actors, observation_bounds=bounds,
+                           stacked_observations=stacked, num_envs=configured_num_envs(),
+                           actor_seed=configured_actor_seed(),
+                           central=launcher.inference == "central")
 
 
 def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[str] = (),
@@ -262,7 +260,8 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
     """Trains until the configured frames, `max_frames`, `max_minutes`, SIGINT or SIGTERM,
     with a final checkpoint; with `spawn_actors`, `Launcher.num_actors` local actor processes
     started with `gin_files` and `gin_bindings`. Returns the last metrics record."""
-    learner = build_learner(logdir, bind, insecure)
+    process = build_learner(logdir, bind, insecure)
+    learner = process.learner
     if learner.restored_from:
         print(f"resumed from {learner.restored_from}: step {learner.learner_step}, "
               f"{learner.env_frames:,d} frames", flush=True)
@@ -274,28 +273,27 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
         signalled.append(f"{signal.Signals(signum).name} received")
         print(f"\n{signal.Signals(signum).name}: stopping (checkpoint, then actors)",
               flush=True)
-        learner.stop()
+        process.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    print(f"learner listening on {learner.address}; logdir {logdir}", flush=True)
+    print(f"learner listening on {process.address}; logdir {logdir}", flush=True)
     kind = gin_utils.bound_value("make_environment.kind")
     dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30")
     if dmlab30 or kind == "atari_multitask":
-        from impala_tf.acting.actor import configured_num_envs
-        actors, envs = learner.service.validator.num_actors, configured_num_envs()
+        actors, envs = process.endpoint.validator.num_actors, configured_num_envs()
         print(dmlab30_coverage(actors, envs) if kind == "dmlab" else
               multitask_coverage(actors, envs, learner.agent.num_tasks), flush=True)
     try:
         if launcher is not None:
             first = learner.worker.index * launcher.num_actors
-            launcher.start(local_dial_address(learner.address), gin_files, gin_bindings,
+            launcher.start(local_dial_address(process.address), gin_files, gin_bindings,
                            logdir, first_actor_index=first,
                            learner_step=lambda: learner.learner_step)
             print(f"started {launcher.num_actors} actor processes (actors {first} to "
                   f"{first + launcher.num_actors - 1})", flush=True)
         total = RunConfig().total_environment_frames
-        progress = Progress(total, max_frames, max_minutes, stop=learner.stop)
-        record = learner.run(max_frames=max_frames, progress=progress)
+        progress = Progress(total, max_frames, max_minutes, stop=process.stop)
+        record = process.run(max_frames=max_frames, progress=progress)
         reason = stop_reason(progress, signalled[0] if signalled else None,
                              learner.env_frames, max_frames, total)
         print(f"done ({reason}): {learner.env_frames:,d} frames, {learner.learner_step} "
@@ -304,7 +302,7 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
     finally:
         if launcher is not None:
             launcher.stop()
-        learner.close()
+        process.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -312,9 +310,5 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
 def run_actor(learner_address: str, actor_index: int) -> None:
     """One actor process of the configured inference mode, in this process, until SIGTERM or
     SIGINT (`--role=actor`: an actor started by hand on any host)."""
-    if Launcher().inference == "central":
-        from impala_tf.acting.env_actor import run_env_actor_process
-        run_env_actor_process(learner_address, actor_index)
-    else:
-        from impala_tf.acting.actor import run_actor_process
-        run_actor_process(learner_address, actor_index)
+    from impala_tf.acting.process import run_actor_process
+    run_actor_process(learner_address, actor_index, Launcher().inference)

@@ -1,4 +1,6 @@
-"""Score tables (impala_tf/data/, sources in its README) and human-normalised scores.
+"""Scoring episodes against the paper: the score tables (impala_tf/data/, sources in its
+README), human-normalised scores, the summaries, the paper's figures for the same tasks and
+the table `evaluate` prints.
 
 Human-normalised score of a game or level = 100 * (score - random) / (human - random).
 Atari-57 is summarised by the median and mean over games; DMLab-30 by the mean over levels
@@ -10,9 +12,11 @@ import dataclasses
 import functools
 import importlib.resources
 import pathlib
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from impala_tf.envs.base import EpisodeStats
 
 DATA_DIR = pathlib.Path(str(importlib.resources.files("impala_tf") / "data"))
 
@@ -115,3 +119,116 @@ def dmlab30_mean_capped(scores: Mapping[str, float]) -> float:
     if unknown:
         raise ValueError(f"No human/random reference for DMLab levels {unknown}.")
     return float(np.mean([min(100.0, human_normalized(s, refs[lvl])) for lvl, s in scores.items()]))
+
+
+@dataclasses.dataclass
+class ScoreRow:
+    """One game or level: mean unclipped return, its human-normalised score (None without a
+    reference) and the paper's figure where one exists."""
+
+    name: str
+    episodes: int
+    mean_return: float
+    std_return: float
+    mean_frames: float
+    human_normalized: Optional[float]
+    paper: Optional[float]
+
+
+def score_rows(
+    episodes: Sequence[EpisodeStats], kind: str, paper_column: Optional[str] = None
+) -> List[ScoreRow]:
+    """Groups episodes by level and scores them. `kind` is `atari`, `dmlab` or other;
+    `paper_column` picks the paper's column (Atari: impala_shallow_experts,
+    impala_deep_experts, impala_deep_multitask; DMLab: experts, impala)."""
+    by_level: Dict[str, List[EpisodeStats]] = {}
+    for episode in episodes:
+        by_level.setdefault(episode.level, []).append(episode)
+    refs = {"atari": atari_references, "dmlab": dmlab30_references}.get(kind)
+    refs = refs() if refs else {}
+    paper = {}
+    if kind == "atari":
+        paper = paper_atari_scores()
+    elif kind == "dmlab":
+        paper = paper_dmlab30_scores()
+    rows = []
+    for name, group in sorted(by_level.items()):
+        returns = np.array([e.episode_return for e in group])
+        ref = refs.get(name)
+        paper_row = paper.get(name)
+        rows.append(ScoreRow(
+            name=name,
+            episodes=len(group),
+            mean_return=float(returns.mean()),
+            std_return=float(returns.std()),
+            mean_frames=float(np.mean([e.episode_frames for e in group])),
+            human_normalized=human_normalized(returns.mean(), ref) if ref else None,
+            paper=float(paper_row[paper_column]) if paper_row and paper_column else None,
+        ))
+    return rows
+
+
+def summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
+    """Atari: median and mean human-normalised score; DMLab-30: mean capped at 100."""
+    return _summarise([r.human_normalized for r in rows if r.human_normalized is not None],
+                      kind)
+
+
+def _summarise(normalized: Sequence[float], kind: str) -> Dict[str, float]:
+    if not normalized:
+        return {}
+    if kind == "dmlab":
+        return {"mean_capped": float(np.mean([min(100.0, x) for x in normalized]))}
+    return {"median": float(np.median(normalized)), "mean": float(np.mean(normalized))}
+
+
+def paper_summary(rows: Sequence[ScoreRow], kind: str) -> Dict[str, float]:
+    """`summary` of the paper's per-task figures (the rows' `paper`) over the same tasks:
+    what the paper's agent scored on the games or levels evaluated here. DMLab levels are
+    normalised by the human and random scores the paper printed beside its figures, which
+    reproduces Table 3 (44.5% experts, 49.4% IMPALA deep PBT over the 30)."""
+    if any(r.paper is None or r.human_normalized is None for r in rows):
+        return {}  # a task without a paper figure: no like-for-like
+    if kind == "dmlab":  # the human and random scores Table B.1 printed beside each figure
+        refs = {name: Reference(row["random"], row["human"])
+                for name, row in paper_dmlab30_scores().items()}
+    else:
+        refs = atari_references()
+    return _summarise([human_normalized(r.paper, refs[r.name]) for r in rows], kind)
+
+
+def format_table(rows: Sequence[ScoreRow], summary_values: Dict[str, float],
+                 paper_values: Optional[Dict[str, float]] = None, paper_label: str = "") -> str:
+    """The scores as a text table for the terminal; `paper_values` (`paper_summary`) are
+    printed beside the summary, named by `paper_label`."""
+    lines = [f"{'game/level':40s} {'episodes':>8s} {'mean':>10s} {'std':>9s} "
+             f"{'human %':>8s} {'paper':>10s}"]
+    for r in rows:
+        hns = f"{r.human_normalized:8.1f}" if r.human_normalized is not None else f"{'-':>8s}"
+        paper = f"{r.paper:10.1f}" if r.paper is not None else f"{'-':>10s}"
+        lines.append(f"{r.name:40s} {r.episodes:8d} {r.mean_return:10.2f} {r.std_return:9.2f} "
+                     f"{hns} {paper}")
+    paper_values = paper_values or {}
+    for key, value in summary_values.items():
+        line = f"human-normalised {key}: {value:.1f}%"
+        if key in paper_values:
+            line += (f" (the paper's {paper_label} on these {len(rows)}: "
+                     f"{paper_values[key]:.1f}%)")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def paper_column(kind: str, multitask: bool, torso: str) -> Tuple[Optional[str], str]:
+    """(the paper's per-task column to print beside ours, its name in words); the column is
+    None for an environment the paper did not run (Catch, your own)."""
+    if kind == "atari_multitask":
+        return "impala_deep_multitask", "IMPALA deep multi-task (Table C.1)"
+    if kind == "atari":
+        if torso == "deep":
+            return "impala_deep_experts", "IMPALA deep experts (Table C.1)"
+        return "impala_shallow_experts", "IMPALA shallow experts (Table C.1)"
+    if kind != "dmlab":
+        return None, f"none (the paper did not run {kind!r})"
+    if multitask:  # Table B.1's IMPALA column is the PBT agent (49.4% in Table 3)
+        return "impala", "IMPALA deep, PBT, DMLab-30 (Table B.1)"
+    return "experts", "IMPALA deep experts (Table B.1)"

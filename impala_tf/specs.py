@@ -1,4 +1,5 @@
-"""The unroll: the unit of experience that travels from actors to the learner.
+"""The unroll's shapes and dtypes, from the environment's specs (the unroll itself, the unit
+of experience that travels from actors to the learner, is `impala_tf.unroll`).
 
 One spec describes it; the actor, the wire codec, the batcher and the learner all derive
 shapes and dtypes from `trajectory_spec`, never by hand.
@@ -20,57 +21,11 @@ and the next step is the FIRST of a new episode. The agent still acts at LAST (t
 ignored by the environment); the learner masks that LAST -> FIRST transition out.
 """
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-
-class Trajectory(NamedTuple):
-    """`[T+1, ...]` for one unroll, `[T+1, B, ...]` in the learner; see the module doc."""
-
-    observation: Dict[str, Any]
-    action: Any
-    reward: Any
-    discount: Any
-    episode_start: Any
-    behaviour_logits: Any
-
-
-class PackedFrames(NamedTuple):
-    """A stacked observation in a learner batch as the batcher writes it for a learner on an
-    accelerator: each frame once, and where each step's stack finds its frames.
-
-      timeline  [L, B, H, W, k]    per unroll: step 0's S-1 older frames, each step's
-                                   newest frame, then the S-1 older frames of each restarted
-                                   stack (L = S(T+1): room for T restarts; places past an
-                                   unroll's restarts are neither written nor read)
-      index     [T+1, B, S] int32  the timeline places of each step's S frames, oldest first
-
-    The train step gathers the agent's `[T+1, B, H, W, S*k]` stacks on the device
-    (`stacks_from_frames`)."""
-
-    timeline: Any
-    index: Any
-
-
-def stacks_from_frames(frames: PackedFrames) -> tf.Tensor:
-    """The stacks `[T+1, B, H, W, S*k]` (channels oldest frame first) of `PackedFrames`: one
-    gather of whole frames, one transpose."""
-    timeline = tf.convert_to_tensor(frames.timeline)
-    index = tf.convert_to_tensor(frames.index)
-    shape = tf.shape(timeline)
-    batch = shape[1]
-    rows = tf.reshape(timeline, tf.concat([[-1], shape[2:]], 0))  # [L*B, H, W, k]: l*B + b
-    place = index * batch + tf.range(batch)[None, :, None]
-    stacks = tf.transpose(tf.gather(rows, place), [0, 1, 3, 4, 2, 5])  # [T+1, B, H, W, S, k]
-    out = tf.shape(stacks)
-    return tf.reshape(stacks, tf.concat([out[:4], [out[4] * out[5]]], 0))
-
-
-def agent_observation(observation: Mapping[str, Any]) -> Dict[str, Any]:
-    """A batch's observations as the agent reads them (`PackedFrames` stacked)."""
-    return {name: stacks_from_frames(value) if isinstance(value, PackedFrames)
-            else value for name, value in observation.items()}
+from impala_tf.unroll import Trajectory, fields as unroll_fields
 
 
 class LearnerBatch(NamedTuple):
@@ -135,43 +90,13 @@ def batched(spec_tree: Any, batch_size: int, time_major: bool = True) -> Any:
     return tf.nest.map_structure(add, spec_tree)
 
 
-# -- the unroll as it travels: flat names -> arrays ---------------------------------------------
-
-CORE_STATE_PREFIX = "core_state/"
-
-
-def flatten_with_paths(structure: Any, prefix: str = "") -> List[Tuple[str, Any]]:
-    """[(path, leaf)] for nested dicts (sorted keys), namedtuples (field names) and tuples or
-    lists (indices), in `tf.nest.flatten` order; paths joined with '/'."""
-    if isinstance(structure, Mapping):
-        items = [(str(k), structure[k]) for k in sorted(structure)]
-    elif isinstance(structure, tuple) and hasattr(structure, "_fields"):
-        items = list(zip(structure._fields, structure))
-    elif isinstance(structure, (tuple, list)):
-        items = [(str(i), v) for i, v in enumerate(structure)]
-    else:
-        return [(prefix.rstrip("/"), structure)]
-    out = []
-    for key, value in items:
-        out.extend(flatten_with_paths(value, f"{prefix}{key}/"))
-    return out
-
+# -- the unroll as it travels: flat names -> arrays (`unroll`) -------------------------------
 
 def core_state_spec(initial_state: Any) -> Any:
     """Spec of one environment's core state (no batch dim) from `agent.initial_state(1)`."""
     return tf.nest.map_structure(
         lambda x: tf.TensorSpec(x.shape[1:], x.dtype), initial_state
     )
-
-
-def unroll_fields(trajectory: Trajectory, core_state: Any) -> Dict[str, Any]:
-    """Flattens one unroll (trajectory and core state at its start) to `name -> leaf`:
-    `observation/frame`, `action`, ..., `core_state/h`, `core_state/c`. Works on specs and
-    on arrays alike; the order is the spec's and never changes."""
-    fields = dict(flatten_with_paths(trajectory))
-    for path, leaf in flatten_with_paths(core_state):
-        fields[CORE_STATE_PREFIX + path] = leaf
-    return fields
 
 
 def unroll_wire_spec(
@@ -184,24 +109,4 @@ def unroll_wire_spec(
     return unroll_fields(
         trajectory_spec(observation_spec, num_actions, unroll_length),
         core_state_spec(initial_state),
-    )
-
-
-def unflatten_core_state(fields: Mapping[str, Any], initial_state: Any) -> Any:
-    """The core-state structure of `initial_state` filled with `fields`' core_state entries."""
-    paths = [p for p, _ in flatten_with_paths(initial_state)]
-    return tf.nest.pack_sequence_as(
-        initial_state, [fields[CORE_STATE_PREFIX + p] for p in paths]
-    )
-
-
-def trajectory_from_fields(fields: Mapping[str, Any], observation_names) -> Trajectory:
-    """The `Trajectory` held in flat `fields`."""
-    return Trajectory(
-        observation={name: fields[f"observation/{name}"] for name in observation_names},
-        action=fields["action"],
-        reward=fields["reward"],
-        discount=fields["discount"],
-        episode_start=fields["episode_start"],
-        behaviour_logits=fields["behaviour_logits"],
     )

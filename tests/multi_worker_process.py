@@ -12,7 +12,7 @@ import tensorflow as tf
 from impala_tf import config
 from impala_tf.learning.batcher import ReadyBatch
 from impala_tf.distribute import make_strategy
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.networks import Agent
 from impala_tf.run_config import RunConfig
 from impala_tf.synthetic import synthetic_batch
@@ -37,14 +37,14 @@ def main(logdir: str, worker_index: int, stop_after: int = 0) -> None:
             learner.stop()
         return ReadyBatch(local, np.zeros(2, np.int64))
 
-    learner = Learner(spec, 3, logdir, strategy=strategy, run_config=run,
+    learner = learner_process(spec, 3, logdir, strategy=strategy, run_config=run,
                       batch_source=batches,
                       log_every_seconds=0.0)  # the chief comes from TF_CONFIG
     record = learner.run(max_steps=50 if stop_after else 3)
     weights = learner.agent.get_weights()
     print(json.dumps({
-        "worker": worker_index, "identity": list(learner.worker),
-        "is_chief": learner.is_chief, "steps": learner.learner_step, "frames": learner.env_frames,
+        "worker": worker_index, "identity": list(learner.learner.worker),
+        "is_chief": learner.learner.is_chief, "steps": learner.learner_step, "frames": learner.env_frames,
         "replicas": strategy.num_replicas_in_sync,
         "checksum": float(sum(np.abs(w).sum() for w in weights)),
         "loss": record.get("total_loss")}), flush=True)

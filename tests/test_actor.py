@@ -17,9 +17,9 @@ import fake_deepmind_lab
 from impala_tf import config
 from impala_tf.acting.actor import Actor
 from impala_tf.envs.factory import make_environment
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.networks import AgentInput
-from impala_tf.specs import tensor_specs, trajectory_from_fields, unflatten_core_state
+from impala_tf.specs import tensor_specs
 
 T, K = 6, 3
 
@@ -29,19 +29,19 @@ def rounds(tmp_path):
     config.parse_config(["catch.gin"], [f"RunConfig.unroll_length = {T}", "Agent.use_lstm = True",
                                         "Agent.lstm_size = 8", "Actor.num_envs = 3"])
     env = make_environment(1)
-    learner = Learner(tensor_specs(env.observation_spec()), 3, str(tmp_path))
-    learner.batcher.stop()  # the test reads the unrolls from the queue itself
+    learner = learner_process(tensor_specs(env.observation_spec()), 3, str(tmp_path))
+    learner.endpoint.batcher.stop()  # the test reads the unrolls from the queue itself
     actor = Actor(learner.address, actor_index=0)
     actor.run(max_unrolls=3)
     actor.close()
-    unrolls = [learner.unrolls.get(timeout=30) for _ in range(3 * K)]
+    unrolls = [learner.endpoint.unrolls.get(timeout=30) for _ in range(3 * K)]
     learner.close()
     yield actor, [unrolls[i * K:(i + 1) * K] for i in range(3)]
     gin.clear_config()
 
 
 def _trajectory(unroll):
-    return trajectory_from_fields(unroll.fields, ["frame"])
+    return unroll.trajectory
 
 
 def _paddle(frame):
@@ -102,20 +102,17 @@ def test_core_state_carries_across_unrolls(rounds):
     for k in range(K):
         unroll, following = by_round[0][k], by_round[1][k]
         traj = _trajectory(unroll)
-        state = unflatten_core_state(
-            {n: v[None] for n, v in unroll.fields.items() if n.startswith("core_state/")},
-            agent.initial_state(1))
+        assert isinstance(unroll.core_state, type(agent.initial_state(1)))  # its structure
+        state = tf.nest.map_structure(lambda leaf: leaf[None], unroll.core_state)
         # Replay steps 0..T-1 with the agent: the state before step T is the next unroll's
         # initial state.
         inputs = AgentInput(traj.action[:T, None], traj.reward[:T, None],
                             traj.episode_start[:T, None],
                             {"frame": traj.observation["frame"][:T, None]})
         _, final = agent.unroll(tf.nest.map_structure(tf.convert_to_tensor, inputs), state)
-        np.testing.assert_allclose(final.h.numpy()[0], following.fields["core_state/h"],
-                                   atol=1e-5)
-        np.testing.assert_allclose(final.c.numpy()[0], following.fields["core_state/c"],
-                                   atol=1e-5)
-    assert np.abs(by_round[1][0].fields["core_state/h"]).max() > 0
+        np.testing.assert_allclose(final.h.numpy()[0], following.core_state.h, atol=1e-5)
+        np.testing.assert_allclose(final.c.numpy()[0], following.core_state.c, atol=1e-5)
+    assert np.abs(by_round[1][0].core_state.h).max() > 0
 
 
 def test_the_actor_runs_on_dmlab(tmp_path, monkeypatch):
@@ -126,16 +123,16 @@ def test_the_actor_runs_on_dmlab(tmp_path, monkeypatch):
         "Actor.num_envs = 2", "make_dmlab.level = 'language_select_described_object'"])
     try:
         env = make_environment(1)
-        learner = Learner(tensor_specs(env.observation_spec()), 9, str(tmp_path))
-        learner.batcher.stop()
+        learner = learner_process(tensor_specs(env.observation_spec()), 9, str(tmp_path))
+        learner.endpoint.batcher.stop()
         actor = Actor(learner.address, actor_index=0)
         actor.run(max_unrolls=1)
         actor.close()
-        unrolls = [learner.unrolls.get(timeout=30) for _ in range(2)]
+        unrolls = [learner.endpoint.unrolls.get(timeout=30) for _ in range(2)]
         learner.close()
     finally:
         gin.clear_config()
-    fields = unrolls[0].fields
+    fields = unrolls[0].flat()
     assert fields["observation/frame"].shape == (5, 72, 96, 3)
     assert fields["observation/instruction"].shape == (5, 16)
     assert (fields["observation/instruction"] > 0).sum(axis=1).min() == 4  # 4 words each step
@@ -159,24 +156,24 @@ def test_the_actor_waits_out_a_learner_restart_and_loads_the_new_parameters(tmp_
     specs = tensor_specs(make_environment(1).observation_spec())
     stop = threading.Event()
     try:
-        first = Learner(specs, 3, str(tmp_path / "a"), server_address=address)
-        first.batcher.stop()
+        first = learner_process(specs, 3, str(tmp_path / "a"), server_address=address)
+        first.endpoint.batcher.stop()
         actor = Actor(address, actor_index=0)
         env = actor.env
         thread = threading.Thread(target=actor.run, args=(stop,))
         thread.start()
         for _ in range(4):
-            first.unrolls.get(timeout=30)
+            first.endpoint.unrolls.get(timeout=30)
         first.close()
         time.sleep(1.0)  # the actor finds the learner gone
         assert thread.is_alive()
-        second = Learner(specs, 3, str(tmp_path / "b"), server_address=address)
-        second.batcher.stop()
-        unroll = second.unrolls.get(timeout=60)
+        second = learner_process(specs, 3, str(tmp_path / "b"), server_address=address)
+        second.endpoint.batcher.stop()
+        unroll = second.endpoint.unrolls.get(timeout=60)
         deadline = time.time() + 30
-        while actor.incarnation != second.parameters.incarnation and time.time() < deadline:
+        while actor.incarnation != second.learner.parameters.incarnation and time.time() < deadline:
             time.sleep(0.05)
-        assert actor.incarnation == second.parameters.incarnation != first.parameters.incarnation
+        assert actor.incarnation == second.learner.parameters.incarnation != first.learner.parameters.incarnation
         assert actor.policy_version == 0 and unroll.actor_id == 0
         for mine, theirs in zip(actor.agent.variables, second.agent.variables):
             np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
@@ -189,7 +186,7 @@ def test_the_actor_waits_out_a_learner_restart_and_loads_the_new_parameters(tmp_
         deadline = time.time() + 30
         while actor.steps_taken <= steps and time.time() < deadline:
             try:
-                second.unrolls.get(timeout=1)
+                second.endpoint.unrolls.get(timeout=1)
             except queue.Empty:
                 pass
         assert actor.steps_taken > steps

@@ -140,7 +140,7 @@ def test_bad_game_lists_are_named(games, message):
 def test_evaluation_environments_of_a_multitask_run_play_each_game(tmp_path):
     """`evaluate` on a multi-task config: one maker per game, task ids those of training."""
     from impala_tf import config
-    from impala_tf.evaluation import evaluation_environments
+    from impala_tf.evaluate import evaluation_environments
     config.parse_config(["atari/multitask_shallow_small.gin"])
     try:
         makers, kind, multitask = evaluation_environments(num_envs=2, seed=1)
@@ -224,19 +224,19 @@ def test_evaluate_prints_the_summary_beside_the_papers_for_the_same_games(tmp_pa
 
 
 def test_the_papers_summary_over_all_57_is_its_table_4_median():
-    from impala_tf import evaluation, scores
-    rows = evaluation.score_rows(
-        [evaluation.EpisodeStats(0.0, 1, game) for game in GAMES], "atari",
+    from impala_tf import scores
+    rows = scores.score_rows(
+        [scores.EpisodeStats(0.0, 1, game) for game in GAMES], "atari",
         "impala_deep_multitask")
-    assert evaluation.paper_summary(rows, "atari")["median"] == pytest.approx(59.7, abs=0.05)
+    assert scores.paper_summary(rows, "atari")["median"] == pytest.approx(59.7, abs=0.05)
     assert len(rows) == len(scores.paper_atari_scores()) == 57
 
 
 @pytest.mark.parametrize("column, table_3", [("experts", 44.5), ("impala", 49.4)])
 def test_the_papers_dmlab30_summary_over_its_30_levels_is_table_3(column, table_3):
-    from impala_tf import evaluation
+    from impala_tf import scores
     from impala_tf.envs.dmlab import dmlab30_level_names
-    rows = evaluation.score_rows([evaluation.EpisodeStats(0.0, 1, level)
+    rows = scores.score_rows([scores.EpisodeStats(0.0, 1, level)
                                   for level in dmlab30_level_names("test")], "dmlab", column)
-    assert evaluation.paper_summary(rows, "dmlab")["mean_capped"] == pytest.approx(
+    assert scores.paper_summary(rows, "dmlab")["mean_capped"] == pytest.approx(
         table_3, abs=0.06)

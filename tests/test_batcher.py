@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf.learning.batcher import aligned_empty, as_tensor, stack_unrolls
-from impala_tf.rpc.validation import Unroll
+from impala_tf.unroll import Unroll
 
 
 def test_aligned_empty_is_aligned_and_contiguous():
@@ -44,20 +44,20 @@ def test_unshareable_arrays_are_copied():
 
 def test_stacked_unrolls_equal_numpys_stack():
     rng = np.random.default_rng(0)
-    unrolls = [Unroll({"observation/frame": rng.integers(0, 255, (5, 6, 6, 4), dtype=np.uint8),
+    unrolls = [Unroll.from_flat({"observation/frame": rng.integers(0, 255, (5, 6, 6, 4), dtype=np.uint8),
                        "action": rng.integers(0, 3, 5).astype(np.int32),
                        "reward": rng.normal(size=5).astype(np.float32),
                        "discount": np.ones(5, np.float32),
                        "episode_start": rng.random(5) < 0.3,
                        "behaviour_logits": rng.normal(size=(5, 3)).astype(np.float32)},
                       policy_version=i, actor_id=i) for i in range(4)]
-    ready = stack_unrolls(unrolls, ["frame"], ())
+    ready = stack_unrolls(unrolls, ())
     trajectory = ready.batch.trajectory
     np.testing.assert_array_equal(
         trajectory.observation["frame"],
-        np.stack([u.fields["observation/frame"] for u in unrolls], axis=1))
+        np.stack([u.flat()["observation/frame"] for u in unrolls], axis=1))
     np.testing.assert_array_equal(trajectory.episode_start,
-                                  np.stack([u.fields["episode_start"] for u in unrolls], 1))
+                                  np.stack([u.flat()["episode_start"] for u in unrolls], 1))
     shared = tf.nest.map_structure(as_tensor, ready.batch)
     np.testing.assert_array_equal(shared.trajectory.behaviour_logits.numpy(),
                                   trajectory.behaviour_logits)
@@ -71,7 +71,7 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     from test_frame_packing import _stacks
 
     from impala_tf.rpc import frame_packing
-    from impala_tf.specs import PackedFrames, stacks_from_frames
+    from impala_tf.learning.device_frames import PackedFrames, stacks_from_frames
     rng = np.random.default_rng(1)
     stacks = [_stacks(rng, restarts=r) for r in [(), (7, 15), (1, 2, 3), (20,)]] + [
         _stacks(rng, k=1, restarts=(4,))]
@@ -80,14 +80,14 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     others = {"action": np.zeros(steps, np.int32), "reward": np.zeros(steps, np.float32),
               "discount": np.ones(steps, np.float32), "episode_start": np.zeros(steps, bool),
               "behaviour_logits": np.zeros((steps, 3), np.float32)}
-    unrolls = [Unroll({**frame_packing.unpack(frame_packing.pack(
+    unrolls = [Unroll.from_flat({**frame_packing.unpack(frame_packing.pack(
         {"observation/frame": s}, {"frame": 1}), spec, {"frame": 1}), **others}, 0, i)
         for i, s in enumerate(stacks[:-1])]
-    unrolls.append(Unroll({"observation/frame": stacks[-1], **others}, 0, 4))  # sent whole
+    unrolls.append(Unroll.from_flat({"observation/frame": stacks[-1], **others}, 0, 4))  # sent whole
     expected = np.stack(stacks, axis=1)
-    host = stack_unrolls(unrolls, ["frame"], ()).batch.trajectory.observation["frame"]
+    host = stack_unrolls(unrolls, ()).batch.trajectory.observation["frame"]
     np.testing.assert_array_equal(host, expected)
-    device = stack_unrolls(unrolls, ["frame"], (), frames_on_device=True)
+    device = stack_unrolls(unrolls, (), frames_on_device=True)
     frames = device.batch.trajectory.observation["frame"]
     assert isinstance(frames, PackedFrames) and frames.timeline.shape == (
         4 * steps, 5) + expected.shape[2:4] + (1,) and frames.index.shape == (steps, 5, 4)

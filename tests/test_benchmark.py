@@ -127,6 +127,6 @@ def test_the_ingest_streams_unrolls_pass_the_learners_validator():
     stream = validator.new_stream()
     for message in (first, continued, continued, whole):  # a stream sends first, then next
         unroll, _ = validator(message, stream)
-        frames = np.asarray(unroll.fields["observation/frame"])
+        frames = np.asarray(unroll.flat()["observation/frame"])
         assert unroll.actor_id == 5
         np.testing.assert_array_equal(frames[1:, ..., :-1], frames[:-1, ..., 1:])

@@ -27,6 +27,7 @@ from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
 from impala_tf.rpc.protocol import ACT
 from impala_tf.rpc.validation import UnrollValidator
+from impala_tf.frames import PackedStack
 from impala_tf.specs import num_tasks, tensor_specs
 
 T = 20
@@ -106,13 +107,13 @@ def _assert_equal_unrolls(expected, got):
     for mine, theirs in zip(expected, got):
         for fields, unroll in zip(mine, theirs):
             assert unroll.policy_version == 7
-            assert list(unroll.fields) == list(fields)
+            assert list(unroll.flat()) == list(fields)
             for name, value in fields.items():
                 if np.asarray(value).dtype.kind == "f":
-                    np.testing.assert_allclose(unroll.fields[name], value, rtol=1e-5,
+                    np.testing.assert_allclose(unroll.flat()[name], value, rtol=1e-5,
                                                atol=1e-6, err_msg=name)
                 else:
-                    np.testing.assert_array_equal(unroll.fields[name], value, err_msg=name)
+                    np.testing.assert_array_equal(unroll.flat()[name], value, err_msg=name)
 
 
 def test_central_unrolls_equal_the_actors_own_on_catch_with_an_lstm():
@@ -123,7 +124,7 @@ def test_central_unrolls_equal_the_actors_own_on_catch_with_an_lstm():
     _assert_equal_unrolls(expected, got)
     starts = sum(int(f["episode_start"][1:].sum()) for f in expected[0])
     assert starts >= 4  # Catch's 9-step episodes end inside every unroll
-    assert np.abs(got[0][-1].fields["core_state/h"]).max() > 0  # the LSTM carried state
+    assert np.abs(got[0][-1].flat()["core_state/h"]).max() > 0  # the LSTM carried state
     # The two actors shared inference calls: far fewer calls than steps of both.
     assert central.calls <= (rounds * T + 1) + 4
     assert service.counters.accepted == 2 * rounds * 4
@@ -139,6 +140,10 @@ def test_central_unrolls_equal_the_actors_own_on_real_pong():
         "AtariBatchedEnv.max_episode_frames = 400"], rounds)
     _assert_equal_unrolls(expected, got)
     assert sum(int(f["episode_start"][1:].sum()) for f in expected[0]) >= 2
+    # The unrolls handed to the batcher carry each frame once, as an actor's do.
+    packed = [u.trajectory.observation["frame"] for g in got for u in g]
+    assert all(isinstance(p, PackedStack) for p in packed)
+    assert sum(p.nbytes for p in packed) < 0.4 * sum(np.asarray(p).nbytes for p in packed)
 
 
 def _catch_server(**serve_kwargs):
@@ -254,8 +259,9 @@ def test_an_environment_actor_imports_no_tensorflow():
     """The module, the config and the environments of an env actor process: `-X importtime`
     lists every module it imports."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "impala_tf.acting.env_actor",
-         "--learner_address=127.0.0.1:9", "--gin_file=atari/pong_shallow.gin", "--max_steps=0"],
+        [sys.executable, "-X", "importtime", "-m", "impala_tf.acting.process",
+         "--inference=central", "--learner_address=127.0.0.1:9",
+         "--gin_file=atari/pong_shallow.gin", "--max_steps=0"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()

@@ -19,12 +19,9 @@ COMMANDS = {
                        False),
     "impala_tf.tools.benchmark": ("Throughput benchmark", ["gin_file", "seconds", "stages",
                                                            "json", "verbose"], False),
-    "impala_tf.acting.env_actor": ("", ["learner_address", "gin_file", "actor_index", "max_steps",
-                                 "verbose"], False),
-    # The actor process module holds the Actor class itself (TensorFlow at import);
-    # people start actors with `impala_tf.train --role=actor`, whose help is light.
-    "impala_tf.acting.actor": ("The actor: K environments", ["learner_address", "gin_file",
-                                                      "max_unrolls", "verbose"], True),
+    "impala_tf.acting.process": ("An actor process, of either kind", [
+        "learner_address", "gin_file", "actor_index", "inference", "max_unrolls", "max_steps",
+        "verbose"], False),
 }
 
 

@@ -187,3 +187,31 @@ def test_the_description_stops_at_the_first_binding(tmp_path):
     assert config.describe_experiment(str(path)) == "What it is.\nWhat it reaches."
     with pytest.raises(FileNotFoundError, match="nowhere.gin"):
         config.describe_experiment("nowhere.gin")
+
+
+def test_an_earlier_runs_operative_config_still_parses(tmp_path, caplog):
+    """`evaluate --logdir` of a run from before the learner's server settings moved to
+    `ActorEndpoint`: its operative_config.gin names every old `Learner` parameter; the moved
+    ones are read under their new name, the dropped ones are left out, with one warning."""
+    old = tmp_path / "operative_config.gin"
+    old.write_text("\n".join([
+        "include 'catch.gin'",
+        "Learner.checkpoint_every_minutes = 10.0",
+        "Learner.queue_capacity = 7",
+        "Learner.num_actors = 5",
+        "Learner.rpc_threads = None",
+        "Learner.observation_bounds = {",
+        "    'frame': (0, 1)}",
+        "Learner.is_chief = None",
+        ""]))
+    try:
+        config.parse_config([str(old)])
+        assert gin_utils.bound_value("ActorEndpoint.queue_capacity") == 7
+        assert gin_utils.bound_value("ActorEndpoint.num_actors") == 5
+        assert gin_utils.bound_value("Learner.checkpoint_every_minutes") == 10.0
+        assert not gin_utils.is_bound("Learner.rpc_threads")
+    finally:
+        gin.clear_config()
+    assert "Learner.queue_capacity, Learner.num_actors, Learner.rpc_threads" in caplog.text
+    text, seen = config.upgrade_settings("Learner.seed = 3\nLearner.log_every_seconds = 1\n")
+    assert seen == [] and text == "Learner.seed = 3\nLearner.log_every_seconds = 1\n"

@@ -1,7 +1,7 @@
 """The Kubernetes manifests in deploy/k8s/ against the code: every container runs a real
 entry point with flags it defines, gin files that exist and bindings that parse; and the
 manifests agree with each other (the Service's name and port are what actors dial and the
-learner binds, every actor has its own index, Learner.num_actors is the actor count, the
+learner binds, every actor has its own index, ActorEndpoint.num_actors is the actor count, the
 Security files are where the Secrets are mounted, each Secret is one the README creates)."""
 
 import re
@@ -99,7 +99,7 @@ def test_each_actor_has_its_own_index_and_the_learner_accepts_them_all(manifests
     (pod_index,) = [e for e in container["env"] if e["name"] == "POD_INDEX"]
     assert pod_index["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.labels['apps.kubernetes.io/pod-index']"
-    assert _binding(_flags(_container(learner)), "Learner.num_actors") == \
+    assert _binding(_flags(_container(learner)), "ActorEndpoint.num_actors") == \
         actors["spec"]["replicas"]
     assert learner["spec"]["replicas"] == 1
     assert learner["spec"]["strategy"]["type"] == "Recreate"  # one learner per logdir

@@ -155,7 +155,7 @@ def test_dmlab30_evaluation_plays_the_30_distinct_test_levels(fake_lab):
     """With dmlab/dmlab30_deep.gin bound (make_dmlab.dmlab30 = True), every evaluation batch
     was replaced by actor 0's level: 30 rows of rooms_collect_good_objects_test."""
     from impala_tf import config
-    from impala_tf.evaluation import evaluation_environments
+    from impala_tf.evaluate import evaluation_environments
     config.parse_config(["dmlab/dmlab30_deep.gin"])
     try:
         makers, kind, dmlab30 = evaluation_environments(num_envs=2, seed=1)

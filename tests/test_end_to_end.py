@@ -38,8 +38,7 @@ def _actor_processes(address):
                 zombie = f.read().split()[2] == "Z"
         except OSError:
             continue
-        if ("impala_tf.acting.actor" in cmdline or "impala_tf.acting.env_actor" in cmdline) \
-                and address in cmdline and not zombie:
+        if "impala_tf.acting.process" in cmdline and address in cmdline and not zombie:
             pids.append(int(pid))
     return pids
 
@@ -222,7 +221,7 @@ def test_a_killed_learner_resumes_and_a_remote_actor_reconnects(tmp_path):
     ckpt_state = os.path.join(logdir, "checkpoints", "checkpoint")
     bindings = ("RunConfig.total_environment_frames = 1e9",
                 "Learner.checkpoint_every_minutes = 0.02",
-                "Learner.num_actors = 3")  # the 2 local actors and the remote actor 2
+                "ActorEndpoint.num_actors = 3")  # the 2 local actors and the remote actor 2
     first = _train(logdir, *bindings, flags=[f"--bind={address}"])
     lines = []
     _read_until(first, r"started \d+ actor processes", lines)

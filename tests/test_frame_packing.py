@@ -14,7 +14,7 @@ import pytest
 from impala_tf import config
 from impala_tf.acting.actor import Actor
 from impala_tf.learning.batcher import stack_unrolls
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
@@ -77,10 +77,10 @@ def _learners_validator(actor, logdir):
     specs = tensor_specs(actor.env.observation_spec())
     stacked = actor.env.stacked_observations
     actor.close(flush=False)
-    learner = Learner(specs, actor.num_actions, str(logdir), batch_source=lambda: None,
+    learner = learner_process(specs, actor.num_actions, str(logdir), batch_source=lambda: None,
                       stacked_observations=stacked)
     learner.close()
-    return learner.service.validator
+    return learner.endpoint.validator
 
 
 def _wait(condition, what, timeout=60.0):
@@ -152,12 +152,12 @@ def test_the_learner_rebuilds_the_stacks_real_pong_acted_on(tmp_path, monkeypatc
     received = [unrolls.get_nowait() for _ in range(24)]
     restarts = 0
     for unroll, fields in zip(received, built):
-        assert list(unroll.fields) == list(fields)
+        assert list(unroll.flat()) == list(fields)
         for name in fields:
-            np.testing.assert_array_equal(np.asarray(unroll.fields[name]), fields[name])
+            np.testing.assert_array_equal(np.asarray(unroll.flat()[name]), fields[name])
         restarts += int(fields["episode_start"][1:].sum())
     assert restarts >= 2  # episodes ended inside unrolls
-    batch = stack_unrolls(received[:4], list(specs), ())
+    batch = stack_unrolls(received[:4], ())
     expected = np.stack([f["observation/frame"] for f in built[:4]], axis=1)
     np.testing.assert_array_equal(batch.batch.trajectory.observation["frame"], expected)
     stacked_bytes = np.mean([len(codec.encode(codec.UNROLL_MAGIC, f, {})) for f in built])
@@ -183,7 +183,7 @@ def test_a_stream_continues_each_environment_from_its_last_stack():
     assert len(two.continued) < len(two.whole) - 80
     for message, stacks in ((one.whole, first), (two.continued, second)):
         unroll, _ = validator(message, stream)
-        np.testing.assert_array_equal(np.asarray(unroll.fields["observation/frame"]), stacks)
+        np.testing.assert_array_equal(np.asarray(unroll.flat()["observation/frame"]), stacks)
     # A continued unroll needs the stream's last stack of its environment, from its actor.
     for message, stream, match in (
             (two.continued, None, "needs meta 'env'"),
@@ -224,7 +224,7 @@ def test_an_actor_can_send_whole_stacks_and_the_learner_takes_both(tmp_path):
     assert "observation/frame/newest" in codec.decode(packed.whole, codec.UNROLL_MAGIC)[0]
     assert isinstance(packed, frame_packing.StreamedUnroll)
     for message in (whole, packed.whole):
-        assert validator(message)[0].fields["observation/frame"].shape == (6, 84, 84, 4)
+        assert validator(message)[0].flat()["observation/frame"].shape == (6, 84, 84, 4)
 
 
 def test_a_learner_stacking_frames_in_its_graph_makes_the_same_update(tmp_path):
@@ -248,15 +248,15 @@ def test_a_learner_stacking_frames_in_its_graph_makes_the_same_update(tmp_path):
         for name, strategy in (("stacks", None),
                                ("frames", make_strategy("mirrored", num_cpu_devices=2))):
             batches = {}
-            learners[name] = Learner(specs, num_actions, str(tmp_path / name), strategy=strategy,
+            learners[name] = learner_process(specs, num_actions, str(tmp_path / name), strategy=strategy,
                                      batch_source=lambda b=batches: b["ready"],
                                      stacked_observations=stacked,
-                                     stack_frames_on="host" if name == "stacks" else "device")
-            ready = stack_unrolls(unrolls, list(specs), learners[name].agent.initial_state(1),
-                                  frames_on_device=learners[name].frames_on_device)
+                                     endpoint_settings={"stack_frames_on": "host" if name == "stacks" else "device"})
+            ready = stack_unrolls(unrolls, learners[name].agent.initial_state(1),
+                                  frames_on_device=learners[name].endpoint.frames_on_device)
             batches["ready"] = ReadyBatch(tf.nest.map_structure(as_tensor, ready.batch),
                                           ready.policy_versions)
-        assert learners["frames"].frames_on_device and not learners["stacks"].frames_on_device
+        assert learners["frames"].endpoint.frames_on_device and not learners["stacks"].endpoint.frames_on_device
         initial = learners["stacks"].agent.get_weights()
         learners["frames"].agent.set_weights(initial)
         records = {name: learner.run(max_steps=2) for name, learner in learners.items()}
@@ -272,5 +272,5 @@ def test_a_learner_stacking_frames_in_its_graph_makes_the_same_update(tmp_path):
     assert max(np.abs(a - b).max() for a, b in zip(
         initial, learners["stacks"].agent.get_weights())) > 1e-4
     with pytest.raises(ValueError, match="stack_frames_on = 'gpu'"):
-        Learner(specs, num_actions, str(tmp_path / "bad"), batch_source=lambda: None,
-                stack_frames_on="gpu")
+        learner_process(specs, num_actions, str(tmp_path / "bad"), batch_source=lambda: None,
+                endpoint_settings={"stack_frames_on": "gpu"})

@@ -115,8 +115,11 @@ def test_module_level_imports_form_no_cycle():
     assert cycles == []
 
 
-@pytest.mark.parametrize("module", ["impala_tf.acting.env_actor", "impala_tf.plot",
-                                    "impala_tf.envs.factory", "impala_tf.rpc.client"])
+@pytest.mark.parametrize("module", ["impala_tf.acting.env_actor", "impala_tf.acting.process",
+                                    "impala_tf.plot", "impala_tf.envs.factory",
+                                    "impala_tf.rpc.client", "impala_tf.frames",
+                                    "impala_tf.unroll", "impala_tf.rpc.validation",
+                                    "impala_tf.evaluate", "impala_tf.scores"])
 def test_the_lean_modules_import_no_tensorflow_in_a_fresh_interpreter(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -19,7 +19,7 @@ from impala_tf.networks import build_agent
 from impala_tf.learning.batcher import ReadyBatch, minibatches
 from impala_tf.distribute import make_strategy
 from impala_tf.learning.faults import NonFiniteUpdatesError
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.networks import Agent
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
@@ -42,12 +42,12 @@ def _small_agent():
 
 def _learner(logdir, **kwargs):
     kwargs.setdefault("log_every_seconds", 0.0)
-    return Learner(SPEC, 3, str(logdir), run_config=RUN, **kwargs)
+    return learner_process(SPEC, 3, str(logdir), run_config=RUN, **kwargs)
 
 
 def _random_unroll(learner, rng, version=0, episodes=(), **overrides):
     fields = {}
-    for name, (dtype, shape) in codec.spec_from_tensor_specs(learner.wire_spec).items():
+    for name, (dtype, shape) in codec.spec_from_tensor_specs(learner.endpoint.wire_spec).items():
         if name == "action":
             fields[name] = rng.integers(0, 3, shape).astype(dtype)
         elif name == "discount":
@@ -90,7 +90,7 @@ def test_a_malformed_unroll_is_rejected_while_training_goes_on(tmp_path):
     assert learner.service.counters.rejected == 1
     assert "NaN" in next(iter(learner.service.counters.rejected_reasons))
     assert record["rejected_unrolls"] == 1 and np.isfinite(record["total_loss"])
-    assert learner.parameters.version == 6
+    assert learner.learner.parameters.version == 6
 
 
 def test_multi_task_metrics_give_each_level_its_mean_and_count(tmp_path):
@@ -123,7 +123,7 @@ def test_mirrored_over_two_cpus_gives_the_same_update_as_default(tmp_path):
     default = _learner(tmp_path / "default", batch_source=source)
     mirrored = _learner(tmp_path / "mirrored", batch_source=source,
                         strategy=make_strategy("mirrored", num_cpu_devices=2))
-    assert mirrored.strategy.num_replicas_in_sync == 2
+    assert mirrored.learner.strategy.num_replicas_in_sync == 2
     initial = default.agent.get_weights()
     mirrored.agent.set_weights(initial)
     stats_default = default.run(max_steps=2)
@@ -158,19 +158,19 @@ def test_a_seed_fixes_the_initial_weights_and_none_draws_afresh(tmp_path):
 def test_checkpoint_resume_continues_steps_and_frames(tmp_path):
     source, _ = _synthetic_source()
     first = _learner(tmp_path, batch_source=source)
-    assert first.restored_from is None
+    assert first.learner.restored_from is None
     first.run(max_steps=3)
     weights = first.agent.get_weights()
     first.close()  # one learner per logdir
     second = _learner(tmp_path, batch_source=source)
-    assert second.restored_from is not None and second.restored_from.endswith("ckpt-3")
+    assert second.learner.restored_from is not None and second.learner.restored_from.endswith("ckpt-3")
     assert second.learner_step == 3 and second.env_frames == 3 * 16
-    assert int(second.train_step.optimizer.iterations.numpy()) == 3
+    assert int(second.learner.train_step.optimizer.iterations.numpy()) == 3
     for a, b in zip(weights, second.agent.get_weights()):
         np.testing.assert_array_equal(a, b)
     second.run(max_steps=2)
     assert second.learner_step == 5 and second.env_frames == 5 * 16
-    assert second.parameters.version == 5
+    assert second.learner.parameters.version == 5
 
 
 def test_checkpoints_to_keep_none_keeps_every_checkpoint(tmp_path):
@@ -187,7 +187,7 @@ def test_the_run_stops_at_the_frame_budget(tmp_path):
     source, _ = _synthetic_source()
     run = RunConfig(unroll_length=4, batch_size=4, total_environment_frames=100,
                     num_action_repeats=1)
-    learner = Learner(SPEC, 3, str(tmp_path), run_config=run, batch_source=source,
+    learner = learner_process(SPEC, 3, str(tmp_path), run_config=run, batch_source=source,
                       log_every_seconds=0.0)
     learner.run()
     assert learner.env_frames == 112  # 7 updates of 16 frames: the first to pass 100
@@ -253,7 +253,7 @@ def test_mirrored_over_two_cpus_compiles_each_replicas_gradients_with_xla(tmp_pa
     xla.agent.set_weights(initial)
     stats_default = default.run(max_steps=2)
     stats_xla = xla.run(max_steps=2)
-    assert xla._local_gradients.experimental_get_tracing_count() >= 1  # the XLA path ran
+    assert xla.learner._local_gradients.experimental_get_tracing_count() >= 1  # the XLA path ran
     for a, b in zip(default.agent.get_weights(), xla.agent.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert stats_xla["grad_norm"] == pytest.approx(stats_default["grad_norm"], rel=1e-4)
@@ -266,12 +266,12 @@ def test_train_steps_jit_compile_setting_acts_through_the_learner(tmp_path):
     source, _ = _synthetic_source()
     plain = _learner(tmp_path / "b", batch_source=source,
                      strategy=make_strategy("mirrored", num_cpu_devices=2))
-    assert plain._local_gradients is None
+    assert plain.learner._local_gradients is None
     config.parse_config([], ["Agent.torso = 'mlp'", "Agent.lstm_size = 8",
                              "make_optimizer.learning_rate = 0.01", "TrainStep.jit_compile = True"])
     by_train_step = _learner(tmp_path / "a", batch_source=source,
                              strategy=make_strategy("mirrored", num_cpu_devices=2))
-    assert by_train_step._local_gradients is not None  # each replica's gradients under XLA
+    assert by_train_step.learner._local_gradients is not None  # each replica's gradients under XLA
 
 
 def test_policy_lag_counts_updates_since_the_acting_parameters(tmp_path):
@@ -293,13 +293,13 @@ def test_nonfinite_updates_are_skipped_and_a_run_of_them_stops_training(tmp_path
                        strategy=make_strategy("mirrored", num_cpu_devices=2))
     with pytest.raises(NonFiniteUpdatesError, match="3 updates in a row"):
         learner.run(max_steps=20)
-    assert learner.learner_step == 2 and learner.nonfinite_updates == 4
+    assert learner.learner_step == 2 and learner.learner.nonfinite_updates == 4
     for weight in learner.agent.get_weights():
         assert np.all(np.isfinite(weight))
-    assert learner.parameters.version == 2  # nothing published for the skipped updates
+    assert learner.learner.parameters.version == 2  # nothing published for the skipped updates
     learner.close()
     restored = _learner(tmp_path, batch_source=source)  # the checkpoint taken on the way out
-    assert restored.restored_from and restored.learner_step == 2
+    assert restored.learner.restored_from and restored.learner_step == 2
     for a, b in zip(learner.agent.get_weights(), restored.agent.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -378,14 +378,14 @@ def test_sample_reuse_makes_epochs_times_minibatches_updates_a_batch(tmp_path, s
     batch = synthetic_batch(agent, SPEC, run.unroll_length, run.batch_size, 0.2, 5)
     strategy = (make_strategy("mirrored", num_cpu_devices=2) if strategy_kind == "mirrored"
                 else None)
-    learner = Learner(SPEC, 3, str(tmp_path), run_config=run, strategy=strategy, seed=11,
+    learner = learner_process(SPEC, 3, str(tmp_path), run_config=run, strategy=strategy, seed=11,
                       log_every_seconds=0.0,
                       batch_source=lambda: ReadyBatch(batch, np.zeros(4, np.int64)))
     initial = learner.agent.get_weights()
     record = learner.run(max_steps=3)
     assert learner.learner_step == 12 and learner.env_frames == 48
     # 12 optimiser steps of 4 frames each: lr = 0.01 * (1 - 48 / 400) for the next one.
-    assert float(learner.train_step.current_learning_rate()) == pytest.approx(0.01 * (1 - 0.12))
+    assert float(learner.learner.train_step.current_learning_rate()) == pytest.approx(0.01 * (1 - 0.12))
     assert np.isfinite(record["total_loss"])
     reference_agent = build_agent(SPEC, 3)
     reference_agent.set_weights(initial)

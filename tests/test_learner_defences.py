@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from impala_tf import config
 from impala_tf.learning.faults import DiskFullError, is_disk_full
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.learning.metrics import MetricsLog, json_safe
 from impala_tf.learning.logdir_lock import LogdirInUseError
 from impala_tf.rpc import codec
@@ -35,12 +35,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _learner(logdir, **kwargs):
     kwargs.setdefault("log_every_seconds", 0.0)
     kwargs.setdefault("num_actors", 8)
-    return Learner(SPEC, 3, str(logdir), run_config=RUN, **kwargs)
+    return learner_process(SPEC, 3, str(logdir), run_config=RUN, **kwargs)
 
 
 def _unroll(learner, rng, actor_id=0, **overrides):
     fields = {}
-    for name, (dtype, shape) in codec.spec_from_tensor_specs(learner.wire_spec).items():
+    for name, (dtype, shape) in codec.spec_from_tensor_specs(learner.endpoint.wire_spec).items():
         if name == "action":
             fields[name] = rng.integers(0, 3, shape).astype(dtype)
         elif name == "discount":
@@ -93,7 +93,7 @@ def test_valid_spec_poison_is_rejected_and_training_goes_on(tmp_path):
     finally:
         streams.close()
         learner.close()
-    assert learner.learner_step == 6 and learner.nonfinite_updates == 0
+    assert learner.learner_step == 6 and learner.learner.nonfinite_updates == 0
     assert learner.service.counters.rejected >= 8
     assert all("'discount': values outside [0, 1]" in reason
                for reason in learner.service.counters.rejected_reasons)
@@ -124,7 +124,7 @@ def test_poison_past_the_bounds_is_traced_to_its_actor_which_is_refused(tmp_path
         streams.close()
         learner.close()
     assert learner.learner_step >= 4
-    assert learner.nonfinite_updates >= 1  # poison reached the step before the refusal
+    assert learner.learner.nonfinite_updates >= 1  # poison reached the step before the refusal
     assert learner.service.validator.refused == [5]
     assert record["refused_actors"] == [5]
     assert any("actor 5 is refused" in r for r in learner.service.counters.rejected_reasons)
@@ -226,7 +226,7 @@ def test_a_full_disk_under_the_metrics_stops_the_run_with_one_line(tmp_path):
     assert "\n" not in message and "No space left on the device" in message
     assert "a final checkpoint went to" in message and "run the same command again" in message
     learner.close()
-    assert _learner(tmp_path, batch_source=_synthetic_source()).restored_from
+    assert _learner(tmp_path, batch_source=_synthetic_source()).learner.restored_from
 
 
 def _mount_tmpfs(path, size):
@@ -337,4 +337,4 @@ def test_tracing_names_only_the_poisoned_unrolls_actor_under_mirrored(tmp_path):
     learner.run(max_steps=2)
     learner.close()
     assert learner.service.validator.refused == [7]
-    assert learner.nonfinite_updates == 1 and learner.learner_step == 1
+    assert learner.learner.nonfinite_updates == 1 and learner.learner_step == 1

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from impala_tf.learning import checkpoints
 from impala_tf.learning.batcher import ReadyBatch
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.learning.metrics import MetricsLog
 from impala_tf.networks import Agent
 from impala_tf.synthetic import synthetic_batch
@@ -28,7 +28,7 @@ def _learner(logdir, **kwargs):
     agent = Agent(3, SPEC, torso="mlp", lstm_size=8)
     batch = synthetic_batch(agent, SPEC, RUN.unroll_length, RUN.batch_size, 0.2, 0)
     source = lambda: ReadyBatch(batch, np.zeros(RUN.batch_size, np.int64))  # noqa: E731
-    return Learner(SPEC, 3, str(logdir), run_config=RUN, batch_source=source,
+    return learner_process(SPEC, 3, str(logdir), run_config=RUN, batch_source=source,
                    log_every_seconds=0.0, checkpoint_every_minutes=60.0, **kwargs)
 
 
@@ -47,27 +47,28 @@ def _fail_on_call(learner, attribute, n, error=Injected):
 
 
 @pytest.mark.parametrize("attribute, error", [
-    ("_next_batch", Injected),         # taking a batch
+    ("next_batch", Injected),          # taking a batch (the feed's)
     ("_distributed_step", Injected),   # the update itself
     ("publish", Injected),             # handing parameters to actors
     ("_trace_nonfinite", Injected),    # never called on finite updates: see below
     ("_log", Injected),                # the log line's own bookkeeping
-    ("_next_batch", KeyboardInterrupt),
+    ("next_batch", KeyboardInterrupt),
 ])
 def test_an_exception_anywhere_in_the_loop_leaves_a_checkpoint_of_the_last_update(
         tmp_path, capfd, attribute, error):
     learner = _learner(tmp_path)
     try:
-        _fail_on_call(learner, attribute, 4, error)
+        _fail_on_call(learner.feed if attribute == "next_batch" else learner.learner,
+                      attribute, 4, error)
         if attribute == "_trace_nonfinite":  # make the 4th call happen: non-finite updates
-            original = learner._distributed_step
+            original = learner.learner._distributed_step
 
             def nonfinite(*args, **kwargs):
                 stats = original(*args, **kwargs)
                 stats["nonfinite_update"] = tf.constant(1.0)
                 return stats
 
-            learner._distributed_step = nonfinite
+            learner.learner._distributed_step = nonfinite
         with pytest.raises(error) as raised:
             learner.run(max_steps=100)
         step = learner.learner_step
@@ -94,8 +95,8 @@ def test_when_even_the_final_checkpoint_fails_the_run_names_the_last_whole_one(t
     learner = _learner(tmp_path)
     try:
         learner.run(max_steps=2)  # ends with ckpt-2
-        _fail_on_call(learner, "_distributed_step", 2)
-        _fail_on_call(learner, "save", 1, OSError)
+        _fail_on_call(learner.learner, "_distributed_step", 2)
+        _fail_on_call(learner.learner, "save", 1, OSError)
         with pytest.raises(Injected):
             learner.run(max_steps=100)
     finally:

@@ -29,11 +29,12 @@ from impala_tf.learning.train_step import build_train_step
 from impala_tf.acting.actor import Actor
 from impala_tf.learning.batcher import stack_unrolls
 from impala_tf.envs.atari import AtariBatchedEnv
-from impala_tf.learning.learner import Learner
+from impala_tf.learning.process import learner_process
 from impala_tf.networks.agent import AgentOutput
 from impala_tf.rpc import codec, frame_packing
-from impala_tf.rpc.server import Unroll
-from impala_tf.specs import PackedFrames, Trajectory, tensor_specs, unroll_wire_spec
+from impala_tf.learning.device_frames import PackedFrames
+from impala_tf.specs import Trajectory, tensor_specs, unroll_wire_spec
+from impala_tf.unroll import Unroll
 from impala_tf.learning.train_step import agent_input_from_trajectory
 
 PADDLE_COLUMNS = slice(72, 77)  # our (right, green) paddle in the 84x84 frame
@@ -138,11 +139,12 @@ def pong_batch():
     for message in messages:  # the stacks rebuilt from each frame sent once
         fields, meta = codec.decode(message.whole, codec.UNROLL_MAGIC)
         fields = frame_packing.unpack(fields, wire_spec, actor.env.stacked_observations)
-        unrolls.append(Unroll(fields, meta["policy_version"], 0))
-    batch = stack_unrolls(unrolls, ["frame"], agent.initial_state(1)).batch
+        unrolls.append(Unroll.from_flat(fields, meta["policy_version"], 0,
+                                        agent.initial_state(1)))
+    batch = stack_unrolls(unrolls, agent.initial_state(1)).batch
     batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
     # The same unrolls as a learner on an accelerator batches them: frames, stacked in-graph.
-    frame_major = stack_unrolls(unrolls, ["frame"], agent.initial_state(1),
+    frame_major = stack_unrolls(unrolls, agent.initial_state(1),
                                 frames_on_device=True).batch
     assert isinstance(frame_major.trajectory.observation["frame"], PackedFrames)
     yield actor, batch, tf.nest.map_structure(tf.convert_to_tensor, frame_major)
@@ -319,12 +321,12 @@ def test_parameters_reach_the_actor_by_variable_not_by_shape(tmp_path):
         "Agent.lstm_size = 8", "Actor.num_envs = 1"])
     try:
         specs = tensor_specs(AtariBatchedEnv(1).observation_spec())
-        learner = Learner(specs, 6, str(tmp_path))
-        learner.batcher.stop()
+        learner = learner_process(specs, 6, str(tmp_path))
+        learner.endpoint.batcher.stop()
         rng = np.random.default_rng(1)
         for variable in learner.agent.variables:
             variable.assign(rng.normal(0.0, 0.3, variable.shape).astype(np.float32))
-        learner.publish()
+        learner.learner.publish()
         actor = Actor(learner.address, actor_index=0)
         assert actor.refresh_parameters()
         frames = rng.integers(0, 256, (3, 2) + tuple(specs["frame"].shape), dtype=np.uint8)

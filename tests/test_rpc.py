@@ -52,7 +52,7 @@ def test_unrolls_arrive_in_order_with_their_meta(server):
     received = [_get(unrolls) for _ in range(5)]
     assert [u.policy_version for u in received] == list(range(5))
     assert all(u.actor_id == 1 for u in received)
-    np.testing.assert_array_equal(received[3].fields["observation/frame"], 3)
+    np.testing.assert_array_equal(received[3].flat()["observation/frame"], 3)
     client.close()
     assert srv.service.counters.accepted == 5 and srv.service.counters.rejected == 0
     episodes = srv.service.counters.pop_episodes()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from impala_tf import scores
+from impala_tf.envs.base import EpisodeStats
 
 
 def test_hand_computed_case():
@@ -48,3 +49,24 @@ def test_unknown_names_are_reported():
         scores.atari_summary({"pongg": 1.0})
     with pytest.raises(ValueError, match="rooms_nowhere"):
         scores.dmlab30_mean_capped({"rooms_nowhere": 1.0})
+
+
+def test_atari_rows_and_summary():
+    episodes = [EpisodeStats(-3.05, 1000, "pong", 0), EpisodeStats(-3.05, 1200, "pong", 1),
+                EpisodeStats(1.7, 500, "breakout", 0)]
+    rows = scores.score_rows(episodes, "atari", "impala_shallow_experts")
+    by_name = {r.name: r for r in rows}
+    assert by_name["pong"].episodes == 2 and by_name["pong"].mean_frames == 1100
+    assert by_name["pong"].human_normalized == pytest.approx(50.0)
+    assert by_name["breakout"].human_normalized == pytest.approx(0.0)
+    assert by_name["pong"].paper == pytest.approx(20.40)
+    assert scores.summary(rows, "atari") == pytest.approx({"median": 25.0, "mean": 25.0})
+    table = scores.format_table(rows, scores.summary(rows, "atari"))
+    assert "pong" in table and "median: 25.0%" in table
+
+
+def test_dmlab_summary_is_mean_capped():
+    rows = scores.score_rows(
+        [EpisodeStats(1e6, 10, "rooms_watermaze"), EpisodeStats(4.1, 10, "rooms_keys_doors_puzzle")],
+        "dmlab", "experts")
+    assert scores.summary(rows, "dmlab")["mean_capped"] == pytest.approx(50.0, abs=0.1)

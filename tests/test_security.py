@@ -19,9 +19,9 @@ import pytest
 from pki import TOKEN, make_pki
 
 from impala_tf import config
-from impala_tf.acting.actor import Actor, LearnerUnreachableError
+from impala_tf.acting.actor import Actor
 from impala_tf.rpc import codec
-from impala_tf.rpc.client import LearnerClient
+from impala_tf.rpc.client import LearnerClient, LearnerUnreachableError
 from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bind,
                                     is_loopback, local_dial_address)
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator

@@ -1,17 +1,14 @@
 """specs: the unroll layout every part derives from. Shapes and dtypes against the module
-docstring's table, flat names in a fixed order, round trips, the PackedFrames gather against a
-loop over numpy indices, and the dm_env spec helpers."""
+docstring's table, flat names in a fixed order, and the dm_env spec helpers (the flat round
+trip: test_unroll; the device gather: test_device_frames)."""
 
 import numpy as np
 import tensorflow as tf
 from dm_env import specs as dm_specs
 
 from impala_tf.networks.lstm import LSTMState
-from impala_tf.specs import (PackedFrames, Trajectory, batched, core_state_spec,
-                             flatten_with_paths, num_tasks, observation_bounds,
-                             stacks_from_frames, tensor_specs, trajectory_from_fields,
-                             trajectory_spec, unflatten_core_state, unroll_fields,
-                             unroll_wire_spec)
+from impala_tf.specs import (batched, core_state_spec, num_tasks, observation_bounds,
+                             tensor_specs, trajectory_spec, unroll_wire_spec)
 
 OBSERVATION = {"frame": tf.TensorSpec([4, 3, 2], tf.uint8),
                "instruction": tf.TensorSpec([5], tf.int32)}
@@ -31,7 +28,7 @@ def test_the_trajectory_spec_has_t_plus_one_steps_of_each_field():
     assert batched(spec, 3, time_major=False).observation["frame"].shape == (3, 8, 4, 3, 2)
 
 
-def test_flat_names_have_one_fixed_order_and_round_trip():
+def test_flat_names_have_one_fixed_order():
     initial = LSTMState(h=np.zeros([1, 2], np.float32), c=np.ones([1, 2], np.float32))
     wire = unroll_wire_spec(OBSERVATION, 6, 7, initial)
     assert list(wire) == ["observation/frame", "observation/instruction", "action", "reward",
@@ -39,38 +36,6 @@ def test_flat_names_have_one_fixed_order_and_round_trip():
                           "core_state/c"]
     assert wire["core_state/h"].shape == (2,)  # one environment's, no batch dim
     assert core_state_spec(initial).c.shape == (2,)
-
-    trajectory = Trajectory({"instruction": np.arange(3), "frame": np.arange(2)},
-                            np.array([1]), np.array([0.5]), np.array([1.0]), np.array([True]),
-                            np.array([[0.1, 0.2]]))
-    state = LSTMState(h=np.array([7.0]), c=np.array([8.0]))
-    fields = unroll_fields(trajectory, state)
-    back = trajectory_from_fields(fields, ["frame", "instruction"])
-    for got, want in zip(tf.nest.flatten(back), tf.nest.flatten(trajectory)):
-        np.testing.assert_array_equal(got, want)
-    restored = unflatten_core_state(fields, initial)
-    assert isinstance(restored, LSTMState)
-    np.testing.assert_array_equal(restored.h, [7.0])
-    np.testing.assert_array_equal(restored.c, [8.0])
-    assert flatten_with_paths({"b": (1, 2), "a": {"z": 3}}) == [("a/z", 3), ("b/0", 1),
-                                                                  ("b/1", 2)]
-
-
-def test_packed_frames_rebuild_every_stack_from_its_places():
-    """Each step's S frames are gathered from the timeline by `index`, oldest first, and
-    laid on the channel axis: checked against a loop over the numpy indices."""
-    rng = np.random.default_rng(0)
-    steps, batch, s, h, w, k = 3, 2, 4, 2, 3, 1
-    length = s * steps
-    timeline = rng.integers(0, 255, [length, batch, h, w, k], dtype=np.uint8)
-    index = rng.integers(0, length, [steps, batch, s]).astype(np.int32)
-    expected = np.zeros([steps, batch, h, w, s * k], np.uint8)
-    for t in range(steps):
-        for b in range(batch):
-            for j in range(s):
-                expected[t, b, :, :, j * k:(j + 1) * k] = timeline[index[t, b, j], b]
-    got = stacks_from_frames(PackedFrames(timeline, index)).numpy()
-    np.testing.assert_array_equal(got, expected)
 
 
 def test_dm_env_specs_become_tensor_specs_bounds_and_a_task_count():

@@ -43,6 +43,11 @@ def test_step_messages_rebuild_the_stacks_from_each_frame_once(k):
         np.testing.assert_array_equal(got.observation["aux"], aux)
         np.testing.assert_array_equal(got.reward, timestep.reward)
         assert episodes == []
+        # Where the stacks restarted, for the unrolls central inference assembles: every
+        # stack at step 0, env 2's at every step, env 1's where its older frames changed.
+        continued = (stack[..., :-k] == stacks[t - 1][..., k:]).reshape(3, -1).all(1)
+        np.testing.assert_array_equal(decoder.restarts["frame"],
+                                      np.ones(3, bool) if t == 0 else ~continued)
     # Step 0 sends every older frame; later steps those of env 2 (and env 1 at restarts).
     assert sizes[1] < sizes[0] and sizes[3] > sizes[2]
 

@@ -1,9 +1,12 @@
 """UnrollBuilder: K environments' T+1 steps cut into K unrolls, each field of each
-environment checked against values written out by hand, core state included."""
+environment checked against values written out by hand, core state included; stacked
+frames leave each frame once, restarting where the pixels (or the caller) say."""
 
 import numpy as np
+import pytest
 
 from impala_tf.acting.unroll_builder import UnrollBuilder
+from impala_tf.frames import PackedStack
 from impala_tf.envs.base import FIRST, LAST, MID, BatchedTimeStep
 from impala_tf.networks.lstm import LSTMState
 
@@ -28,7 +31,9 @@ def test_each_environments_unroll_holds_its_own_steps_in_order():
     assert builder.full
     core = LSTMState(h=np.array([[0.1, 0.2], [0.3, 0.4]], np.float32),
                      c=np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
-    first, second = builder.unrolls(core)
+    first, second = builder.unrolls(core, policy_version=9, actor_id=4)
+    assert [(u.policy_version, u.actor_id) for u in (first, second)] == [(9, 4)] * 2
+    assert isinstance(first.core_state, LSTMState)
 
     expected = {
         0: {"observation/frame": [10, 11, 12], "action": [2, 0, 1],
@@ -43,6 +48,7 @@ def test_each_environments_unroll_holds_its_own_steps_in_order():
             "core_state/h": [0.3, 0.4], "core_state/c": [3.0, 4.0]},
     }
     for k, unroll in ((0, first), (1, second)):
+        unroll = unroll.flat()
         assert sorted(unroll) == sorted(expected[k])
         for name, values in expected[k].items():
             got = unroll[name]
@@ -65,6 +71,41 @@ def test_start_begins_a_new_unroll_and_an_empty_core_state_has_no_fields():
     builder.start(_timestep([MID], [0], [1], [3]), np.array([1]), np.ones([1, 2]))
     assert not builder.full  # the old steps are gone
     builder.append(_timestep([MID], [0], [1], [4]), np.array([0]), np.zeros([1, 2]))
-    (unroll,) = builder.unrolls(())
+    (unroll,) = builder.unrolls((), 0, 0)
+    assert unroll.core_state == ()
+    unroll = unroll.flat()
     np.testing.assert_array_equal(unroll["observation/frame"].reshape(-1), [3, 4])
     assert not any(name.startswith("core_state/") for name in unroll)
+
+
+def _stacked(frames_by_env):
+    """[K, 1, 1, S] stacks: each environment's last S frames (ints, oldest first)."""
+    return np.array(frames_by_env, np.uint8)[:, None, None, :]
+
+
+@pytest.mark.parametrize("told", [False, True])
+def test_stacked_frames_leave_each_once_restarting_where_the_stacks_do(told):
+    """K=2, S=2, T=3. Environment 0's stack shifts every step; environment 1's restarts at
+    step 2 (a new episode: older frame 0). Decided from the pixels, or told per step (as
+    central inference's step messages say); either way each unroll's stacks are rebuilt
+    exactly from its frames."""
+    steps = [_stacked([[1, 2], [5, 6]]), _stacked([[2, 3], [6, 7]]),
+             _stacked([[3, 4], [0, 8]]), _stacked([[4, 9], [8, 1]])]
+    restarts = [None, [False, False], [False, True], [False, False]]
+    builder = UnrollBuilder(num_envs=2, unroll_length=3, num_actions=2, stacked={"frame": 1})
+    for t, stacks in enumerate(steps):
+        timestep = BatchedTimeStep(np.full(2, MID, np.int8), np.zeros(2, np.float32),
+                                   np.ones(2, np.float32), {"frame": stacks})
+        if t == 0:
+            builder.start(timestep, np.zeros(2, np.int32), np.zeros([2, 2]))
+        else:
+            builder.append(timestep, np.zeros(2, np.int32), np.zeros([2, 2]),
+                           {"frame": np.array(restarts[t])} if told else None)
+    unrolls = builder.unrolls((), 0, 0)
+    for env, unroll in enumerate(unrolls):
+        packed = unroll.trajectory.observation["frame"]
+        assert isinstance(packed, PackedStack)
+        assert np.flatnonzero(packed.restart).tolist() == ([] if env == 0 else [2])
+        np.testing.assert_array_equal(packed.newest.reshape(-1), [s[env, 0, 0, -1] for s in steps])
+        np.testing.assert_array_equal(np.asarray(packed), np.stack([s[env] for s in steps]))
+    assert unrolls[1].trajectory.observation["frame"].restarted.reshape(-1).tolist() == [0]

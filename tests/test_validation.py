@@ -43,9 +43,9 @@ def test_an_honest_unroll_comes_back_whole_with_its_actor_version_and_episodes()
     fields = _fields()
     unroll, episodes = _validator()(_message(fields, episodes=[[1.5, 40, "pong"]]))
     assert (unroll.actor_id, unroll.policy_version) == (1, 9)
-    assert list(unroll.fields) == list(SPEC)
+    assert list(unroll.flat()) == list(SPEC)
     for name, value in fields.items():
-        np.testing.assert_array_equal(unroll.fields[name], value, err_msg=name)
+        np.testing.assert_array_equal(unroll.flat()[name], value, err_msg=name)
     assert [(e.episode_return, e.episode_frames, e.level) for e in episodes] == [
         (1.5, 40, "pong")]
 

@@ -168,14 +168,14 @@ any_message = (st.binary(max_size=4096)
 
 def _check_accepted(unroll) -> None:
     """An accepted unroll is exactly what the spec allows."""
-    assert list(unroll.fields) == list(SPEC)
+    assert list(unroll.flat()) == list(SPEC)
     for name, (dtype, shape) in SPEC.items():
-        value = unroll.fields[name]
+        value = unroll.flat()[name]
         assert value.dtype == dtype and value.shape == shape
         if dtype.kind == "f":
             assert np.isfinite(value).all()
-    assert ((unroll.fields["action"] >= 0) & (unroll.fields["action"] < NUM_ACTIONS)).all()
-    assert set(np.unique(unroll.fields["episode_start"].view(np.uint8))) <= {0, 1}
+    assert ((unroll.flat()["action"] >= 0) & (unroll.flat()["action"] < NUM_ACTIONS)).all()
+    assert set(np.unique(unroll.flat()["episode_start"].view(np.uint8))) <= {0, 1}
     assert unroll.policy_version >= 0 and unroll.actor_id >= 0
 
 

@@ -1,7 +1,7 @@
 """The actor: K environments, batched inference with its own (lagging) copy of the policy,
 unrolls of T steps per environment streamed to the learner.
 
-    python -m impala_tf.acting.actor --learner_address=HOST:PORT --gin_file=atari/experts_shallow.gin
+    python -m impala_tf.acting.process --learner_address=HOST:PORT --gin_file=atari/experts_shallow.gin
 
 Each unroll holds T+1 steps (step 0 repeats the previous unroll's last), the core state
 before step 0 and the version of the parameters that acted (layout in `specs.py`). The
@@ -18,30 +18,24 @@ it promptly, whatever it is waiting for.
 
 import logging
 import threading
-import time
 from typing import List, Optional, Union
 
 import gin
 import grpc
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
 
 import impala_tf  # noqa: F401  (sets the Keras backend)
-from impala_tf import command_line, gin_utils, seeding
+from impala_tf import gin_utils, seeding
 from impala_tf.networks import build_agent
-from impala_tf.acting.env_actor import define_actor_flags, stop_when_orphaned
 from impala_tf.envs.factory import make_environment
 from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.rpc import codec, frame_packing
-from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, LearnerClient
+from impala_tf.rpc.client import RETRYABLE_CODES, LearnerClient, Reconnect
+from impala_tf.rpc.validation import encode_episodes
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import num_tasks, tensor_specs
 from impala_tf.acting.unroll_builder import UnrollBuilder
-
-
-class LearnerUnreachableError(RuntimeError):
-    """The learner did not answer for longer than `Actor.reconnect_timeout_seconds`."""
 
 
 @gin.configurable(denylist=["learner_step"])
@@ -110,8 +104,7 @@ class Actor:
         is set (False) or `reconnect_timeout_seconds` have passed (`LearnerUnreachableError`).
         """
         stop_event = stop_event or threading.Event()
-        backoff = Backoff(*self._backoff)
-        down_since = None
+        reconnect = Reconnect(*self._backoff, timeout=self.reconnect_timeout_seconds)
         while not stop_event.is_set():
             try:
                 newer = self.client.get_parameters(
@@ -121,8 +114,6 @@ class Actor:
             except grpc.RpcError as error:
                 if error.code() not in RETRYABLE_CODES:
                     raise
-                now = time.monotonic()
-                down_since = down_since or now
                 why = error.code().name
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     # The waiting call hides the cause (a learner not up yet looks like a TLS
@@ -131,23 +122,17 @@ class Actor:
                         self.policy_version, self.incarnation,
                         timeout=min(5.0, self.rpc_timeout_seconds))
                     why += f"; {cause}" if cause else ""
-                if (self.reconnect_timeout_seconds is not None
-                        and now - down_since > self.reconnect_timeout_seconds):
-                    raise LearnerUnreachableError(
-                        f"the learner at {self.client.address} has not answered for "
-                        f"{now - down_since:.0f} s ({why})") from error
-                delay = backoff.next()
-                logging.warning("actor %d: learner %s unreachable (%s); retrying in %.1f s",
-                                self.actor_index, self.client.address, why, delay)
-                stop_event.wait(delay)
+                reconnect.failed(f"actor {self.actor_index}: learner {self.client.address} "
+                                 f"unreachable ({why})", stop_event)
         else:
             return False
         if stop_event.is_set():  # the pull was interrupted, not answered
             return False
-        if down_since is not None:
+        down = reconnect.answered()
+        if down is not None:
             self.reconnects += 1
             logging.warning("actor %d: learner %s answers again after %.0f s",
-                            self.actor_index, self.client.address, time.monotonic() - down_since)
+                            self.actor_index, self.client.address, down)
         if newer is None:
             return False
         # Matched by position: Keras makes layer names unique per process, so the learner's
@@ -173,7 +158,8 @@ class Actor:
         carry over to the next call."""
         k = self.env.num_envs
         if self._builder is None:  # first call: start the episodes
-            self._builder = UnrollBuilder(k, self.run_config.unroll_length, self.num_actions)
+            self._builder = UnrollBuilder(k, self.run_config.unroll_length, self.num_actions,
+                                          self.env.stacked_observations)
             self._timestep = self.env.reset()
             self._state = self.policy.initial_state(k)
             self._prev_actions = np.zeros(k, np.int32)
@@ -186,16 +172,15 @@ class Actor:
             builder.append(self._timestep, step.actions, step.policy_logits)
             self._prev_actions, self._prev_logits = step.actions, step.policy_logits
             self.steps_taken += k
-        episodes = [[e.episode_return, e.episode_frames, e.level]
-                    for e in self.env.pop_finished_episodes()]
+        episodes = encode_episodes(self.env.pop_finished_episodes())
         metas = [{"policy_version": max(version, 0), "actor_id": self.actor_index,
                   "episodes": episodes if i == 0 else []} for i in range(k)]
-        unrolls = builder.unrolls(initial_state)
+        unrolls = builder.unrolls(initial_state, max(version, 0), self.actor_index)
         if not (self.pack_stacked_frames and self.env.stacked_observations):
-            return [codec.encode(codec.UNROLL_MAGIC, fields, meta)
-                    for fields, meta in zip(unrolls, metas)]
-        return [frame_packing.encode_streamed(fields, self.env.stacked_observations, meta, i)
-                for i, (fields, meta) in enumerate(zip(unrolls, metas))]
+            return [codec.encode(codec.UNROLL_MAGIC, frame_packing.unpacked(u.flat()), meta)
+                    for u, meta in zip(unrolls, metas)]
+        return [frame_packing.encode_streamed(u.flat(), self.env.stacked_observations, meta, i)
+                for i, (u, meta) in enumerate(zip(unrolls, metas))]
 
     def run(self, stop_event: Optional[threading.Event] = None,
             max_unrolls: Optional[int] = None) -> None:
@@ -230,17 +215,6 @@ def configured_actor_seed() -> int:
     return int(gin_utils.configured_value(Actor, "seed"))
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    define_actor_flags()
-    flags.DEFINE_integer("max_unrolls", None, "Stop after this many rounds of unrolls.")
-    flags.DEFINE_integer("learner_step", 0, "The run's step now (the launcher passes the "
-                         "learner's): seeds mix it in past step 0, so a resumed run does not "
-                         "replay the episodes of step 0.")
-
-
 @gin.configurable
 def configure_actor_threads(inter_op_threads: int = 1, intra_op_threads: int = 0) -> None:
     """TensorFlow's thread pools in an actor process (0: TensorFlow's choice, one thread per
@@ -248,37 +222,3 @@ def configure_actor_threads(inter_op_threads: int = 1, intra_op_threads: int = 0
     the other actors and the learner."""
     tf.config.threading.set_inter_op_parallelism_threads(int(inter_op_threads))
     tf.config.threading.set_intra_op_parallelism_threads(int(intra_op_threads))
-
-
-def run_actor_process(learner_address: str, actor_index: int,
-                      max_unrolls: Optional[int] = None,
-                      parent_pid: Optional[int] = None, learner_step: int = 0) -> None:
-    """The body of an actor process (gin already parsed): runs until SIGTERM / SIGINT,
-    `max_unrolls`, or the death of `parent_pid` (when given)."""
-    import signal
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if parent_pid is not None:
-        stop_when_orphaned(parent_pid, stop)
-    configure_actor_threads()
-    actor = Actor(learner_address, actor_index=actor_index, learner_step=learner_step)
-    try:
-        actor.run(stop, max_unrolls=max_unrolls)
-    finally:
-        actor.close(flush=not stop.is_set())
-
-
-def main(argv) -> None:
-    del argv
-    if not FLAGS.learner_address:
-        raise app.UsageError("--learner_address=HOST:PORT is required.")
-    from impala_tf import config  # the wiring's registry: commands only
-    config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
-    logging.info("actor %d connecting to %s", FLAGS.actor_index, FLAGS.learner_address)
-    run_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_unrolls,
-                      FLAGS.parent_pid, FLAGS.learner_step)
-
-
-if __name__ == "__main__":
-    command_line.run(main, __doc__, define_flags, "impala_tf.acting.actor")

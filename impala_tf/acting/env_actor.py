@@ -1,8 +1,5 @@
-"""An actor for central inference: it steps its environments, and the learner acts.
-
-    python -m impala_tf.acting.env_actor --learner_address=HOST:PORT --actor_index=3 --gin_file=F
-
-(`Launcher.inference = 'central'` starts these itself.) The process never imports
+"""An actor for central inference: it steps its environments, and the learner acts
+(`python -m impala_tf.acting.process --inference=central` runs one). Its process never imports
 TensorFlow: it holds K environments, sends each step over one stream
 (`/impala.Learner/Act`, `rpc.step_messages`, each frame once) and applies the actions that
 come back. The learner says how many environments to run and how to seed them, so an
@@ -11,22 +8,15 @@ actor's environments are those of an actor that acts itself (`Actor.num_envs`,
 with backoff (a new stream restarts the learner's state of them); SIGTERM / SIGINT end it.
 """
 
-import logging
-import os
 import queue
-import signal
 import threading
-import time
 from typing import Optional
 
 import gin
 import grpc
-from absl import app, flags
-
-from impala_tf import command_line, quiet
 from impala_tf.envs.factory import make_environment
 from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.client import RETRYABLE_CODES, Backoff, call_metadata, channel_options
+from impala_tf.rpc.client import RETRYABLE_CODES, Reconnect, call_metadata, channel_options
 from impala_tf.rpc.security import Security
 from impala_tf.rpc.protocol import ACT
 
@@ -52,7 +42,7 @@ class EnvActor:
       max_message_bytes: the largest message sent or received.
       reconnect_backoff_seconds, max_reconnect_backoff_seconds: the delays between tries
         while the learner is unreachable (doubling from the first to the second).
-      reconnect_timeout_seconds: give up (`RuntimeError`) after this long without a
+      reconnect_timeout_seconds: give up (`LearnerUnreachableError`) after this long without a
         learner; None waits for ever.
     """
 
@@ -80,33 +70,25 @@ class EnvActor:
             max_steps: Optional[int] = None) -> None:
         """Acts until `stop_event` is set or `max_steps` agent steps were taken."""
         stop_event = stop_event or threading.Event()
-        backoff = Backoff(*self._backoff)
-        down_since = None
+        reconnect = Reconnect(*self._backoff, timeout=self.reconnect_timeout_seconds)
         while not stop_event.is_set():
             if max_steps is not None and self.agent_steps >= max_steps:
                 return
             try:
-                self._stream(stop_event, max_steps)
+                self._stream(stop_event, max_steps, reconnect)
                 return
             except grpc.RpcError as error:
                 if error.code() not in _RETRY:
                     raise RuntimeError(f"actor {self.actor_index}: the learner at "
                                        f"{self.address} ended the stream: "
                                        f"{error.code().name}: {error.details()}") from None
-                now = time.monotonic()
-                down_since = down_since or now
-                if (self.reconnect_timeout_seconds is not None
-                        and now - down_since > self.reconnect_timeout_seconds):
-                    raise RuntimeError(f"the learner at {self.address} has not answered for "
-                                       f"{now - down_since:.0f} s ({error.code().name})") from None
-                delay = backoff.next()
-                logging.warning("actor %d: learner %s: %s (%s); retrying in %.1f s",
-                                self.actor_index, self.address, error.code().name,
-                                error.details(), delay)
-                stop_event.wait(delay)
+                reconnect.failed(f"actor {self.actor_index}: learner {self.address}: "
+                                 f"{error.code().name} ({error.details()})", stop_event)
 
-    def _stream(self, stop_event: threading.Event, max_steps: Optional[int]) -> None:
-        """One stream: hello, then steps until stopped."""
+    def _stream(self, stop_event: threading.Event, max_steps: Optional[int],
+                reconnect: Reconnect) -> None:
+        """One stream: hello, then steps until stopped (the learner's answer to the hello
+        counts as `reconnect`'s answer)."""
         outbox: "queue.Queue" = queue.Queue()
 
         def requests():
@@ -120,6 +102,7 @@ class EnvActor:
         try:
             outbox.put(step_messages.encode_hello(self.actor_index))
             settings = step_messages.decode_settings(next(responses))
+            reconnect.answered()
             self.streams += 1
             if self.env is None:
                 self.env = make_environment(
@@ -154,65 +137,3 @@ class EnvActor:
         self._channel.close()
         if self.env is not None:
             self.env.close()
-
-
-FLAGS = flags.FLAGS
-
-
-def define_actor_flags() -> None:
-    """The flags of both kinds of actor process (this one and `impala_tf.acting.actor`)."""
-    quiet.define_verbose_flag()
-    flags.DEFINE_string("learner_address", None, "host:port of the learner.")
-    flags.DEFINE_multi_string("gin_file", [], "Experiment gin files.")
-    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-    flags.DEFINE_integer("actor_index", 0, "This actor's number.")
-    flags.DEFINE_integer("parent_pid", None, "Stop when this process is no longer our parent "
-                         "(set by the local launcher, so its actors die with it).")
-
-
-def define_flags() -> None:
-    define_actor_flags()
-    flags.DEFINE_integer("max_steps", None, "Stop after this many agent steps.")
-
-
-def stop_when_orphaned(parent_pid: int, stop: threading.Event, poll_seconds: float = 1.0):
-    """Sets `stop` once `parent_pid` is no longer this process's parent (it died)."""
-    def watch():
-        while not stop.wait(poll_seconds):
-            if os.getppid() != parent_pid:
-                logging.warning("parent process %d is gone; stopping", parent_pid)
-                stop.set()
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def run_env_actor_process(learner_address: str, actor_index: int,
-                          max_steps: Optional[int] = None,
-                          parent_pid: Optional[int] = None) -> None:
-    """The body of an environment actor process (gin already parsed)."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if parent_pid is not None:
-        stop_when_orphaned(parent_pid, stop)
-    actor = EnvActor(learner_address, actor_index=actor_index)
-    try:
-        actor.run(stop, max_steps=max_steps)
-    finally:
-        actor.close()
-
-
-def main(argv) -> None:
-    del argv
-    if not FLAGS.learner_address:
-        raise app.UsageError("--learner_address=HOST:PORT is required.")
-    from impala_tf import config  # the wiring's registry: commands only
-    config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings, lean=True)
-    logging.info("environment actor %d connecting to %s", FLAGS.actor_index,
-                 FLAGS.learner_address)
-    run_env_actor_process(FLAGS.learner_address, FLAGS.actor_index, FLAGS.max_steps,
-                          FLAGS.parent_pid)
-
-
-if __name__ == "__main__":
-    command_line.run(main, __doc__, define_flags, "impala_tf.acting.env_actor")

@@ -21,7 +21,7 @@ import numpy as np
 from dm_env import specs
 
 from impala_tf.envs.base import FIRST, LAST, MID, BatchedEnv, BatchedTimeStep, EpisodeStats
-from impala_tf.stack_words import stack_into, word_view
+from impala_tf.frames import stack_into, word_view
 
 try:  # ale-py >= 0.11 ships the vector interface in its native module.
     from ale_py import roms as ale_roms

@@ -111,7 +111,7 @@ def task_coverage(title: str, num_actors: int, num_envs: int, num_tasks: int,
     line = (f"{title}: {num_actors} actors x {num_envs} environments = {environments} "
             f"environments cover {covered} of the {num_tasks} {noun}")
     if covered < num_tasks:
-        line += ("; raise Launcher.num_actors (or Learner.num_actors for remote actors) "
+        line += ("; raise Launcher.num_actors (or ActorEndpoint.num_actors for remote actors) "
                  f"times Actor.num_envs to {num_tasks} or more to train on all of them")
     elif environments % num_tasks:
         line += f" (one environment more for {environments % num_tasks} of the {noun})"

@@ -1,8 +1,8 @@
-"""Batcher: B validated unrolls -> one `[T+1, B, ...]` learner batch, stacked ahead of time.
+"""Batcher: B unrolls -> one `[T+1, B, ...]` learner batch, stacked ahead of time.
 
-Frames that came packed (`frame_packing.PackedStack`) are written straight into the batch:
-as stacks (a learner on CPU), or each frame once for the train step to stack on the
-learner's accelerator (`frames_on_device`; `specs.PackedFrames`).
+Stacked frames (`frames.PackedStack`, each frame once, in both inference modes) are written
+straight into the batch: as stacks (a learner on CPU), or each frame once for the train
+step to stack on the learner's accelerator (`frames_on_device`; `device_frames.PackedFrames`).
 
 A background thread takes unrolls from the service's queue, stacks them with numpy (time
 stays the leading axis, the batch is axis 1; core states stack on axis 0), hands them to
@@ -18,11 +18,11 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from impala_tf.frames import PackedStack, frame_major
+from impala_tf.learning.device_frames import PackedFrames
 from impala_tf.queues import put_unless_stopped
-from impala_tf.rpc.frame_packing import PackedStack, frame_major
-from impala_tf.rpc.validation import Unroll
-from impala_tf.specs import (PackedFrames, LearnerBatch, trajectory_from_fields,
-                             unflatten_core_state)
+from impala_tf.specs import LearnerBatch
+from impala_tf.unroll import Trajectory, Unroll
 
 
 # dtypes whose arrays TensorFlow takes over through DLPack without a copy.
@@ -64,25 +64,31 @@ class ReadyBatch(NamedTuple):
     actor_ids: Optional[np.ndarray] = None
 
 
-def stack_unrolls(unrolls: Sequence[Unroll], observation_names, initial_state,
+def _stacked(parts: Sequence[np.ndarray], axis: int) -> np.ndarray:
+    shape = list(parts[0].shape)
+    shape.insert(axis, len(parts))
+    return np.stack(parts, axis=axis, out=aligned_empty(shape, parts[0].dtype))
+
+
+def stack_unrolls(unrolls: Sequence[Unroll], initial_state,
                   frames_on_device: bool = False) -> ReadyBatch:
-    """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states;
-    packed frames (`PackedStack`) are written straight into their slot of the batch: as
-    stacks, or with `frames_on_device` each frame once (`PackedFrames`, stacked by the
-    train step on the learner's accelerator)."""
-    names = list(unrolls[0].fields)
-    stacked = {}
-    for name in names:
-        axis = 0 if name.startswith("core_state/") else 1
-        parts = [u.fields[name] for u in unrolls]
-        if any(isinstance(part, PackedStack) for part in parts):
-            stacked[name] = _write_packed(parts, frames_on_device)
-            continue
-        shape = list(parts[0].shape)
-        shape.insert(axis, len(parts))
-        stacked[name] = np.stack(parts, axis=axis, out=aligned_empty(shape, parts[0].dtype))
-    trajectory = trajectory_from_fields(stacked, observation_names)
-    core_state = unflatten_core_state(stacked, initial_state) if tf.nest.flatten(initial_state) else ()
+    """Stacks unrolls into numpy `[T+1, B, ...]` trajectories and `[B, ...]` core states (in
+    `initial_state`'s structure); stacked frames (`PackedStack`) are written straight into
+    their slot of the batch: as stacks, or with `frames_on_device` each frame once
+    (`PackedFrames`, stacked by the train step on the learner's accelerator)."""
+    trajectories = [u.trajectory for u in unrolls]
+    observation = {}
+    for name in trajectories[0].observation:
+        parts = [t.observation[name] for t in trajectories]
+        observation[name] = (_write_packed(parts, frames_on_device)
+                             if any(isinstance(part, PackedStack) for part in parts)
+                             else _stacked(parts, 1))
+    trajectory = Trajectory(observation, *(
+        _stacked([getattr(t, field) for t in trajectories], 1)
+        for field in Trajectory._fields[1:]))
+    core_state = (tf.nest.map_structure(lambda *leaves: _stacked(leaves, 0),
+                                        *[u.core_state for u in unrolls])
+                  if tf.nest.flatten(initial_state) else ())
     versions = np.array([u.policy_version for u in unrolls], np.int64)
     actor_ids = np.array([u.actor_id for u in unrolls], np.int64)
     return ReadyBatch(LearnerBatch(trajectory, core_state), versions, actor_ids)
@@ -117,11 +123,10 @@ def _write_packed(parts, frames_on_device: bool):
 class Batcher:
     """Prefetches batches of `batch_size` unrolls from `unrolls` in a background thread."""
 
-    def __init__(self, unrolls: "queue.Queue[Unroll]", batch_size: int, observation_names,
-                 initial_state: Any, prefetch: int = 1, frames_on_device: bool = False):
+    def __init__(self, unrolls: "queue.Queue[Unroll]", batch_size: int, initial_state: Any,
+                 prefetch: int = 1, frames_on_device: bool = False):
         self._unrolls = unrolls
         self._batch_size = int(batch_size)
-        self._observation_names = list(observation_names)
         self._initial_state = initial_state
         self._frames_on_device = bool(frames_on_device)
         self._ready: "queue.Queue[ReadyBatch]" = queue.Queue(maxsize=prefetch)
@@ -147,8 +152,7 @@ class Batcher:
                 unrolls = self._take()
                 if unrolls is None:
                     return
-                ready = stack_unrolls(unrolls, self._observation_names, self._initial_state,
-                                      self._frames_on_device)
+                ready = stack_unrolls(unrolls, self._initial_state, self._frames_on_device)
                 ready = ready._replace(
                     batch=tf.nest.map_structure(as_tensor, ready.batch))
                 put_unless_stopped(self._ready, ready, self._stop.is_set)

@@ -13,7 +13,8 @@ learner process:
 - it keeps each environment's core state, previous action and logits, and assembles the
   unrolls exactly as an actor does (`unroll_builder.UnrollBuilder`: T+1 steps, step 0 the previous
   unroll's last, the core state before step 0, the behaviour logits of the parameters that
-  acted), and puts them in the learner's queue. A full queue holds this thread, and with it
+  acted; stacked frames each once, `frames.PackedStack`, where the step messages said the
+  stacks restart), and puts them in the learner's queue. A full queue holds this thread, and with it
   every actor: the learner's back-pressure.
 
 The agent's variables are the learner's own: no parameters are broadcast, and an unroll's
@@ -39,7 +40,8 @@ from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.step_messages import SessionRefused
-from impala_tf.rpc.validation import Unroll, UnrollLimits, meta_int
+from impala_tf.rpc.validation import UnrollLimits, meta_int
+from impala_tf.unroll import Unroll
 from impala_tf.acting.unroll_builder import UnrollBuilder
 
 
@@ -74,6 +76,7 @@ class _Session:
 class _Request(NamedTuple):
     session: _Session
     timestep: BatchedTimeStep
+    restarts: Dict[str, np.ndarray]  # stacked observation -> [K] bool (`StepDecoder`)
     episodes: List[EpisodeStats]
     loop: asyncio.AbstractEventLoop  # the stream's event loop
     resolve: Callable[[Any], None]  # on `loop`: with the actions, or an exception
@@ -160,9 +163,9 @@ class CentralInference:
                              f"one actor's {self.num_envs} environments.")
         self._unrolls, self._counters = unrolls, counters
         self._is_refused, self._version = is_refused, version
-        self._decoder_args = (dict(observation_spec), self.num_envs,
-                              dict(stacked_observations or {}), limits or UnrollLimits(),
-                              observation_bounds, max_message_bytes)
+        self.stacked = dict(stacked_observations or {})
+        self._decoder_args = (dict(observation_spec), self.num_envs, self.stacked,
+                              limits or UnrollLimits(), observation_bounds, max_message_bytes)
         self._max_message_bytes = max_message_bytes
         self._sessions: Dict[int, _Session] = {}
         self._lock = threading.Lock()
@@ -219,7 +222,8 @@ class CentralInference:
 
     async def act(self, session: _Session, timestep: BatchedTimeStep,
                   episodes: List[EpisodeStats]) -> np.ndarray:
-        """The actions for `timestep`, once its batch has run."""
+        """The actions for `timestep` (the one `session.decoder` decoded last), once its
+        batch has run."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
@@ -233,7 +237,8 @@ class CentralInference:
 
         session.in_flight = True
         try:
-            self._requests.put(_Request(session, timestep, episodes, loop, resolve))
+            self._requests.put(_Request(session, timestep, session.decoder.restarts, episodes,
+                                        loop, resolve))
             return await future
         finally:
             session.in_flight = False
@@ -312,7 +317,7 @@ class CentralInference:
                 request.reply(SessionRefused("PERMISSION_DENIED", f"actor "
                                              f"{request.session.actor_id} is refused"))
             else:
-                self._record(request.session, request.timestep, request.episodes, version)
+                self._record(request, version)
                 live.append(request)
         if not live:
             return
@@ -349,15 +354,17 @@ class CentralInference:
             session.state = tf.nest.map_structure(lambda leaf: leaf[rows], new_state)
         _reply_all(live, [r.session.prev_actions for r in live])
 
-    def _record(self, session: _Session, timestep: BatchedTimeStep,
-                episodes: List[EpisodeStats], version: int) -> None:
-        """Adds the step to the actor's unrolls as `Actor.act` does: it ends the current
-        unroll (which then goes to the queue) and starts the next."""
-        session.episodes.extend(episodes)
+    def _record(self, request: _Request, version: int) -> None:
+        """Adds the request's step to its actor's unrolls as `Actor.act` does: it ends the
+        current unroll (which then goes to the queue) and starts the next."""
+        session, timestep = request.session, request.timestep
+        session.episodes.extend(request.episodes)
         if session.builder is None:
-            session.builder = UnrollBuilder(self.num_envs, self.unroll_length, self.num_actions)
+            session.builder = UnrollBuilder(self.num_envs, self.unroll_length, self.num_actions,
+                                            self.stacked)
         else:
-            session.builder.append(timestep, session.prev_actions, session.prev_logits)
+            session.builder.append(timestep, session.prev_actions, session.prev_logits,
+                                   request.restarts)
             if not session.builder.full:
                 return
             self._emit(session)
@@ -367,8 +374,9 @@ class CentralInference:
 
     def _emit(self, session: _Session) -> None:
         episodes, session.episodes = session.episodes, []
-        for i, fields in enumerate(session.builder.unrolls(session.initial_state)):
-            unroll = Unroll(fields, session.version, session.actor_id)
+        unrolls = session.builder.unrolls(session.initial_state, session.version,
+                                          session.actor_id)
+        for i, unroll in enumerate(unrolls):
             if not put_unless_stopped(self._unrolls, unroll, self._stop.is_set):
                 return
             self._counters.accept(episodes if i == 0 else [], session.actor_id)

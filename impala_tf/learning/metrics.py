@@ -108,29 +108,23 @@ class MetricsWindow:
                 self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.lags.extend(np.asarray(lags, np.float64).tolist())
 
-    def record(self, learner, episodes: EpisodeTally) -> dict:
+    def record(self, env_frames: int, learner_step: int, nonfinite_updates: int,
+               ingest: Mapping[str, object], episodes: EpisodeTally) -> dict:
+        """The log line: progress, the window's episodes and mean stats, and `ingest` (what
+        the feed reports: queue fill, accepted and rejected unrolls, refused actors...)."""
         elapsed = max(time.time() - self.start_time, 1e-9)
-        frames = learner.env_frames
         record = {
             "time": time.time(),
-            "env_frames": frames,
-            "learner_steps": learner.learner_step,
-            "fps": (frames - self.start_frames) / elapsed,
+            "env_frames": env_frames,
+            "learner_steps": learner_step,
+            "fps": (env_frames - self.start_frames) / elapsed,
             "episodes": episodes.count,
             "episode_return_mean": episodes.return_mean,
             "episode_length_mean": episodes.length_mean,
             "policy_lag_mean": float(np.mean(self.lags)) if self.lags else None,
-            "queue_fill": learner.unrolls.qsize() / max(1, learner.unrolls.maxsize),
-            "rejected_unrolls": learner.service.counters.rejected,
-            "accepted_unrolls": learner.service.counters.accepted,
-            "accepted_unrolls_by_actor": learner.service.counters.by_actor(),
-            "refused_actors": learner.service.validator.refused,
-            "broken_streams": learner.service.counters.broken_streams,
-            "unauthenticated_calls": learner.service.counters.unauthenticated,
-            "idle_calls_closed": learner.service.counters.idle_closed,
-            "refused_calls": learner.service.counters.refused_calls,
+            **ingest,
             "skipped_nonfinite_updates": self.skipped,
-            "nonfinite_updates": learner.nonfinite_updates,
+            "nonfinite_updates": nonfinite_updates,
         }
         record.update({k: v / self.steps for k, v in self.sums.items()} if self.steps else {})
         if len(episodes.level_counts) > 1:

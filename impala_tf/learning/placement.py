@@ -10,7 +10,7 @@ def frames_on_device(stack_frames_on: str, strategy: tf.distribute.Strategy) -> 
     """Whether the train step stacks frames on the learner's device (`Learner`'s
     `stack_frames_on`: 'host', 'device' or 'auto')."""
     if stack_frames_on not in ("auto", "host", "device"):
-        raise ValueError(f"Learner.stack_frames_on = {stack_frames_on!r}: expected 'auto', "
+        raise ValueError(f"ActorEndpoint.stack_frames_on = {stack_frames_on!r}: expected 'auto', "
                          "'host' or 'device'.")
     if stack_frames_on != "auto":
         return stack_frames_on == "device"

@@ -33,7 +33,8 @@ from impala_tf.learning.optimizers import make_optimizer
 from impala_tf.networks.agent import Agent, AgentInput
 from impala_tf.popart import PopArt
 from impala_tf.run_config import RunConfig
-from impala_tf.specs import LearnerBatch, Trajectory, agent_observation
+from impala_tf.learning.device_frames import agent_observation
+from impala_tf.specs import LearnerBatch, Trajectory
 
 
 POPART_MOMENTS = "popart_moments"  # a `[3, num_tasks]` entry of compute_loss' stats

@@ -17,6 +17,7 @@ RPC deadline), and the channel redials a learner that went away within
 import logging
 import queue
 import threading
+import time
 from typing import Dict, NamedTuple, Optional, Union
 
 import grpc
@@ -67,6 +68,43 @@ class Backoff:
 
     def reset(self) -> None:
         self._delay = self.initial
+
+
+class LearnerUnreachableError(RuntimeError):
+    """The learner did not answer for longer than a caller's reconnect timeout."""
+
+
+class Reconnect:
+    """How every caller of the learner retries while it is unreachable (an actor's parameter
+    pulls, an environment actor's stream, the unroll stream): each failure is logged and
+    waited out with delays doubling from `initial` to `maximum`; with `timeout`, a failure
+    that comes more than that many seconds after the first unanswered one raises
+    `LearnerUnreachableError` instead."""
+
+    def __init__(self, initial: float, maximum: float, timeout: Optional[float] = None):
+        self._backoff = Backoff(initial, maximum)
+        self.timeout = timeout
+        self.down_since: Optional[float] = None
+
+    def failed(self, what: str, stop_event: threading.Event) -> None:
+        """After a failed call (`what` says which and why): waits its delay (or until
+        `stop_event`), or raises `LearnerUnreachableError` past the timeout."""
+        now = time.monotonic()
+        self.down_since = self.down_since or now
+        if self.timeout is not None and now - self.down_since > self.timeout:
+            raise LearnerUnreachableError(
+                f"{what}: no answer for {now - self.down_since:.0f} s") from None
+        delay = self._backoff.next()
+        logging.warning("%s; retrying in %.1f s", what, delay)
+        stop_event.wait(delay)
+
+    def answered(self) -> Optional[float]:
+        """After a call that went through: the seconds the learner had been unreachable
+        (None if it had not), and the next failure waits the first delay again."""
+        down = None if self.down_since is None else time.monotonic() - self.down_since
+        self.down_since = None
+        self._backoff.reset()
+        return down
 
 
 def channel_options(max_message_bytes: int, max_reconnect_seconds: float) -> list:
@@ -172,7 +210,7 @@ class LearnerClient:
         return False
 
     def _run(self) -> None:
-        backoff = Backoff(*self._backoff)
+        reconnect = Reconnect(*self._backoff)
         while not self._closed.is_set():
             if not self._first_item():
                 return
@@ -187,10 +225,8 @@ class LearnerClient:
                 self.last_error = error
                 if self._closed.is_set():
                     return
-                delay = backoff.next()
-                logging.warning("unroll stream to %s failed (%s: %s); retrying in %.1fs",
-                                self.address, error.code().name, error.details(), delay)
-                self._closed.wait(delay)
+                reconnect.failed(f"unroll stream to {self.address} failed "
+                                 f"({error.code().name}: {error.details()})", self._closed)
 
     def get_parameters(self, version: int, incarnation: int = 0, timeout: float = 30.0,
                        stop_event: Optional[threading.Event] = None) -> Optional[Parameters]:

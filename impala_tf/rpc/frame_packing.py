@@ -1,18 +1,16 @@
-"""Each frame crosses the wire once: stacked observations packed by the actor, rebuilt by
-the learner straight into its batch.
+"""Each frame crosses the wire once: an unroll's stacked observations (`frames.PackedStack`)
+as the fields of an unroll message, and back.
 
 An Atari observation stacks the last S frames, `[T+1, H, W, S*k]` per unroll with k channels
-a frame (1 grey, 3 RGB), oldest first; step t's stack is step t-1's shifted by one frame,
-except where the environment restarted the stack (a game reset). `pack` replaces the field
-`observation/NAME` by
+a frame (1 grey, 3 RGB), oldest first. `pack` replaces the field `observation/NAME` (a
+`frames.PackedStack`, or whole stacks) by
 
   observation/NAME/newest     [T+1, H, W, k]          each step's newest frame
   observation/NAME/first      [H, W, (S-1)*k]         the older frames of step 0
   observation/NAME/restart    [T+1] bool              step t's stack is not step t-1's shifted
   observation/NAME/restarted  [R, H, W, (S-1)*k]      the older frames of those R steps
 
-(R varies per unroll, at most T): the actor decides per step from the pixels themselves, so
-episode starts, life losses and resets need no rule.
+(R varies per unroll, at most T); `frames` says how they make the stacks.
 
 **Stream continuation.** An unroll's step 0 is the previous unroll's step T (the bootstrap
 step), so `first` repeats frames the learner already has. On one stream, an actor leaves it
@@ -25,18 +23,17 @@ disagree about what came before. A T=20 Pong unroll: 21 stacks (592,704 bytes of
 24 frames packed (169,344), 21 frames continued (148,176).
 
 `unpack` checks every packed field before it uses it and raises `codec.CodecError` for
-anything malformed. It builds no stacks: each becomes a `PackedStack`, which the batcher
-writes straight into its batch: as stacks (`write_into`, one pass over the stacked bytes),
-or each frame once with the places of each stack's frames (`write_timeline_into`), for the
-learner's accelerator to gather.
+anything malformed. It builds no stacks: each becomes a `frames.PackedStack`, which the
+batcher writes straight into its batch.
 """
 
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from impala_tf import frames
+from impala_tf.frames import PackedStack
 from impala_tf.rpc import codec
-from impala_tf.stack_words import stack_into, word_view
 
 PARTS = ("newest", "first", "restart", "restarted")
 # What an unroll of a stream leaves out once the stream holds its environment's last stack.
@@ -45,8 +42,7 @@ CONTINUED_PARTS = ("newest", "restart", "restarted")
 
 def _split(stack_shape: Tuple[int, ...], k: int) -> Tuple[int, int]:
     channels = stack_shape[-1]
-    if k <= 0 or channels % k or channels // k < 2:
-        raise ValueError(f"cannot unstack {channels} channels in frames of {k}")
+    frames.stack_depth(channels, k)
     return channels, k
 
 
@@ -54,27 +50,31 @@ def _observation(name: str) -> Optional[str]:
     return name[len("observation/"):] if name.startswith("observation/") else None
 
 
-def pack(fields: Mapping[str, np.ndarray], stacked: Mapping[str, int]) -> Dict[str, np.ndarray]:
-    """`fields` (flat unroll, `observation/NAME` as `[T+1, H, W, S*k]`) with each stacked
-    observation NAME -> k replaced by its packed parts, in place of the field."""
+def pack(fields: Mapping[str, object], stacked: Mapping[str, int]) -> Dict[str, np.ndarray]:
+    """`fields` (flat unroll, `observation/NAME` a `frames.PackedStack` or `[T+1, H, W, S*k]`
+    stacks) with each stacked observation NAME -> k replaced by its packed parts, in place of
+    the field."""
     out: Dict[str, np.ndarray] = {}
     for name, value in fields.items():
         if _observation(name) not in stacked:
             out[name] = value
             continue
-        channels, k = _split(value.shape, stacked[_observation(name)])
-        # Frames first ([T+1, S, H, W, k], one copy), so that step t's older frames and step
-        # t-1's newer ones compare as contiguous blocks.
-        steps = value.shape[0]
-        frames = np.ascontiguousarray(np.moveaxis(
-            value.reshape(value.shape[:-1] + (channels // k, k)), -2, 1))
-        restart = np.zeros(steps, bool)
-        restart[1:] = (frames[1:, :-1] != frames[:-1, 1:]).reshape(steps - 1, -1).any(axis=1)
-        out[f"{name}/newest"] = np.ascontiguousarray(value[..., -k:])
-        out[f"{name}/first"] = np.ascontiguousarray(value[0, ..., :-k])
-        out[f"{name}/restart"] = restart
-        out[f"{name}/restarted"] = np.ascontiguousarray(value[restart][..., :-k])
+        k = stacked[_observation(name)]
+        if not isinstance(value, PackedStack):
+            _split(value.shape, k)
+            value = frames.pack_stacks(np.asarray(value), k)
+        out[f"{name}/newest"] = value.newest
+        out[f"{name}/first"] = frames.channels_of(value.first)
+        out[f"{name}/restart"] = value.restart
+        out[f"{name}/restarted"] = value.restarted
     return out
+
+
+def unpacked(fields: Mapping[str, object]) -> Dict[str, np.ndarray]:
+    """`fields` with each `frames.PackedStack` as its whole stacks (the wire format of an
+    actor that does not pack)."""
+    return {name: np.asarray(value) if isinstance(value, PackedStack) else value
+            for name, value in fields.items()}
 
 
 def packed_names(wire_spec: Mapping[str, Tuple[np.dtype, tuple]],
@@ -111,103 +111,6 @@ def encode_streamed(fields: Mapping[str, np.ndarray], stacked: Mapping[str, int]
         return StreamedUnroll(int(env), whole, None)
     continued = {name: value for name, value in packed.items() if name not in firsts}
     return StreamedUnroll(int(env), whole, codec.encode(codec.UNROLL_MAGIC, continued, meta))
-
-
-def _frames(older: np.ndarray, k: int) -> np.ndarray:
-    """`[H, W, n*k]` channels -> `[n, H, W, k]` frames, oldest first (a view)."""
-    h, w, c = older.shape
-    return older.reshape(h, w, c // k, k).transpose(2, 0, 1, 3)
-
-
-def frame_major(stacks: np.ndarray, k: int) -> np.ndarray:
-    """Stacks `[T+1, H, W, S*k]` as a `[T+1, S, H, W, k]` view of the same memory: slot j of
-    step t is frame j of its stack."""
-    return np.moveaxis(stacks.reshape(stacks.shape[:-1] + (stacks.shape[-1] // k, k)), -2, 1)
-
-
-class PackedStack:
-    """A stacked observation as it came, `[T+1, H, W, S*k]` once written out: `write_into`
-    writes it into an array (a slot of a batch), `np.asarray` builds it. `first`: step 0's
-    older frames, `[S-1, H, W, k]`; the other parts as on the wire."""
-
-    def __init__(self, shape, dtype, k, newest, first, restart, restarted):
-        self.shape, self.dtype, self.k = tuple(shape), np.dtype(dtype), int(k)
-        self.newest, self.first, self.restart, self.restarted = newest, first, restart, restarted
-        self.ndim = len(self.shape)
-
-    @property
-    def depth(self) -> int:
-        return self.shape[-1] // self.k
-
-    def _segments(self):
-        """(start, end, older frames [S-1, H, W, k]) of each run of shifted stacks."""
-        steps = self.shape[0]
-        starts = [0] + [int(t) for t in np.flatnonzero(self.restart)]
-        olders = [self.first] + [_frames(older, self.k) for older in self.restarted]
-        yield from zip(starts, starts[1:] + [steps], olders)
-
-    def write_into(self, out: np.ndarray) -> None:
-        """Writes the stacks into `out` (`shape`, any strides): grey uint8 stacks of 2, 4 or
-        8 frames as whole words (`stack_words`); else one strided copy of a run of frames
-        for each of the S slots of a stack."""
-        depth, k = self.depth, self.k
-        words = word_view(out) if k == 1 else None
-        if words is not None:
-            for start, end, older in self._segments():
-                wide = np.concatenate([older[..., 0], self.newest[start:end, ..., 0]],
-                                      dtype=words.dtype)  # widened as it is gathered
-                n = end - start
-                stack_into(words[start:end], [wide[j:j + n] for j in range(depth)])
-            return
-        self.write_frames_into(frame_major(out, k))
-
-    def write_frames_into(self, out: np.ndarray) -> None:
-        """Writes the stacks frame-major into `out` `[T+1, S, H, W, k]` (any strides): slot j
-        of step t is frame j of its stack."""
-        depth = self.depth
-        for start, end, older in self._segments():
-            n = end - start
-            for j in range(depth):
-                # Slot j of step start+i holds timeline frame j+i (older frames, then newest).
-                from_older = max(0, min(n, depth - 1 - j))
-                if from_older:
-                    out[start:start + from_older, j] = older[j:j + from_older]
-                if n > from_older:
-                    first_newest = start + j + from_older - (depth - 1)
-                    out[start + from_older:end, j] = self.newest[
-                        first_newest:first_newest + n - from_older]
-
-    def write_timeline_into(self, timeline: np.ndarray, index: np.ndarray) -> None:
-        """Writes each frame once into `timeline` `[S(T+1), H, W, k]` (any strides; only the
-        places used) and the places of each step's S frames into `index` `[T+1, S]`: one
-        unroll of `specs.PackedFrames`."""
-        depth, steps = self.depth, self.shape[0]
-        timeline[:depth - 1] = self.first
-        timeline[depth - 1:depth - 1 + steps] = self.newest
-        slots = np.arange(depth)
-        index[...] = np.arange(steps)[:, None] + slots  # newest of t at S-1+t: t + j
-        restarts = np.flatnonzero(self.restart)
-        for r, (start, older) in enumerate(zip(restarts, self.restarted)):
-            place = depth - 1 + steps + r * (depth - 1)
-            timeline[place:place + depth - 1] = _frames(older, self.k)
-            rows = np.arange(start, min(start + depth - 1, steps))
-            into = rows - start  # steps into the restarted stack
-            reads_older = slots[None, :] < (depth - 1 - into)[:, None]
-            index[rows] = np.where(reads_older, place + into[:, None] + slots, index[rows])
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.empty(self.shape, self.dtype)
-        self.write_into(out)
-        return out if dtype is None else out.astype(dtype)
-
-    def last_frames(self) -> np.ndarray:
-        """The frames of step T's stack, `[S, H, W, k]` oldest first, a copy (what the next
-        unroll of the stream starts from)."""
-        restarts = np.flatnonzero(self.restart)
-        start = int(restarts[-1]) if len(restarts) else 0
-        older = _frames(self.restarted[-1], self.k) if len(restarts) else self.first
-        newest = self.newest[max(start, self.shape[0] - self.depth):]  # [m, H, W, k], m <= S
-        return np.concatenate([older[len(older) - (self.depth - len(newest)):], newest])
 
 
 class StreamFrames:
@@ -310,7 +213,7 @@ def _unpack_stack(fields, name, dtype, shape, k, channels, last) -> PackedStack:
             raise codec.CodecError(f"field '{name}/first': {first.dtype}{list(first.shape)}"
                                    f" != expected {np.dtype(dtype)}"
                                    f"{list(frame + (channels - k,))}")
-        first = _frames(first, k)
+        first = frames.frames_of(first, k)
     flags = restart.view(np.uint8)
     if flags.max() > 1 or flags[0]:
         raise codec.CodecError(f"field '{name}/restart': booleans other than 0 and 1, or a "

@@ -44,7 +44,8 @@ from impala_tf.rpc import admission, codec, step_messages
 from impala_tf.rpc.protocol import PARAMETERS_REQUEST, SERVICE, grpc_options
 from impala_tf.rpc.counters import ServiceCounters, printable
 from impala_tf.rpc.security import Security, check_bind, split_address
-from impala_tf.rpc.validation import Unroll, UnrollValidator
+from impala_tf.rpc.validation import UnrollValidator
+from impala_tf.unroll import Unroll
 
 __all__ = ["LearnerServer", "LearnerService", "ParameterStore", "PortInUseError", "Unroll",
            "UnrollQueue", "UnrollValidator", "grpc_options"]

@@ -18,10 +18,12 @@ An environment actor opens one bidirectional stream and sends, in order:
           meta {"episodes": [[return, frames, level], ...]} (finished since the last step);
           the learner answers with the actions, `action` int32 [K].
 
-Each frame crosses the wire once: as in `frame_packing`, the actor decides per environment
+Each frame crosses the wire once (`frames.StepStacks`): the actor decides per environment
 from the pixels themselves whether a stack continues the one before it, so episode starts,
 life losses and resets need no rule, and the learner (`StepDecoder`) rebuilds exactly the
-stacks the environment returned. A stream's first step restarts every stack.
+stacks the environment returned, for its inference, and keeps where they restarted
+(`StepDecoder.restarts`), for the unrolls it assembles (`frames.PackedStack`). A stream's
+first step restarts every stack.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -30,9 +32,9 @@ import numpy as np
 
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
 from impala_tf.rpc import codec
-from impala_tf.rpc.validation import (UnrollLimits, field_bounds, message_limit_bytes,
-                                      meta_int, parse_episodes)
-from impala_tf.stack_words import shift_into, stack_continues
+from impala_tf.rpc.validation import (UnrollLimits, encode_episodes, field_bounds,
+                                      message_limit_bytes, meta_int, parse_episodes)
+from impala_tf.frames import StepStacks
 
 HELLO_MAGIC = b"IMH1"
 STEP_MAGIC = b"IMS1"
@@ -95,11 +97,11 @@ class StepEncoder:
 
     def __init__(self, stacked: Mapping[str, int]):
         self.stacked = dict(stacked)
-        self._last: Dict[str, np.ndarray] = {}
+        self._stacks: Dict[str, StepStacks] = {}
 
     def reset(self) -> None:
         """A new stream: the next step restarts every stack."""
-        self._last = {}
+        self._stacks = {}
 
     def encode(self, timestep: BatchedTimeStep, episodes: List[EpisodeStats]) -> bytes:
         fields = {"step_type": np.asarray(timestep.step_type, np.int8),
@@ -110,15 +112,13 @@ class StepEncoder:
             if k is None:
                 fields[f"observation/{name}"] = value
                 continue
-            last = self._last.get(name)
-            restart = (np.ones(len(value), bool) if last is None
-                       else ~stack_continues(value, last, k))
-            fields[f"observation/{name}/newest"] = value[..., -k:]
+            stacks = self._stacks.setdefault(name, StepStacks(k))
+            newest, restart, older = stacks.split(value)
+            fields[f"observation/{name}/newest"] = newest
             fields[f"observation/{name}/restart"] = restart
             if restart.any():
-                fields[f"observation/{name}/older"] = value[restart][..., :-k]
-            self._last[name] = np.array(value)  # the environment may reuse its buffer
-        meta = {"episodes": [[e.episode_return, e.episode_frames, e.level] for e in episodes]}
+                fields[f"observation/{name}/older"] = older
+        meta = {"episodes": encode_episodes(episodes)}
         return codec.encode(STEP_MAGIC, fields, meta)
 
 
@@ -154,7 +154,9 @@ class StepDecoder:
         bounds = field_bounds({**self._fixed, **per_step}, 1, self.limits, observation_bounds)
         bounds["step_type"] = (0, 2)
         self._bounds = bounds
-        self._last: Dict[str, np.ndarray] = {}
+        self._stacks = {name: StepStacks(k) for name, k in self.stacked.items()}
+        # Stacked observation name -> [K] bool: where the last decoded step's stacks restarted.
+        self.restarts: Dict[str, np.ndarray] = {}
 
     def _spec(self, fields: Mapping[str, np.ndarray]):
         """The message's expected (dtype, shape) per field, and its bounds."""
@@ -190,30 +192,22 @@ class StepDecoder:
         fields, meta = codec.decode(data, STEP_MAGIC, self.max_message_bytes)
         spec, bounds = self._spec(fields)
         codec.validate_fields(fields, spec, bounds)
-        observation = {}
+        observation, restarts = {}, {}
         for name in self._observations:
             key = f"observation/{name}"
-            channels = self.stacked.get(name)
-            if channels is None:
+            if name not in self.stacked:
                 observation[name] = fields[key]
                 continue
             restart = fields[f"{key}/restart"]
-            last = self._last.get(name)
-            if last is None and not restart.all():
-                raise codec.CodecError(f"{key}: a stream's first step must restart every "
-                                       "stack")
-            stack = np.empty((self.num_envs,) + self._observations[name][1],
-                             self._observations[name][0])
-            if last is not None:  # every stack continued; the restarted ones then replaced
-                shift_into(stack, last, fields[f"{key}/newest"], channels)
-            else:
-                stack[..., -channels:] = fields[f"{key}/newest"]
-            if restart.any():
-                stack[restart, ..., :-channels] = fields[f"{key}/older"]
-            observation[name] = stack
-        for name, stack in observation.items():
-            if name in self.stacked:
-                self._last[name] = stack
+            dtype, shape = self._observations[name]
+            try:
+                observation[name] = self._stacks[name].join(
+                    fields[f"{key}/newest"], restart, fields.get(f"{key}/older"),
+                    (self.num_envs,) + shape, dtype)
+            except ValueError as error:
+                raise codec.CodecError(f"{key}: {error}") from None
+            restarts[name] = restart
+        self.restarts = restarts
         timestep = BatchedTimeStep(fields["step_type"], fields["reward"], fields["discount"],
                                    observation)
         # Each environment ends at most one episode a step.

@@ -31,28 +31,20 @@ non-finite updates). Every failure raises `codec.CodecError` naming the field an
 """
 
 import threading
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import gin
 import numpy as np
 
 from impala_tf.envs.base import EpisodeStats
 from impala_tf.rpc import codec, frame_packing
+from impala_tf.unroll import Unroll
 
 MAX_LEVEL_NAME = 200
 # Actor ids a learner accepts when it is not told the run's actor count (library use).
 DEFAULT_NUM_ACTORS = 4096
 # Environments per actor a learner accepts when it is not told `Actor.num_envs`.
 DEFAULT_NUM_ENVS = 256
-
-
-class Unroll(NamedTuple):
-    """A validated unroll: flat `name -> array` fields, the policy version that produced it
-    and the actor that sent it."""
-
-    fields: Dict[str, np.ndarray]
-    policy_version: int
-    actor_id: int
 
 
 @gin.configurable
@@ -125,6 +117,12 @@ def check_text(value: Any, name: str, max_chars: int = MAX_LEVEL_NAME) -> str:
     except UnicodeEncodeError:  # isprintable refuses surrogates; this is the second line
         raise codec.CodecError(f"{name} {ascii(value)[:60]} does not encode as UTF-8") from None
     return value
+
+
+def encode_episodes(episodes: Sequence[EpisodeStats]) -> List[list]:
+    """Finished episodes as an actor reports them in a message's meta (`parse_episodes` reads
+    them back): [[return, frames, level], ...]."""
+    return [[e.episode_return, e.episode_frames, e.level] for e in episodes]
 
 
 def parse_episodes(raw: Any, limits: Optional[UnrollLimits] = None,
@@ -230,6 +228,8 @@ class UnrollValidator:
       num_envs: environments per actor (`Actor.num_envs`): the `env` ids accepted are
         [0, num_envs), and a stream keeps at most that many last stacks (default
         `DEFAULT_NUM_ENVS`).
+      core_state_template: the agent's core state structure (its initial state), which an
+        accepted unroll's core state takes (None: a dict by path, `{'h': ..., 'c': ...}`).
     """
 
     def __init__(self, wire_spec: Mapping[str, Tuple[np.dtype, tuple]], num_actions: int,
@@ -237,8 +237,9 @@ class UnrollValidator:
                  observation_bounds: Optional[Mapping[str, Tuple[Any, Any]]] = None,
                  num_actors: Optional[int] = None,
                  stacked_observations: Optional[Mapping[str, int]] = None,
-                 num_envs: Optional[int] = None):
+                 num_envs: Optional[int] = None, core_state_template: Any = None):
         self.wire_spec = dict(wire_spec)
+        self.core_state_template = core_state_template
         self.stacked = dict(stacked_observations or {})
         self._unpack = frame_packing.Unpacker(self.wire_spec, self.stacked)
         self.limits = limits or UnrollLimits()
@@ -328,8 +329,8 @@ class UnrollValidator:
             for name in self._checked_whole:
                 fields[f"observation/{name}"] = np.asarray(fields[f"observation/{name}"])
         codec.validate_fields(fields, self.wire_spec, self.bounds)
-        unroll = Unroll(fields, meta_int(meta.get("policy_version"), "policy_version"),
-                        actor_id)
+        unroll = Unroll.from_flat(fields, meta_int(meta.get("policy_version"), "policy_version"),
+                                  actor_id, self.core_state_template)
         episodes = parse_episodes(meta.get("episodes", []), self.limits,
                                   self.max_episodes_per_unroll)
         if last is not None:

@@ -184,7 +184,7 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
     from impala_tf.learning.batcher import ReadyBatch
     from impala_tf.distribute import make_strategy
     from impala_tf.envs.factory import make_environment
-    from impala_tf.learning.learner import Learner
+    from impala_tf.learning.learner import BatchFeed, Learner
     from impala_tf.networks import build_agent
     from impala_tf.run_config import RunConfig
     from impala_tf.specs import tensor_specs
@@ -198,16 +198,17 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
     batch = synthetic_batch(template, spec, run.unroll_length, run.batch_size)
     ready = ReadyBatch(batch, np.zeros(run.batch_size, np.int64))
     with tempfile.TemporaryDirectory() as logdir:
-        learner = Learner(spec, num_actions, logdir, strategy=strategy, batch_source=lambda: ready,
+        learner = Learner(spec, num_actions, logdir, strategy=strategy,
                           log_every_seconds=1e9, checkpoint_every_minutes=1e9)
+        feed = BatchFeed(lambda: ready)
         # The real loop (`Learner.run`: step, bookkeeping, publication; one log and one
         # checkpoint at its end), for about `seconds`, timed after tracing.
-        learner.run(max_steps=2)
+        learner.run(feed, max_steps=2)
         started = time.perf_counter()
-        learner.run(max_steps=2)
+        learner.run(feed, max_steps=2)
         steps = max(2, int(seconds / ((time.perf_counter() - started) / 2)))
         with Meter() as m:
-            learner.run(max_steps=steps)
+            learner.run(feed, max_steps=steps)
         learner.close()
     frames = steps * run.frames_per_batch
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
@@ -253,7 +254,7 @@ def stage_transport(seconds: float) -> Dict:
     import queue as queue_lib
 
     from impala_tf.acting.actor import Actor
-    from impala_tf.learning.learner import Learner
+    from impala_tf.learning.process import learner_process
     from impala_tf.rpc import codec
     from impala_tf.rpc.client import LearnerClient
     from impala_tf.specs import tensor_specs
@@ -266,10 +267,11 @@ def stage_transport(seconds: float) -> Dict:
     actor.close(flush=False)
     size = sum(len(x) for x in messages) / len(messages)
     with tempfile.TemporaryDirectory() as logdir:
-        learner = Learner(spec, num_actions, logdir, queue_capacity=64,
-                          stacked_observations=stacked)
-        learner.batcher.stop()  # this stage drains the queue itself
-        validator = learner.service.validator
+        process = learner_process(spec, num_actions, logdir, stacked_observations=stacked,
+                                  endpoint_settings={"queue_capacity": 64})
+        endpoint = process.endpoint
+        endpoint.batcher.stop()  # this stage drains the queue itself
+        validator = endpoint.validator
         # The codec alone: encode (from the decoded fields) and decode + validate.
         fields, meta = codec.decode(messages[0], codec.UNROLL_MAGIC)
         fields = {k: v.copy() for k, v in fields.items()}
@@ -284,14 +286,14 @@ def stage_transport(seconds: float) -> Dict:
         def drain():
             while not stop.is_set():
                 try:
-                    learner.unrolls.get(timeout=0.1)
+                    endpoint.unrolls.get(timeout=0.1)
                     received[0] += 1
                 except queue_lib.Empty:
                     pass
 
         drainer = threading.Thread(target=drain, daemon=True)
         drainer.start()
-        client = LearnerClient(learner.address, outbox_size=16)
+        client = LearnerClient(process.address, outbox_size=16)
         for message in messages:  # warm-up
             client.send_unroll(message)
         time.sleep(0.5)
@@ -307,7 +309,7 @@ def stage_transport(seconds: float) -> Dict:
             count = received[0] - start_count
         stop.set()
         client.close(flush=False)
-        learner.close()
+        process.close()
     return {"unroll_bytes": size,
             "encode_mb_per_s": n_enc * size / enc.wall / 1e6,
             "decode_validate_mb_per_s": n_dec * size / dec.wall / 1e6,

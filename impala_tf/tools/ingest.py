@@ -144,11 +144,12 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
     from impala_tf import config
     from impala_tf.rpc import codec
     from impala_tf.launcher import build_learner
-    config.parse_config(gin_files, list(gin_bindings) + [f"Learner.num_actors = {num_actors}"])
+    config.parse_config(gin_files, list(gin_bindings) + [f"ActorEndpoint.num_actors = {num_actors}"])
     workdir = tempfile.mkdtemp(prefix="ingest_")
-    learner = build_learner(os.path.join(workdir, "run"), "127.0.0.1:0")
-    spec = codec.spec_from_tensor_specs(learner.wire_spec)
-    stacked = learner.service.validator.stacked
+    process = build_learner(os.path.join(workdir, "run"), "127.0.0.1:0")
+    learner, endpoint = process.learner, process.endpoint
+    spec = codec.spec_from_tensor_specs(endpoint.wire_spec)
+    stacked = endpoint.validator.stacked
     spec_file = os.path.join(workdir, "spec.json")
     with open(spec_file, "w") as f:
         json.dump({"spec": {n: [d.str, list(s)] for n, (d, s) in spec.items()},
@@ -160,7 +161,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
 
     def null_step():  # takes each batch and does nothing with it
         while not stop.is_set():
-            if learner.batcher.next(timeout=0.1) is not None:
+            if endpoint.batcher.next(timeout=0.1) is not None:
                 taken[0] += 1
 
     if warmup_seconds is None:
@@ -174,10 +175,10 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
         first = p * STREAMS_PER_PROCESS
         count = min(STREAMS_PER_PROCESS, num_actors - first)
         clients.append(subprocess.Popen(
-            [sys.executable, "-m", "impala_tf.tools.ingest", learner.address, str(first),
+            [sys.executable, "-m", "impala_tf.tools.ingest", process.address, str(first),
              str(count), spec_file, str(stop_at)],
             env=dict(os.environ, CUDA_VISIBLE_DEVICES="")))
-    counters = learner.service.counters
+    counters = endpoint.service.counters
     try:
         _wait_for_streams(counters, num_actors)
         time.sleep(warmup_seconds)
@@ -196,7 +197,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
                 client.kill()
                 client.wait()
         stop.set()
-        learner.close()
+        process.close()
         gin.clear_config()
     frames = (batches1 - batches0) * learner.frames_per_batch
     served = sum(by_actor1.get(a, 0) > by_actor0.get(a, 0) for a in by_actor1)
@@ -205,7 +206,7 @@ def stage_ingest(seconds: float, num_actors: int, gin_files, gin_bindings,
             "learner_cpu_us_per_frame": 1e6 * (cpu1 - cpu0) / frames if frames else None,
             "wire_bytes_per_frame": message_bytes / unroll_frames,
             "rejected_unrolls": rejected1 - rejected0,
-            "packed": pack, "max_concurrent_rpcs": learner.server.max_concurrent_rpcs,
+            "packed": pack, "max_concurrent_rpcs": endpoint.server.max_concurrent_rpcs,
             "client_processes": processes}
 
 

@@ -1,5 +1,5 @@
-"""Evaluation: the episode protocol on a policy with a known return, the scores table, and
-the `python -m impala_tf.evaluate` command on a saved checkpoint."""
+"""evaluate: the episode protocol on a policy with a known return, and the
+`python -m impala_tf.evaluate` command on a saved checkpoint (the scores table: test_scores)."""
 
 import json
 import os
@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf import config, evaluation, gin_utils
+from impala_tf import config, evaluate, gin_utils
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.learning import checkpoints
-from impala_tf.envs.base import EpisodeStats
 from impala_tf.envs.catch import make_catch
 from impala_tf.envs.factory import make_environment
 from impala_tf.networks import Agent
@@ -35,7 +34,7 @@ def _always_stay_agent(env):
 def test_a_known_policy_scores_its_expected_return():
     env = make_catch(8, seed=3)
     policy = BatchedPolicy(_always_stay_agent(env), seed=0)
-    episodes = evaluation.run_episodes(policy, env, 400)
+    episodes = evaluate.run_episodes(policy, env, 400)
     assert len(episodes) == 400
     # Staying catches only balls that fall in the paddle's column: 1/5 -> E[return] = -0.6.
     returns = np.array([e.episode_return for e in episodes])
@@ -51,27 +50,6 @@ def test_greedy_policy_takes_the_most_probable_action():
     step, _ = policy(np.zeros(4, np.int32), env.reset(), ())
     np.testing.assert_array_equal(step.actions, [1, 1, 1, 1])
     assert step.policy_logits.shape == (4, 3) and step.baseline.shape == (4,)
-
-
-def test_atari_rows_and_summary():
-    episodes = [EpisodeStats(-3.05, 1000, "pong", 0), EpisodeStats(-3.05, 1200, "pong", 1),
-                EpisodeStats(1.7, 500, "breakout", 0)]
-    rows = evaluation.score_rows(episodes, "atari", "impala_shallow_experts")
-    by_name = {r.name: r for r in rows}
-    assert by_name["pong"].episodes == 2 and by_name["pong"].mean_frames == 1100
-    assert by_name["pong"].human_normalized == pytest.approx(50.0)
-    assert by_name["breakout"].human_normalized == pytest.approx(0.0)
-    assert by_name["pong"].paper == pytest.approx(20.40)
-    assert evaluation.summary(rows, "atari") == pytest.approx({"median": 25.0, "mean": 25.0})
-    table = evaluation.format_table(rows, evaluation.summary(rows, "atari"))
-    assert "pong" in table and "median: 25.0%" in table
-
-
-def test_dmlab_summary_is_mean_capped():
-    rows = evaluation.score_rows(
-        [EpisodeStats(1e6, 10, "rooms_watermaze"), EpisodeStats(4.1, 10, "rooms_keys_doors_puzzle")],
-        "dmlab", "experts")
-    assert evaluation.summary(rows, "dmlab")["mean_capped"] == pytest.approx(50.0, abs=0.1)
 
 
 def test_evaluate_command_on_a_checkpoint(tmp_path):
