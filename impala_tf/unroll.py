@@ -43,19 +43,11 @@ def flatten_with_paths(structure: Any, prefix: str = "") -> List[Tuple[str, Any]
     return out
 
 
-def unflatten_like(template: Any, leaves_by_path: Mapping[str, Any], prefix: str = "") -> Any:
+def unflatten_like(template: Any, leaves_by_path: Mapping[str, Any]) -> Any:
     """`template`'s structure (dicts, namedtuples, tuples, lists) with each leaf replaced by
     `leaves_by_path[path]` (paths as `flatten_with_paths` names them)."""
-    if isinstance(template, Mapping):
-        return type(template)((k, unflatten_like(template[k], leaves_by_path,
-                                                 f"{prefix}{k}/")) for k in template)
-    if isinstance(template, tuple) and hasattr(template, "_fields"):
-        return type(template)(*(unflatten_like(v, leaves_by_path, f"{prefix}{k}/")
-                                for k, v in zip(template._fields, template)))
-    if isinstance(template, (tuple, list)):
-        return type(template)(unflatten_like(v, leaves_by_path, f"{prefix}{i}/")
-                              for i, v in enumerate(template))
-    return leaves_by_path[prefix.rstrip("/")]
+    paths = {path: path for path, _ in flatten_with_paths(template)}
+    return _builder(template, paths)(leaves_by_path)
 
 
 class Unroll(NamedTuple):
@@ -80,6 +72,48 @@ class Unroll(NamedTuple):
         return fields(self.trajectory, self.core_state)
 
 
+class Layout:
+    """The flat names of one wire spec worked out once, so that making each unroll of it
+    (`unroll`) does no more than index the fields: the validator's per-unroll path.
+
+    Args:
+      names: the spec's flat field names.
+      core_state_template: the agent's core-state structure (None: a dict by path).
+    """
+
+    def __init__(self, names, core_state_template: Optional[Any] = None):
+        names = list(names)
+        self._observations = [(n[len(OBSERVATION_PREFIX):], n) for n in names
+                              if n.startswith(OBSERVATION_PREFIX)]
+        self._fields = [n if n in names else None for n in Trajectory._fields[1:]]
+        core = {n[len(CORE_STATE_PREFIX):]: n for n in names if n.startswith(CORE_STATE_PREFIX)}
+        self._core = (_builder(core_state_template, core) if core_state_template is not None
+                      else lambda flat: {path: flat[name] for path, name in core.items()})
+
+    def unroll(self, flat: Mapping[str, Any], policy_version: int, actor_id: int) -> "Unroll":
+        trajectory = Trajectory({name: flat[key] for name, key in self._observations},
+                                *(flat[n] if n is not None else None for n in self._fields))
+        return Unroll(trajectory, self._core(flat), policy_version, actor_id)
+
+
+def _builder(template: Any, names: Mapping[str, str], prefix: str = ""):
+    """A function of flat fields that builds `template`'s structure (see `unflatten_like`),
+    its walk over the structure done once, here."""
+    if isinstance(template, Mapping):
+        children = [(k, _builder(template[k], names, f"{prefix}{k}/")) for k in template]
+        kind = type(template)
+        return lambda flat: kind((k, build(flat)) for k, build in children)
+    if isinstance(template, (tuple, list)):
+        keys = template._fields if hasattr(template, "_fields") else range(len(template))
+        children = [_builder(v, names, f"{prefix}{k}/") for k, v in zip(keys, template)]
+        kind = type(template)
+        if hasattr(template, "_fields"):
+            return lambda flat: kind(*(build(flat) for build in children))
+        return lambda flat: kind(build(flat) for build in children)
+    name = names[prefix.rstrip("/")]
+    return lambda flat: flat[name]
+
+
 def fields(trajectory: Trajectory, core_state: Any) -> Dict[str, Any]:
     """Flattens one unroll (trajectory and core state at its start) to `name -> leaf`:
     `observation/frame`, `action`, ..., `core_state/h`, `core_state/c`. Works on specs and
@@ -97,11 +131,5 @@ def from_fields(flat: Mapping[str, Any], core_state_template: Optional[Any] = No
     `core_state_template` (an agent's initial state), or by path (`{'h': ..., 'c': ...}`).
     A field that `flat` lacks is None (the partial wire specs of transport tests: a learner's
     spec has them all, and its validator accepts nothing else)."""
-    observation = {name[len(OBSERVATION_PREFIX):]: value for name, value in flat.items()
-                   if name.startswith(OBSERVATION_PREFIX)}
-    trajectory = Trajectory(observation, *(flat.get(name) for name in Trajectory._fields[1:]))
-    core = {name[len(CORE_STATE_PREFIX):]: value for name, value in flat.items()
-            if name.startswith(CORE_STATE_PREFIX)}
-    if core_state_template is not None:
-        return trajectory, unflatten_like(core_state_template, core)
-    return trajectory, core
+    unroll = Layout(flat, core_state_template).unroll(flat, 0, 0)
+    return unroll.trajectory, unroll.core_state

@@ -68,7 +68,7 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     """Packed unrolls (restarts inside, one at the last step) and a whole one, batched for a
     learner on CPU (stacks) and on an accelerator (each frame once, stacked in the graph,
     XLA too): both equal numpy's stack of the stacks the actor built."""
-    from test_frame_packing import _stacks
+    from frame_stacks import stacks as _stacks
 
     from impala_tf.rpc import frame_packing
     from impala_tf.learning.device_frames import PackedFrames, stacks_from_frames

@@ -44,10 +44,12 @@ def test_end_to_end_runs_both_inference_modes_and_reports_their_actors(tmp_path)
     runs = json.loads(out.read_text())["stages"]["end_to_end"]
     assert [r["inference"] for r in runs] == ["actor", "central"]
     for r in runs:
-        assert r["num_actors"] == 2 and r["frames_per_s"] > 0
+        # Launcher's defaults: 2 actors, twice as many environment actors.
+        assert r["num_actors"] == {"actor": 2, "central": 4}[r["inference"]]
+        assert r["frames_per_s"] > 0
     actor_mb, central_mb = (max(r["actor_rss_mb"]) for r in runs)
     assert central_mb < 250 < actor_mb
-    assert "end-to-end (central inference), 2 actors" in result.stdout
+    assert "end-to-end (central inference), 4 actors" in result.stdout
 
 
 def test_a_short_run_on_catch_reports_every_stage(tmp_path):

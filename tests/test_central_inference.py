@@ -286,6 +286,7 @@ def test_catch_learns_with_environment_actor_processes(tmp_path):
     command = [sys.executable, "-m", "impala_tf.train", "--gin_file=catch.gin",
                f"--logdir={logdir}", "--gin_bindings=Learner.log_every_seconds = 2",
                "--gin_bindings=Launcher.inference = 'central'",
+               "--gin_bindings=Launcher.num_actors = 2",
                "--gin_bindings=RunConfig.total_environment_frames = 300000"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))

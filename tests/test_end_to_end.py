@@ -155,7 +155,7 @@ def test_a_killed_actor_is_restarted_and_training_goes_on(tmp_path, inference):
     central mode the learner drops the dead stream's state and the new process acts again)."""
     logdir = str(tmp_path / "run")
     process = _train(logdir, "RunConfig.total_environment_frames = 1e9",
-                     "Launcher.restart_backoff_seconds = 1.0",
+                     "Launcher.restart_backoff_seconds = 1.0", "Launcher.num_actors = 2",
                      f"Launcher.inference = '{inference}'")
     lines, address, killed, frames_at_kill, frames_after = [], None, None, None, []
     deadline = time.time() + 300

@@ -10,6 +10,7 @@ import gin
 import tensorflow as tf
 import numpy as np
 import pytest
+from frame_stacks import stacks as _stacks
 
 from impala_tf import config
 from impala_tf.acting.actor import Actor
@@ -22,18 +23,6 @@ from impala_tf.rpc.validation import UnrollValidator
 from impala_tf.specs import tensor_specs
 
 T = 20
-
-
-def _stacks(rng, steps=T + 1, k=1, depth=4, restarts=(7, 15)):
-    """[steps, 6, 5, depth*k] stacks that shift by one frame a step, restarting at
-    `restarts` with older frames unrelated to the previous stack."""
-    frames = rng.integers(0, 256, (steps + depth, 6, 5, k), dtype=np.uint8)
-    stack = np.stack([np.concatenate(frames[t:t + depth], axis=-1) for t in range(steps)])
-    for t in restarts:
-        stack[t, ..., :-k] = rng.integers(0, 256, stack[t, ..., :-k].shape, dtype=np.uint8)
-        for u in range(t + 1, steps):  # later steps shift from the restarted stack
-            stack[u, ..., :-k] = stack[u - 1, ..., k:]
-    return stack
 
 
 @pytest.mark.parametrize("k", [1, 3])

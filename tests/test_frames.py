@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from impala_tf import frames
-from test_frame_packing import _stacks
+from frame_stacks import stacks as _stacks
 
 
 @pytest.mark.parametrize("depth", [2, 4, 8])
@@ -60,7 +60,10 @@ def test_a_packed_stack_holds_each_frame_once_and_rebuilds_every_stack(k, restar
     assert np.flatnonzero(packed.restart).tolist() == list(restarts)  # found from the pixels
     told = frames.pack_stacks(stacks, k, restart=np.isin(np.arange(steps), restarts))
     np.testing.assert_array_equal(told.restart, packed.restart)
-    for each in (packed, told):
+    # Step 0 carries its older frames whatever it is told (a stream's first step restarts).
+    everywhere = frames.pack_stacks(stacks, k, restart=np.ones(steps, bool))
+    assert not everywhere.restart[0] and everywhere.restart[1:].all()
+    for each in (packed, told, everywhere):
         np.testing.assert_array_equal(np.asarray(each), stacks)
     assert packed.nbytes == (steps + (depth - 1) * (1 + len(restarts))) * stacks[0, ..., :k].nbytes
     by_frame = np.empty((steps, depth) + stacks.shape[1:-1] + (k,), stacks.dtype)

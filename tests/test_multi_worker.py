@@ -160,7 +160,8 @@ def test_two_workers_learn_catch_with_central_inference(tmp_path):
     """Central inference under multi_worker: each worker acts for its own environment
     actors (ids 0-1 and 2-3) with its copy of the agent, and Catch is learnt."""
     records = _two_workers_learn_catch(tmp_path / "run", tmp_path, "central",
-                                       ["Launcher.inference = 'central'"])
+                                       ["Launcher.inference = 'central'",
+                                        "Launcher.num_actors = 2"])
     assert sorted(records[-1]["accepted_unrolls_by_actor"]) == ["0", "1"]  # the chief's own
 
 

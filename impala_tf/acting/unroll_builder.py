@@ -65,8 +65,7 @@ class UnrollBuilder:
         k, steps = self.stacked[name], self._steps
         stacks = [s["observation"][name] for s in steps]  # T+1 x [K, H, W, S*k]
         newest = np.stack([s[..., -k:] for s in stacks], axis=1)  # [K, T+1, H, W, k]
-        restart = np.stack(self._restarts[name], axis=1)  # [K, T+1]
-        restart[:, 0] = False
+        restart = np.stack(self._restarts[name], axis=1)  # [K, T+1], step 0's all False
         out = []
         for env in range(self.num_envs):
             rows = np.flatnonzero(restart[env])

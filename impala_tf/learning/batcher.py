@@ -86,9 +86,11 @@ def stack_unrolls(unrolls: Sequence[Unroll], initial_state,
     trajectory = Trajectory(observation, *(
         _stacked([getattr(t, field) for t in trajectories], 1)
         for field in Trajectory._fields[1:]))
-    core_state = (tf.nest.map_structure(lambda *leaves: _stacked(leaves, 0),
-                                        *[u.core_state for u in unrolls])
-                  if tf.nest.flatten(initial_state) else ())
+    core_state = ()
+    if tf.nest.flatten(initial_state):  # each unroll's leaves flattened once, then stacked
+        columns = zip(*(tf.nest.flatten(u.core_state) for u in unrolls))
+        core_state = tf.nest.pack_sequence_as(initial_state,
+                                              [_stacked(leaves, 0) for leaves in columns])
     versions = np.array([u.policy_version for u in unrolls], np.int64)
     actor_ids = np.array([u.actor_id for u in unrolls], np.int64)
     return ReadyBatch(LearnerBatch(trajectory, core_state), versions, actor_ids)
@@ -132,6 +134,9 @@ class Batcher:
         self._ready: "queue.Queue[ReadyBatch]" = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self.error: Optional[BaseException] = None
+        # Observation bytes the unrolls of the last batch brought (stacked frames as they came:
+        # each frame once, or whole stacks): what the wire and the queue carried.
+        self.observation_bytes = 0
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
 
@@ -152,6 +157,8 @@ class Batcher:
                 unrolls = self._take()
                 if unrolls is None:
                     return
+                self.observation_bytes = sum(
+                    part.nbytes for u in unrolls for part in u.trajectory.observation.values())
                 ready = stack_unrolls(unrolls, self._initial_state, self._frames_on_device)
                 ready = ready._replace(
                     batch=tf.nest.map_structure(as_tensor, ready.batch))

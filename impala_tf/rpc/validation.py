@@ -38,7 +38,7 @@ import numpy as np
 
 from impala_tf.envs.base import EpisodeStats
 from impala_tf.rpc import codec, frame_packing
-from impala_tf.unroll import Unroll
+from impala_tf.unroll import Layout, Unroll
 
 MAX_LEVEL_NAME = 200
 # Actor ids a learner accepts when it is not told the run's actor count (library use).
@@ -239,7 +239,7 @@ class UnrollValidator:
                  stacked_observations: Optional[Mapping[str, int]] = None,
                  num_envs: Optional[int] = None, core_state_template: Any = None):
         self.wire_spec = dict(wire_spec)
-        self.core_state_template = core_state_template
+        self._layout = Layout(self.wire_spec, core_state_template)
         self.stacked = dict(stacked_observations or {})
         self._unpack = frame_packing.Unpacker(self.wire_spec, self.stacked)
         self.limits = limits or UnrollLimits()
@@ -329,8 +329,8 @@ class UnrollValidator:
             for name in self._checked_whole:
                 fields[f"observation/{name}"] = np.asarray(fields[f"observation/{name}"])
         codec.validate_fields(fields, self.wire_spec, self.bounds)
-        unroll = Unroll.from_flat(fields, meta_int(meta.get("policy_version"), "policy_version"),
-                                  actor_id, self.core_state_template)
+        unroll = self._layout.unroll(
+            fields, meta_int(meta.get("policy_version"), "policy_version"), actor_id)
         episodes = parse_episodes(meta.get("episodes", []), self.limits,
                                   self.max_episodes_per_unroll)
         if last is not None:

@@ -427,6 +427,7 @@ def end_to_end(seconds: float, gin_files, gin_bindings, num_actors: Optional[int
         "actor_cores_used": [used.get(p) for p in pids[1:]],
         "actor_rss_mb": [rss.get(p) for p in pids[1:]],
         "total_cores_used": sum(used.values()),
+        "observation_bytes_per_frame": last.get("observation_bytes_per_frame"),
     }
 
 
@@ -558,7 +559,8 @@ def print_table(results: Dict) -> None:
               f"{_fmt(r['policy_lag_mean'], '.1f')}, queue fill {r['queue_fill_mean']:.2f}, "
               f"cores: learner {_fmt(r['learner_cores_used'], '.2f')}, actors "
               f"{', '.join(_fmt(a, '.2f') for a in r['actor_cores_used'])} "
-              f"(total {r['total_cores_used']:.2f})")
+              f"(total {r['total_cores_used']:.2f}); observation bytes per frame "
+              f"{_fmt(r.get('observation_bytes_per_frame'))}")
 
 
 def _is_atari() -> bool:
