@@ -99,11 +99,14 @@ def upgrade_settings(text: str) -> "tuple[str, List[str]]":
             return "# (no longer a setting) " + match.group(0)
         return match.group(0)
 
-    lines = [_OLD_SETTING.sub(rewrite, line) for line in text.split("\n")]
-    if seen:  # a dropped setting's value may continue on further lines: comment them too
-        for i in range(1, len(lines)):
-            if lines[i - 1].startswith("# (no longer") and lines[i][:1] in (" ", "\t", ")"):
-                lines[i] = "# " + lines[i]
+    lines, dropping = [], False
+    for line in text.split("\n"):
+        if dropping and line[:1] in (" ", "\t", ")", "]", "}"):
+            lines.append("# " + line)  # a dropped setting's value, continued
+            continue
+        line = _OLD_SETTING.sub(rewrite, line)
+        dropping = line.startswith("# (no longer")
+        lines.append(line)
     return "\n".join(lines), seen
 
 

@@ -201,7 +201,8 @@ def test_an_earlier_runs_operative_config_still_parses(tmp_path, caplog):
         "Learner.num_actors = 5",
         "Learner.rpc_threads = None",
         "Learner.observation_bounds = {",
-        "    'frame': (0, 1)}",
+        "    'frame': (0, 1),",
+        "    'task': (0, 56)}",
         "Learner.is_chief = None",
         ""]))
     try:
