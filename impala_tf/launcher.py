@@ -2,7 +2,7 @@
 processes spawned and restarted (`Launcher`), progress lines printed, and the run stopped.
 
 `impala_tf.train` is the command line over it; `run_learner` is what `--role=all` and
-`--role=learner` run, `run_actor` what `--role=actor` runs.
+`--role=learner` run (`--role=actor` runs `acting.process.run_actor_process`).
 """
 
 import os
@@ -19,7 +19,7 @@ import impala_tf  # noqa: F401  (sets the Keras backend)
 from impala_tf import gin_utils
 from impala_tf.distribute import make_strategy, num_workers
 from impala_tf.acting.actor import configured_actor_seed, configured_num_envs
-from impala_tf.acting.process import INFERENCE_MODES
+from impala_tf.acting import INFERENCE_MODES
 from impala_tf.envs.atari import ACTORS_ON_HOST_VARIABLE
 from impala_tf.envs.atari_multitask import multitask_coverage
 from impala_tf.envs.dmlab import dmlab30_coverage
@@ -312,10 +312,3 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
         process.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def run_actor(learner_address: str, actor_index: int) -> None:
-    """One actor process of the configured inference mode, in this process, until SIGTERM or
-    SIGINT (`--role=actor`: an actor started by hand on any host)."""
-    from impala_tf.acting.process import run_actor_process
-    run_actor_process(learner_address, actor_index, Launcher().inference)

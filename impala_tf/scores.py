@@ -16,7 +16,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from impala_tf.envs.base import EpisodeStats
 
 DATA_DIR = pathlib.Path(str(importlib.resources.files("impala_tf") / "data"))
 
@@ -136,12 +135,13 @@ class ScoreRow:
 
 
 def score_rows(
-    episodes: Sequence[EpisodeStats], kind: str, paper_column: Optional[str] = None
+    episodes: Sequence, kind: str, paper_column: Optional[str] = None
 ) -> List[ScoreRow]:
-    """Groups episodes by level and scores them. `kind` is `atari`, `dmlab` or other;
+    """Groups episodes (`envs.base.EpisodeStats`: return, frames, level) by level and scores
+    them. `kind` is `atari`, `dmlab` or other;
     `paper_column` picks the paper's column (Atari: impala_shallow_experts,
     impala_deep_experts, impala_deep_multitask; DMLab: experts, impala)."""
-    by_level: Dict[str, List[EpisodeStats]] = {}
+    by_level: Dict[str, list] = {}
     for episode in episodes:
         by_level.setdefault(episode.level, []).append(episode)
     refs = {"atari": atari_references, "dmlab": dmlab30_references}.get(kind)

@@ -55,7 +55,11 @@ def main(argv) -> None:
     if FLAGS.role == "actor":
         if not FLAGS.learner_address:
             raise app.UsageError("--role=actor needs --learner_address=HOST:PORT.")
-        launcher.run_actor(FLAGS.learner_address, FLAGS.actor_index)
+        # One actor process of the configured inference mode, in this process, until SIGTERM
+        # or SIGINT (an actor started by hand on any host).
+        from impala_tf.acting.process import run_actor_process
+        run_actor_process(FLAGS.learner_address, FLAGS.actor_index,
+                          launcher.Launcher().inference)
         return
     if not FLAGS.logdir:
         raise app.UsageError("--logdir is required.")

@@ -15,7 +15,7 @@ from impala_tf.envs.atari import AtariBatchedEnv
 from impala_tf.envs.atari_multitask import (
     FULL_ACTION_NAMES, NUM_FULL_ACTIONS, AtariMultiTaskEnv, atari57_games, full_action_map,
     multitask_coverage, resolve_games)
-from impala_tf.envs.base import FIRST, LAST
+from impala_tf.envs.base import FIRST, LAST, EpisodeStats
 from impala_tf.specs import num_tasks
 
 GAMES = atari57_games()
@@ -226,7 +226,7 @@ def test_evaluate_prints_the_summary_beside_the_papers_for_the_same_games(tmp_pa
 def test_the_papers_summary_over_all_57_is_its_table_4_median():
     from impala_tf import scores
     rows = scores.score_rows(
-        [scores.EpisodeStats(0.0, 1, game) for game in GAMES], "atari",
+        [EpisodeStats(0.0, 1, game) for game in GAMES], "atari",
         "impala_deep_multitask")
     assert scores.paper_summary(rows, "atari")["median"] == pytest.approx(59.7, abs=0.05)
     assert len(rows) == len(scores.paper_atari_scores()) == 57
@@ -236,7 +236,7 @@ def test_the_papers_summary_over_all_57_is_its_table_4_median():
 def test_the_papers_dmlab30_summary_over_its_30_levels_is_table_3(column, table_3):
     from impala_tf import scores
     from impala_tf.envs.dmlab import dmlab30_level_names
-    rows = scores.score_rows([scores.EpisodeStats(0.0, 1, level)
+    rows = scores.score_rows([EpisodeStats(0.0, 1, level)
                                   for level in dmlab30_level_names("test")], "dmlab", column)
     assert scores.paper_summary(rows, "dmlab")["mean_capped"] == pytest.approx(
         table_3, abs=0.06)

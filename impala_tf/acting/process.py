@@ -20,8 +20,8 @@ from typing import Optional
 from absl import app, flags
 
 from impala_tf import command_line, quiet
+from impala_tf.acting import INFERENCE_MODES
 
-INFERENCE_MODES = ("actor", "central")
 FLAGS = flags.FLAGS
 
 
