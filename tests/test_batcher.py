@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from impala_tf.learning.batcher import aligned_empty, as_tensor, stack_unrolls
-from impala_tf.unroll import Unroll
+from impala_tf.unroll import Trajectory, Unroll
 
 
 def test_aligned_empty_is_aligned_and_contiguous():
@@ -42,26 +42,56 @@ def test_unshareable_arrays_are_copied():
         assert tensor.dtype == tf.as_dtype(array.dtype)
 
 
-def test_stacked_unrolls_equal_numpys_stack():
+def _unroll(rng, steps, policy_version, actor_id):
+    """An unroll whose every field (and LSTM core state) is drawn at random."""
+    trajectory = Trajectory(
+        {"frame": rng.integers(0, 255, (steps, 6, 6, 4), dtype=np.uint8),
+         "instruction": rng.integers(0, 1000, (steps, 3), dtype=np.int32)},
+        rng.integers(0, 3, steps).astype(np.int32), rng.normal(size=steps).astype(np.float32),
+        rng.random(steps).astype(np.float32), rng.random(steps) < 0.3,
+        rng.normal(size=(steps, 3)).astype(np.float32))
+    core_state = (rng.normal(size=7).astype(np.float32), rng.normal(size=7).astype(np.float32))
+    return Unroll(trajectory, core_state, policy_version, actor_id)
+
+
+def test_each_unroll_lands_in_its_own_batch_column_field_by_field():
+    """Unroll b's every field is column b of the batch (`[T+1, B, ...]`), its core state is
+    row b (`[B, ...]`) and its policy version and actor id are entry b: checked element by
+    element against the unroll itself, so a swap of any two columns of any field fails."""
     rng = np.random.default_rng(0)
-    unrolls = [Unroll.from_flat({"observation/frame": rng.integers(0, 255, (5, 6, 6, 4), dtype=np.uint8),
-                       "action": rng.integers(0, 3, 5).astype(np.int32),
-                       "reward": rng.normal(size=5).astype(np.float32),
-                       "discount": np.ones(5, np.float32),
-                       "episode_start": rng.random(5) < 0.3,
-                       "behaviour_logits": rng.normal(size=(5, 3)).astype(np.float32)},
-                      policy_version=i, actor_id=i) for i in range(4)]
-    ready = stack_unrolls(unrolls, ())
+    steps = 5
+    unrolls = [_unroll(rng, steps, policy_version=100 + 7 * i, actor_id=40 - 3 * i)
+               for i in range(4)]
+    ready = stack_unrolls(unrolls, (np.zeros(7, np.float32), np.zeros(7, np.float32)))
     trajectory = ready.batch.trajectory
-    np.testing.assert_array_equal(
-        trajectory.observation["frame"],
-        np.stack([u.flat()["observation/frame"] for u in unrolls], axis=1))
-    np.testing.assert_array_equal(trajectory.episode_start,
-                                  np.stack([u.flat()["episode_start"] for u in unrolls], 1))
-    shared = tf.nest.map_structure(as_tensor, ready.batch)
-    np.testing.assert_array_equal(shared.trajectory.behaviour_logits.numpy(),
-                                  trajectory.behaviour_logits)
-    assert list(ready.policy_versions) == [0, 1, 2, 3]
+    assert set(trajectory.observation) == {"frame", "instruction"}
+    for b, unroll in enumerate(unrolls):
+        for name in ("frame", "instruction"):
+            got = trajectory.observation[name]
+            assert got.shape == (steps, 4) + unroll.trajectory.observation[name].shape[1:]
+            for t in range(steps):
+                np.testing.assert_array_equal(got[t, b], unroll.trajectory.observation[name][t],
+                                              err_msg=f"{name} t={t} b={b}")
+        for field in Trajectory._fields[1:]:
+            got, own = getattr(trajectory, field), getattr(unroll.trajectory, field)
+            assert got.dtype == own.dtype and got.shape == (steps, 4) + own.shape[1:], field
+            for t in range(steps):
+                np.testing.assert_array_equal(got[t, b], own[t], err_msg=f"{field} t={t} b={b}")
+        for leaf, own in zip(ready.batch.initial_core_state, unroll.core_state):
+            assert leaf.shape == (4, 7)
+            np.testing.assert_array_equal(leaf[b], own, err_msg=f"core state b={b}")
+        assert ready.policy_versions[b] == 100 + 7 * b
+        assert ready.actor_ids[b] == 40 - 3 * b
+    assert ready.policy_versions.dtype == ready.actor_ids.dtype == np.int64
+    shared = tf.nest.map_structure(as_tensor, ready.batch)  # the hand-over keeps every value
+    for got, want in zip(tf.nest.flatten(shared), tf.nest.flatten(ready.batch)):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_a_batch_without_core_state_has_none():
+    rng = np.random.default_rng(1)
+    unrolls = [_unroll(rng, 3, 0, i)._replace(core_state=()) for i in range(2)]
+    assert stack_unrolls(unrolls, ()).batch.initial_core_state == ()
 
 
 def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deadlines import run_learner
 from impala_tf import config
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
@@ -81,7 +82,7 @@ def test_a_malformed_unroll_is_rejected_while_training_goes_on(tmp_path):
     thread = threading.Thread(target=actor, daemon=True)
     thread.start()
     try:
-        record = learner.run(max_steps=6)
+        record = run_learner(learner, 6, 120, "the client thread's unrolls")
     finally:
         stop.set()
         learner.close()
@@ -102,7 +103,7 @@ def test_multi_task_metrics_give_each_level_its_mean_and_count(tmp_path):
     for e in episodes:
         client.send_unroll(_random_unroll(learner, rng, episodes=e or [[0.5, 9, "c"]]))
     try:
-        record = learner.run(max_steps=1)
+        record = run_learner(learner, 1, 120, "the 4 unrolls sent")
     finally:
         learner.close()
         client.close()

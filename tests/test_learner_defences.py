@@ -27,6 +27,7 @@ from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.server import PortInUseError
 
+from deadlines import run_learner, run_learner_until
 from test_learner import RUN, SPEC, _small_agent  # noqa: F401 (the autouse fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,7 +90,7 @@ def test_valid_spec_poison_is_rejected_and_training_goes_on(tmp_path):
     makers.append(lambda rng: _unroll(learner, rng, actor_id=0))
     streams = _Streams(learner.address, makers)
     try:
-        record = learner.run(max_steps=6)
+        record = run_learner(learner, 6, 120, "the honest actor's batches")
     finally:
         streams.close()
         learner.close()
@@ -116,10 +117,9 @@ def test_poison_past_the_bounds_is_traced_to_its_actor_which_is_refused(tmp_path
         lambda rng: _unroll(learner, rng, actor_id=5, reward=poisoned),
         lambda rng: _unroll(learner, rng, actor_id=0),
         lambda rng: _unroll(learner, rng, actor_id=2)])
-    try:
-        deadline = time.time() + 120
-        while learner.learner_step < 4 and time.time() < deadline:
-            record = learner.run(max_steps=1)
+    try:  # fails within 120 s (naming the wait), not at pytest's timeout, if batches stop
+        record = run_learner_until(learner, lambda: learner.learner_step >= 4, 120,
+                                   "4 finite updates once actor 5 is refused")
     finally:
         streams.close()
         learner.close()
