@@ -23,7 +23,7 @@ from impala_tf.rpc import codec
 from impala_tf.rpc.counters import MAX_LEVELS, MAX_REASONS, OTHER_LEVELS, ServiceCounters
 from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
 from impala_tf.rpc.protocol import STREAM_UNROLLS
-from impala_tf.rpc.validation import UnrollLimits, UnrollValidator
+from impala_tf.rpc.validation import DEFAULT_NUM_ENVS, UnrollLimits, UnrollValidator
 
 NUM_ACTIONS = 4
 NUM_ACTORS = 8
@@ -189,8 +189,14 @@ def test_brackets_inside_strings_do_not_count_as_nesting():
 
 # -- a structure-aware fuzz of the header grammar ------------------------------------------------
 
+# Either side of each bound the validator enforces: ids, versions, episode frames and returns.
+# (An episode of 10 frames may return at most 10 x max_abs_reward = 1e7.)
+_EDGES = [str(v) for v in (-1, 0, 1, NUM_ACTORS - 1, NUM_ACTORS, 2 ** 62 - 1, 2 ** 62, 10 ** 9,
+                           10 ** 9 + 1, 1.0, 10.5, 1e7, -1e7, 10000001, -10000000.5)] + [
+    "true", "null", '"7"']
 _numbers = st.one_of(
     st.integers(-10**25, 10**25).map(str),
+    st.sampled_from(_EDGES),
     st.integers(1, 6000).map(lambda n: "9" * n),
     st.tuples(st.integers(-9, 9), st.integers(-2000, 2000)).map(lambda t: f"{t[0]}e{t[1]}"),
     st.sampled_from(["NaN", "Infinity", "-Infinity", "1e308", "-0", "0.0", "1.7976931348623157e308",
@@ -244,17 +250,89 @@ def hostile_headers(draw):
     return '{"fields":' + value + ',"meta":{}}'
 
 
+# The honest unroll's payload: the only one an unroll of SPEC can have; a hostile header's
+# case gets it or up to 64 random bytes (too few for SPEC's 449, so never acceptable).
+_HONEST_RAW = codec.encode(codec.UNROLL_MAGIC, _fields(), {})
+HONEST_PAYLOAD = _HONEST_RAW[len(codec.UNROLL_MAGIC) + 4 + struct.unpack(
+    "<I", _HONEST_RAW[len(codec.UNROLL_MAGIC):len(codec.UNROLL_MAGIC) + 4])[0]:]
+
+
+def _refuse_constant(name):
+    raise ValueError(name)
+
+
+def _assert_acceptable(header: str, payload: bytes, unroll, episodes) -> None:
+    """The validator's contract (rpc/validation.py's table), checked independently of it on
+    a message it accepted: SPEC's exact fields with their payload, ids in range, episodes
+    well formed. A hostile header that was accepted without meeting it fails the test."""
+    assert payload == HONEST_PAYLOAD, f"accepted a {len(payload)}-byte payload: {header[:300]}"
+    parsed = json.loads(header, parse_constant=_refuse_constant)  # plain JSON, finite numbers
+    assert isinstance(parsed, dict) and isinstance(parsed.get("meta"), dict), header[:300]
+    assert parsed["fields"] == json.loads(_honest_header())["fields"], header[:300]
+    meta = parsed["meta"]
+    assert type(meta["actor_id"]) is int and 0 <= meta["actor_id"] < NUM_ACTORS, header[:300]
+    assert type(meta["policy_version"]) is int and 0 <= meta["policy_version"] < 2 ** 62
+    assert (unroll.actor_id, unroll.policy_version) == (meta["actor_id"], meta["policy_version"])
+    raw_episodes = meta.get("episodes", [])
+    # T = 4 steps, each of an actor's DEFAULT_NUM_ENVS environments ending one episode a step
+    assert isinstance(raw_episodes, list) and len(raw_episodes) <= 4 * DEFAULT_NUM_ENVS
+    limits = UnrollLimits()
+    for entry in raw_episodes:
+        assert isinstance(entry, list) and len(entry) == 3, entry
+        episode_return, frames, level = entry
+        assert type(episode_return) in (int, float) and type(frames) is int, entry
+        assert 0 <= frames <= limits.max_episode_frames, entry
+        if limits.max_abs_reward is not None:
+            assert abs(episode_return) <= limits.max_abs_reward * frames, entry
+        assert isinstance(level, str) and len(level) <= 200 and level.isprintable(), entry
+    assert episodes == [EpisodeStats(float(r), f, level) for r, f, level in raw_episodes]
+
+
+@st.composite
+def edge_headers(draw):
+    """The honest header with one id, or one reported episode's return or frames, at either
+    side of its bound."""
+    meta = dict(json.loads(_honest_header())["meta"])
+    if draw(st.booleans()):
+        meta[draw(st.sampled_from(["actor_id", "policy_version"]))] = "@"
+    else:
+        entry = ["@", 10, "pong"]
+        entry[draw(st.integers(0, 1))] = "@"
+        meta["episodes"] = [entry]
+    header = json.dumps({"fields": json.loads(_honest_header())["fields"], "meta": meta})
+    return header.replace('"@"', draw(st.sampled_from(_EDGES)))
+
+
 @settings(deadline=None, max_examples=max(300, settings.default.max_examples),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example,
                                  HealthCheck.data_too_large])
-@given(hostile_headers(), st.binary(max_size=64))
-def test_every_hostile_header_is_a_codec_error(header, payload):
-    validator = _validator()
+@given(st.one_of(
+    st.tuples(hostile_headers(), st.one_of(st.binary(max_size=64), st.just(HONEST_PAYLOAD))),
+    st.tuples(edge_headers(), st.just(HONEST_PAYLOAD))))
+def test_every_hostile_header_is_a_codec_error_unless_it_meets_the_contract(case):
+    header, payload = case
     try:
-        validator(_raw(header, payload))
+        unroll, episodes = _validator()(_raw(header, payload))
     except codec.CodecError as error:
         assert str(error)
-    # (A header that happens to be valid with a payload that fits is accepted: fine.)
+        return
+    _assert_acceptable(header, payload, unroll, episodes)
+
+
+def test_the_contract_check_fails_an_accepted_header_that_breaks_it():
+    """The check above is not vacuous: the honest header passes it; with an actor id out of
+    range, a short payload or a bad episode (as a broken validator might let through) it fails."""
+    honest = json.loads(_honest_header())
+    header = json.dumps(honest)
+    unroll, episodes = _validator()(_raw(header, HONEST_PAYLOAD))
+    _assert_acceptable(header, HONEST_PAYLOAD, unroll, episodes)
+    wrong_id = json.dumps({**honest, "meta": {"policy_version": 0, "actor_id": NUM_ACTORS}})
+    bad_episode = json.dumps({**honest, "meta": {"policy_version": 0, "actor_id": 0,
+                                                 "episodes": [[1.0, -1, "pong"]]}})
+    for breaking, payload in ((wrong_id, HONEST_PAYLOAD), (header, HONEST_PAYLOAD[:-1]),
+                              (bad_episode, HONEST_PAYLOAD)):
+        with pytest.raises(AssertionError):
+            _assert_acceptable(breaking, payload, unroll, episodes)
 
 
 # -- bounded counters ----------------------------------------------------------------------------
