@@ -56,6 +56,9 @@ def test_evaluate_command_on_a_checkpoint(tmp_path):
     config.parse_config(["catch.gin"])
     env = make_environment(1)
     agent = build_agent(tensor_specs(env.observation_spec()), 3)
+    head = agent.policy_head  # the policy of the checkpoint: always stay (action 1)
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    head.bias.assign([0.0, 50.0, 0.0])
     step = build_train_step(agent)
     saver = checkpoints.Checkpointer(str(tmp_path), agent, step.optimizer)
     saver.learner_step.assign(12)
@@ -64,13 +67,18 @@ def test_evaluate_command_on_a_checkpoint(tmp_path):
     gin.clear_config()
     result = subprocess.run(
         [sys.executable, "-m", "impala_tf.evaluate", f"--logdir={tmp_path}",
-         "--num_episodes=12", "--num_envs=4"],
+         "--num_episodes=40", "--num_envs=4", "--seed=1"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ckpt-12" in result.stdout and "catch" in result.stdout
     report = json.loads((tmp_path / "evaluation.json").read_text())
-    assert report["rows"][0]["name"] == "catch" and report["rows"][0]["episodes"] == 12
-    assert -1.0 <= report["rows"][0]["mean_return"] <= 1.0
+    assert report["rows"][0]["name"] == "catch" and report["rows"][0]["episodes"] == 40
+    # Independently: environment i of the evaluation has seed 1 + i (--seed=1), so its
+    # rounds' balls fall in columns rng.integers(5) of default_rng(1 + i); staying (the
+    # paddle starts in column 2) catches exactly those in column 2.
+    rngs = [np.random.default_rng(1 + i) for i in range(4)]
+    returns = [1.0 if rng.integers(5) == 2 else -1.0 for rng in rngs for _ in range(10)]
+    assert report["rows"][0]["mean_return"] == pytest.approx(np.mean(returns))
     assert (tmp_path / "evaluation.csv").read_text().startswith("name,episodes,mean_return")
 
 
