@@ -1,8 +1,10 @@
 """One worker of the multi-worker learner test (run by tests/test_multi_worker.py with
 TF_CONFIG set): 3 learner steps under MultiWorkerMirroredStrategy on its own local batch,
-then a JSON line with its step count and a checksum of the weights."""
+then a JSON line with its step count, and its weights before and after in
+LOGDIR/weights_worker{index}.npz (`initial_i`, `final_i`)."""
 
 import json
+import os
 import sys
 
 import impala_tf  # noqa: F401
@@ -40,13 +42,16 @@ def main(logdir: str, worker_index: int, stop_after: int = 0) -> None:
     learner = learner_process(spec, 3, logdir, strategy=strategy, run_config=run,
                       batch_source=batches,
                       log_every_seconds=0.0)  # the chief comes from TF_CONFIG
+    initial = learner.agent.get_weights()
     record = learner.run(max_steps=50 if stop_after else 3)
     weights = learner.agent.get_weights()
+    np.savez(os.path.join(logdir, f"weights_worker{worker_index}.npz"),
+             **{f"initial_{i}": w for i, w in enumerate(initial)},
+             **{f"final_{i}": w for i, w in enumerate(weights)})
     print(json.dumps({
         "worker": worker_index, "identity": list(learner.learner.worker),
         "is_chief": learner.learner.is_chief, "steps": learner.learner_step, "frames": learner.env_frames,
         "replicas": strategy.num_replicas_in_sync,
-        "checksum": float(sum(np.abs(w).sum() for w in weights)),
         "loss": record.get("total_loss")}), flush=True)
 
 

@@ -6,24 +6,20 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+
+from ports import reserved_ports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_synthetic_workers(tmp_path, *extra):
-    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    workers = [f"127.0.0.1:{port}" for port in reserved_ports(2)]
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -46,13 +42,28 @@ def _run_synthetic_workers(tmp_path, *extra):
     return results
 
 
+def _assert_same_weights(run, moved=True):
+    """The two workers' weights, tensor by tensor: equal to each other, and (`moved`) not
+    the ones they started from."""
+    workers = [np.load(run / f"weights_worker{i}.npz") for i in range(2)]
+    count = len([k for k in workers[0].files if k.startswith("final_")])
+    assert count > 4 and len(workers[1].files) == len(workers[0].files)
+    for i in range(count):
+        np.testing.assert_allclose(workers[1][f"final_{i}"], workers[0][f"final_{i}"],
+                                   rtol=1e-6, atol=1e-7, err_msg=f"weight {i}")
+        np.testing.assert_array_equal(workers[1][f"initial_{i}"], workers[0][f"initial_{i}"])
+    if moved:
+        assert any(not np.allclose(workers[0][f"final_{i}"], workers[0][f"initial_{i}"])
+                   for i in range(count))
+
+
 def test_a_stop_on_one_worker_stops_every_worker_after_the_same_step(tmp_path):
     """Worker 1 alone is asked to stop after its 4th batch: the request rides the next
     step's all-reduce, and both leave after step 5 (alone, worker 0 would wait in the
     all-reduce for ever)."""
     results = _run_synthetic_workers(tmp_path, "4")
     assert [r["steps"] for r in results] == [5, 5]
-    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
+    _assert_same_weights(tmp_path / "run")
 
 
 def test_two_workers_train_in_lockstep(tmp_path):
@@ -60,7 +71,7 @@ def test_two_workers_train_in_lockstep(tmp_path):
     assert [r["replicas"] for r in results] == [2, 2]
     assert [r["steps"] for r in results] == [3, 3]
     assert results[0]["frames"] == 3 * 4 * 4  # the global batch of 4 unrolls of 4 steps
-    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
+    _assert_same_weights(tmp_path / "run")
     assert [r["identity"] for r in results] == [[0, 2, True], [1, 2, False]]
     assert [r["is_chief"] for r in results] == [True, False]
     run = tmp_path / "run"
@@ -72,7 +83,7 @@ def test_two_workers_train_in_lockstep(tmp_path):
 def _start_workers(logdir, tmp_path, tag, max_frames, bindings=()):
     """Two learner workers through the real command, each with its own TF_CONFIG and its
     own actor processes, on one logdir; their output goes to files."""
-    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    workers = [f"127.0.0.1:{port}" for port in reserved_ports(2)]
     processes, outputs = [], []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -112,8 +123,13 @@ def _two_workers_learn_catch(logdir, tmp_path, tag, bindings=()):
         assert p.returncode == 0, text[-3000:]
     assert "(actors 0 to 1)" in texts[0] and "(actors 2 to 3)" in texts[1]
     records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
-    returns = [r["episode_return_mean"] for r in records if r["episodes"]]
-    assert returns[-1] >= 0.9, returns
+    # Learnt: the mean return of every episode in the last quarter of the frames (random
+    # play: about -0.6; optimal: 1), not one log window's few episodes.
+    last = [r for r in records if r["episodes"] and r["env_frames"] >= 150_000]
+    episodes = sum(r["episodes"] for r in last)
+    mean = sum(r["episode_return_mean"] * r["episodes"] for r in last) / max(1, episodes)
+    assert episodes >= 100 and mean >= 0.8, [(r["env_frames"], r["episode_return_mean"])
+                                             for r in records if r["episodes"]]
     return records
 
 
