@@ -3,7 +3,6 @@ observation), step 0 repeating the previous unroll's last step, the core state c
 across unrolls, the policy version; an actor that outlives its learner."""
 
 import queue
-import socket
 import sys
 import threading
 import time
@@ -140,23 +139,17 @@ def test_the_actor_runs_on_dmlab(tmp_path, monkeypatch):
     assert fields["action"].max() < 9
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_actor_waits_out_a_learner_restart_and_loads_the_new_parameters(tmp_path):
     """The learner goes away and another takes its port, at the same version (0) but with
     other weights: the actor keeps its environments, reconnects, and acts with the new ones."""
     config.parse_config(["catch.gin"], ["RunConfig.unroll_length = 4", "Actor.num_envs = 2",
                                         "Actor.reconnect_backoff_seconds = 0.1",
                                         "Actor.max_reconnect_backoff_seconds = 0.5"])
-    address = f"127.0.0.1:{_free_port()}"
     specs = tensor_specs(make_environment(1).observation_spec())
     stop = threading.Event()
-    try:
-        first = learner_process(specs, 3, str(tmp_path / "a"), server_address=address)
+    try:  # the first learner binds a port of its own; the second takes the same one
+        first = learner_process(specs, 3, str(tmp_path / "a"), server_address="127.0.0.1:0")
+        address = first.address
         first.endpoint.batcher.stop()
         actor = Actor(address, actor_index=0)
         env = actor.env

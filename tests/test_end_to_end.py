@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -192,12 +191,6 @@ def test_a_killed_actor_is_restarted_and_training_goes_on(tmp_path, inference):
     assert _actor_processes(address) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _read_until(process, pattern, lines, timeout=300.0):
     """Reads `process`'s output into `lines` until a line matches `pattern`; the match."""
     deadline = time.time() + timeout
@@ -217,13 +210,13 @@ def test_a_killed_learner_resumes_and_a_remote_actor_reconnects(tmp_path):
     it too: the local actors exit with it, the remote one waits; a new learner on the same
     port resumes from the last complete checkpoint and trains on that actor's unrolls."""
     logdir = str(tmp_path / "run")
-    address = f"127.0.0.1:{_free_port()}"
     ckpt_state = os.path.join(logdir, "checkpoints", "checkpoint")
     bindings = ("RunConfig.total_environment_frames = 1e9",
                 "Learner.checkpoint_every_minutes = 0.02",
                 "ActorEndpoint.num_actors = 3")  # the 2 local actors and the remote actor 2
-    first = _train(logdir, *bindings, flags=[f"--bind={address}"])
-    lines = []
+    first = _train(logdir, *bindings, flags=["--bind=127.0.0.1:0"])
+    lines = []  # the learner binds a port of its own and says which; the second takes it
+    address = _read_until(first, r"learner listening on (\S+);", lines).group(1)
     _read_until(first, r"started \d+ actor processes", lines)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     remote = subprocess.Popen(
