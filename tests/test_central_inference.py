@@ -311,3 +311,44 @@ def test_catch_learns_with_environment_actor_processes(tmp_path):
     tail = returns[-max(1, len(returns) // 5):]
     assert np.mean(tail) >= 0.9, returns
     assert records[-1]["rejected_unrolls"] == 0
+
+
+def test_an_environment_actor_waits_out_a_learner_restart_on_the_same_port(tmp_path):
+    """Central mode: the learner goes away and a new one takes its port (as a restarted
+    `--role=learner` does): the environment actor keeps its environments, opens a new
+    stream when the port answers again, and the new learner builds its unrolls."""
+    from deadlines import wait_for
+    from impala_tf.envs.factory import make_environment
+    from impala_tf.learning.process import learner_process
+    config.parse_config(["catch.gin"], ["RunConfig.unroll_length = 4", "Actor.num_envs = 2",
+                                        "EnvActor.reconnect_backoff_seconds = 0.1",
+                                        "EnvActor.max_reconnect_backoff_seconds = 0.5"])
+    specs = tensor_specs(make_environment(1).observation_spec())
+    stop = threading.Event()
+    second = None
+    try:  # the first learner binds a port of its own; the second takes the same one
+        first = learner_process(specs, 3, str(tmp_path / "a"), central=True, num_actors=1,
+                                num_envs=2)
+        first.endpoint.batcher.stop()
+        address = first.address
+        actor = EnvActor(address, actor_index=0)
+        thread = threading.Thread(target=actor.run, args=(stop,), daemon=True)
+        thread.start()
+        for _ in range(2):
+            assert first.endpoint.unrolls.get(timeout=60).actor_id == 0
+        env, streams = actor.env, actor.streams
+        first.close()
+        second = learner_process(specs, 3, str(tmp_path / "b"), server_address=address,
+                                 central=True, num_actors=1, num_envs=2)
+        second.endpoint.batcher.stop()
+        unroll = second.endpoint.unrolls.get(timeout=60)
+        assert unroll.actor_id == 0 and unroll.trajectory.action.shape == (5,)
+        wait_for(lambda: actor.streams > streams, 30, "the actor's count of its new stream")
+        assert thread.is_alive() and actor.env is env  # the same environments go on
+    finally:
+        stop.set()
+        thread.join(30)
+        if second is not None:
+            second.close()
+        gin.clear_config()
+    assert not thread.is_alive()

@@ -24,6 +24,7 @@ def test_a_window_averages_its_updates_and_adds_the_feeds_figures():
     record = window.record(1600, 5, 2, {"queue_fill": 0.5, "refused_actors": [3]}, episodes)
     assert record["total_loss"] == 3.0 and "nonfinite_update" not in record
     assert record["policy_lag_mean"] == 2.0  # the lags of both batches' first updates
+    assert record["policy_lag_max"] == 3.0
     assert record["queue_fill"] == 0.5 and record["refused_actors"] == [3]
     assert (record["env_frames"], record["learner_steps"]) == (1600, 5)
     assert record["fps"] > 0 and record["episodes"] == 3
@@ -33,7 +34,8 @@ def test_a_window_averages_its_updates_and_adds_the_feeds_figures():
     assert (record["skipped_nonfinite_updates"], record["nonfinite_updates"]) == (1, 2)
     window.reset(1600)
     empty = window.record(1600, 5, 2, {}, EpisodeTally())
-    assert empty["policy_lag_mean"] is None and "total_loss" not in empty
+    assert empty["policy_lag_mean"] is None and empty["policy_lag_max"] is None
+    assert "total_loss" not in empty
     assert "episode_return_per_level" not in empty
 
 

@@ -144,14 +144,28 @@ def test_bounded_queue_gives_back_pressure():
     client = LearnerClient(srv.address, max_message_bytes=8 << 20, outbox_size=1)
     total = 12
     producer, sent = _send_in_background(client, _big_unroll, total)
-    deadline = time.time() + 30  # a loaded machine may take a while to fill the queue
-    while unrolls.qsize() < 2 and time.time() < deadline:
+    # Wait (up to 60 s: a loaded machine may be slow) until the queue is full and the
+    # sender has sent nothing more for a whole second: it is blocked, whatever the speed.
+    deadline, last, since = time.monotonic() + 60, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if len(sent) != last:
+            last, since = len(sent), time.monotonic()
+        elif unrolls.qsize() == 2 and time.monotonic() - since >= 1.0:
+            break
         time.sleep(0.05)
-    time.sleep(1.0)  # give the sender time to run ahead, if it could
-    # The queue is full, one unroll waits in the handler, a few sit in gRPC's flow-control
-    # window and the outbox: the actor cannot run ahead of the learner.
-    assert unrolls.qsize() == 2 and len(sent) < total
-    received = [_get(unrolls).policy_version for _ in range(total)]
+    else:
+        raise AssertionError(f"waited 60 s for the sender to block; it sent {len(sent)}")
+    # Blocked with at most: the queue's 2, one in the handler, one in the outbox and one
+    # in gRPC's flow-control window (5 here; one more if gRPC's window probing grew it past
+    # 3 MB): the actor cannot run ahead of the learner.
+    assert unrolls.qsize() == 2 and len(sent) <= 6 < total, len(sent)
+    blocked_at = len(sent)
+    received = [_get(unrolls).policy_version for _ in range(2)]
+    deadline = time.monotonic() + 30  # taking unrolls lets it go on
+    while len(sent) == blocked_at and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sent) > blocked_at
+    received += [_get(unrolls).policy_version for _ in range(total - 2)]
     producer.join(10)
     assert received == list(range(total)) and len(sent) == total
     client.close()
@@ -186,10 +200,12 @@ def test_a_stalled_learner_holds_each_actor_to_a_few_unrolls_whatever_their_size
     outbox, total = 4, 60
     client = LearnerClient(srv.address, outbox_size=outbox)
     producer, sent = _send_in_background(client, _catch_sized_unroll, total)
-    deadline, last = time.time() + 30, -1
-    while time.time() < deadline and (unrolls.qsize() < 2 or len(sent) != last):
+    deadline, last = time.monotonic() + 60, -1
+    while unrolls.qsize() < 2 or len(sent) != last:  # until the sender gets nowhere
+        assert time.monotonic() < deadline, \
+            f"waited 60 s for the sender to stop (queue {unrolls.qsize()}, sent {len(sent)})"
         last = len(sent)
-        time.sleep(1.0)  # until the sender has stopped getting anywhere
+        time.sleep(1.0)
     in_flight = len(sent) - unrolls.qsize()
     read_ahead = srv.stream_window_bytes // len(_catch_sized_unroll(0)) + 1
     # gRPC holds up to about twice its read-ahead window (18 here, measured; 360 before)
@@ -295,10 +311,16 @@ def test_a_call_beyond_the_concurrency_limit_is_refused_with_a_clear_code():
     channel = grpc.insecure_channel(srv.address)
     held = [channel.stream_unary(STREAM_UNROLLS).future(_idle_requests(release), timeout=60)
             for _ in range(2)]
-    time.sleep(1.0)
-    with pytest.raises(grpc.RpcError) as error:
-        channel.unary_unary(GET_PARAMETERS)(b"\0" * 16, timeout=10)
-    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Until the server has both held calls, a third is served; then it is refused.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            channel.unary_unary(GET_PARAMETERS)(b"\0" * 16, timeout=10)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+            break
+        assert time.monotonic() < deadline, "waited 30 s for a third concurrent call's refusal"
+        time.sleep(0.05)
     release.set()
     for call in held:
         call.result(timeout=30)

@@ -122,6 +122,9 @@ class MetricsWindow:
             "episode_return_mean": episodes.return_mean,
             "episode_length_mean": episodes.length_mean,
             "policy_lag_mean": float(np.mean(self.lags)) if self.lags else None,
+            # The tail: after a stall, what sat in the queues is this many updates old (no
+            # bound is enforced; back-pressure bounds it, see docs/testing.md).
+            "policy_lag_max": float(np.max(self.lags)) if self.lags else None,
             **ingest,
             "skipped_nonfinite_updates": self.skipped,
             "nonfinite_updates": nonfinite_updates,
