@@ -73,17 +73,37 @@ def test_deep_torso_matches_figure_3():
     assert torso.fc.kernel.shape == (9 * 12 * 32, 256)
 
 
-def test_frames_are_scaled_inside_the_model():
+def _numpy_conv(x, kernel, bias, stride):
+    """A valid-padded convolution, written out in numpy: x `[H, W, C]`, kernel
+    `[k, k, C, F]` -> `[(H-k)//stride+1, (W-k)//stride+1, F]`."""
+    k = kernel.shape[0]
+    rows, cols = (x.shape[0] - k) // stride + 1, (x.shape[1] - k) // stride + 1
+    out = np.empty((rows, cols, kernel.shape[-1]), np.float64)
+    for i in range(rows):
+        for j in range(cols):
+            patch = x[i * stride:i * stride + k, j * stride:j * stride + k, :]
+            out[i, j] = np.tensordot(patch, kernel, axes=([0, 1, 2], [0, 1, 2])) + bias
+    return out
+
+
+def test_the_shallow_torso_equals_its_numpy_computation_on_raw_frames():
+    """Uint8 frames in, the paper's shallow torso out: frame / 255, conv 16 8x8 stride 4,
+    conv 32 4x4 stride 2 (valid, ReLU), flatten, fully connected 256 (ReLU), computed
+    independently in numpy with the layer's weights (row-major flatten, as Keras)."""
     torso = ShallowTorso()
-    frame = np.full([1, 24, 24, 1], 255, np.uint8)
-    torso(tf.constant(frame))
-    scaled = tf.nn.relu(torso.conv1.convolution_op(tf.ones([1, 24, 24, 1]), torso.conv1.kernel)
-                        + torso.conv1.bias)
-    direct = torso.conv1(tf.ones([1, 24, 24, 1]))
-    np.testing.assert_allclose(scaled.numpy(), direct.numpy(), rtol=1e-6)
-    via_uint8 = torso(tf.constant(frame)).numpy()
-    via_float = torso.fc(torso.flatten(torso.conv2(torso.conv1(tf.ones([1, 24, 24, 1]))))).numpy()
-    np.testing.assert_allclose(via_uint8, via_float, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, [2, 36, 28, 4]).astype(np.uint8)
+    got = torso(tf.constant(frames)).numpy()
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    weights = {name: layer.get_weights() for name, layer in
+               (("conv1", torso.conv1), ("conv2", torso.conv2), ("fc", torso.fc))}
+    for b in range(2):
+        x = frames[b].astype(np.float64) / 255.0
+        x = relu(_numpy_conv(x, *weights["conv1"], stride=4))  # 36x28 -> 8x6
+        x = relu(_numpy_conv(x, *weights["conv2"], stride=2))  # 8x6 -> 3x2
+        assert x.shape == (3, 2, 32)
+        expected = relu(x.reshape(-1) @ weights["fc"][0] + weights["fc"][1])
+        np.testing.assert_allclose(got[b], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_centred_frames_subtract_each_stacked_frames_screen_mean():
