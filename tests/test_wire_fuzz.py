@@ -213,7 +213,7 @@ def test_nan_inf_and_out_of_range_values_are_rejected(data):
 
 
 @pytest.fixture(scope="module")
-def live():
+def _server():
     unrolls = queue.Queue(maxsize=1000)
     stop = threading.Event()
     service = LearnerService(VALIDATOR, unrolls, ParameterStore(), stop)
@@ -223,6 +223,16 @@ def live():
     channel.close()
     stop.set()
     server.stop(0)
+
+
+@pytest.fixture
+def live(_server):
+    """The module's server (started once) with an empty queue: each test counts from the
+    counters as it finds them and reads only its own unrolls, in any order."""
+    unrolls = _server[1]
+    while not unrolls.empty():
+        unrolls.get_nowait()
+    return _server
 
 
 def _send(channel, messages):
