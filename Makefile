@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Test processes in parallel (pytest-xdist); each TF process gets its share of the cores.
 TEST_WORKERS ?= 2
 
-.PHONY: install test bazel-test catch train timing clean
+.PHONY: install test test-random bazel-test mutate catch train timing clean
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,32 @@ $(STAMP): requirements.txt pyproject.toml setup.py
 
 install: $(STAMP)
 
+# In file order; `make test-random` runs the suite in a random order (pytest-randomly; its
+# seed is printed first, SEED=N repeats an order): no test may depend on another's leftovers.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -p no:randomly tests
+
+SEED ?= $(shell date +%s)
+test-random: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -p randomly --randomly-seed=$(SEED) tests
 
 # The fast tests under Bazel (Debian's bazel-bootstrap, installed when missing), offline
 # when ../shared/third_party/bazel holds the repositories Bazel pins; see bazel/test.sh.
 BAZEL_OFFLINE ?= ../shared/third_party/bazel
 bazel-test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash bazel/test.sh $(BAZEL_OFFLINE)
+
+# Mutation testing of the core modules (V-trace, losses, the train step, PopArt, the batcher,
+# specs, frames and their packing, validation, the codec, the unroll builder) with their own
+# tests: mutmut, configured in pyproject.toml's [tool.mutmut]; about an hour on 2 cores; not
+# part of CI. Prints the score per module (experiments/mutation_scores.py); docs/testing.md
+# records the last run and what each survivor is. `$(BIN)/mutmut show NAME` shows a mutant.
+MUTMUT_VERSION ?= 3.8.1
+mutate: $(STAMP)
+	$(BIN)/python -m pip install --quiet mutmut==$(MUTMUT_VERSION)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(TEST_WORKERS) || true
+	$(BIN)/python experiments/mutation_scores.py
 
 # The first run: IMPALA on Catch (catch.gin, 300k frames, about 90 s on 2 cores with the
 # evaluation; the return climbs from about -0.5 to 0.99), then 100 evaluation games and curves.png.
@@ -60,5 +78,5 @@ timing: $(STAMP)
 	$(BIN)/python experiments/time_learner_update.py
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache *.egg-info .bazel-deps
+	rm -rf $(VENV) logs .pytest_cache *.egg-info .bazel-deps mutants
 	-command -v bazel >/dev/null && bazel --batch clean --expunge

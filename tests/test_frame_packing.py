@@ -163,6 +163,19 @@ def _continued_pair(rng, k=1):
              for s in (first, second)], (first, second))
 
 
+def test_unpack_continues_a_continued_unroll_from_the_previous_stack():
+    """`unpack` itself (no validator): a continued unroll's step 0 takes its older frames
+    from `previous`, the first unroll's last stack frame by frame."""
+    (one, two), (first, second) = _continued_pair(np.random.default_rng(4))
+    spec = {"observation/frame": (np.dtype(np.uint8), first.shape)}
+    fields, _ = codec.decode(two.continued, codec.UNROLL_MAGIC)
+    previous = {"observation/frame": frame_packing.unpack(
+        codec.decode(one.whole, codec.UNROLL_MAGIC)[0], spec, {"frame": 1})[
+        "observation/frame"].last_frames()}
+    rebuilt = frame_packing.unpack(fields, spec, {"frame": 1}, previous)
+    np.testing.assert_array_equal(np.asarray(rebuilt["observation/frame"]), second)
+
+
 def test_a_stream_continues_each_environment_from_its_last_stack():
     (one, two), (first, second) = _continued_pair(np.random.default_rng(3))
     spec = {"observation/frame": (np.dtype(np.uint8), first.shape)}

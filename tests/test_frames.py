@@ -65,6 +65,7 @@ def test_a_packed_stack_holds_each_frame_once_and_rebuilds_every_stack(k, restar
     assert not everywhere.restart[0] and everywhere.restart[1:].all()
     for each in (packed, told, everywhere):
         np.testing.assert_array_equal(np.asarray(each), stacks)
+        assert np.asarray(each).dtype == stacks.dtype and each.shape == stacks.shape
     assert packed.nbytes == (steps + (depth - 1) * (1 + len(restarts))) * stacks[0, ..., :k].nbytes
     by_frame = np.empty((steps, depth) + stacks.shape[1:-1] + (k,), stacks.dtype)
     packed.write_frames_into(by_frame)
@@ -92,6 +93,7 @@ def test_step_stacks_split_and_join_each_step_of_k_environments():
         assert len(older) == sum(want)
         rebuilt = receiver.join(newest, restart, older, stacks.shape, stacks.dtype)
         np.testing.assert_array_equal(rebuilt, stacks)
+        assert rebuilt.dtype == stacks.dtype
     fresh = frames.StepStacks(1)
     with pytest.raises(ValueError, match="first step must restart every stack"):
         fresh.join(steps[0][..., -1:], np.array([True, False, True]), steps[0][[0, 2], ..., :-1],
@@ -103,3 +105,11 @@ def test_a_stack_depth_must_hold_whole_frames():
     for channels, k in [(4, 3), (3, 3), (4, 0)]:
         with pytest.raises(ValueError, match="cannot unstack"):
             frames.stack_depth(channels, k)
+
+
+def test_packing_stacks_of_part_frames_is_refused():
+    """Channels are the last axis: 5 channels are not whole frames of 2 (the height, 6,
+    would be)."""
+    stacks = np.zeros((3, 6, 5, 5), np.uint8)
+    with pytest.raises(ValueError, match="cannot unstack 5 channels in frames of 2"):
+        frames.pack_stacks(stacks, 2)

@@ -63,12 +63,13 @@ def test_registration_mistakes_fail_with_one_clear_line(scratch_kinds):
         factory.make_environment(4, kind="short")
 
 
-def test_the_example_follows_the_batched_contract():
+def test_the_example_follows_the_batched_contract(scratch_kinds):
     sys.path.insert(0, str(EXAMPLE))
-    try:
+    try:  # importing it registers "corridor"; scratch_kinds and the pop below undo that
         import corridor
     finally:
         sys.path.remove(str(EXAMPLE))
+        sys.modules.pop("corridor", None)
     env = corridor.make_corridors(2, seed=0, length=5, time_limit=3)
     assert isinstance(env, SequentialBatchedEnv)
     first = env.reset()

@@ -25,6 +25,8 @@ def test_the_trajectory_spec_has_t_plus_one_steps_of_each_field():
     assert spec.behaviour_logits.shape == (8, 6)
     time_major = batched(spec, 3)
     assert time_major.behaviour_logits.shape == (8, 3, 6)
+    for before, after in zip(tf.nest.flatten(spec), tf.nest.flatten(time_major)):
+        assert (after.dtype, after.name) == (before.dtype, before.name)
     assert batched(spec, 3, time_major=False).observation["frame"].shape == (3, 8, 4, 3, 2)
 
 
