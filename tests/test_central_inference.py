@@ -146,6 +146,14 @@ def test_central_unrolls_equal_the_actors_own_on_real_pong():
     assert sum(p.nbytes for p in packed) < 0.4 * sum(np.asarray(p).nbytes for p in packed)
 
 
+def _act_within(actor, steps, what, seconds=120):
+    """`actor.run(max_steps=steps)`, stopped after `seconds` with a failure naming `what`."""
+    from deadlines import stopping_at
+    stop = threading.Event()
+    with stopping_at(seconds, stop.set, f"{steps} steps of {what}"):
+        actor.run(stop, max_steps=steps)
+
+
 def _catch_server(**serve_kwargs):
     config.parse_config(["catch.gin"], [f"RunConfig.unroll_length = {T}",
                                         "Actor.num_envs = 2"])
@@ -183,14 +191,14 @@ def test_a_silent_session_delays_batches_once_and_a_new_hello_replaces_it():
         assert step_messages.decode_settings(next(squatter))["num_envs"] == 2
         honest = EnvActor(server.address, actor_index=1)
         try:
-            honest.run(max_steps=2 * T + 1)
+            _act_within(honest, 2 * T + 1, "actor 1's steps past the squatter")
         finally:
             honest.close()
         assert service.counters.accepted_by_actor[1] == 2 * 2  # 2 environments, 2 unrolls
         assert central.waited_out == 1  # the squatter was late once, then not waited for
         restarted = EnvActor(server.address, actor_index=0)  # the real actor 0 comes back
         try:
-            restarted.run(max_steps=T + 1)
+            _act_within(restarted, T + 1, "the returning actor 0's steps")
         finally:
             restarted.close()
         assert central.replaced == 1 and service.counters.accepted_by_actor[0] == 2
@@ -221,7 +229,7 @@ def test_a_malformed_step_ends_its_stream_and_is_counted_and_others_go_on(catch_
     assert service.counters.rejected == 2
     actor = EnvActor(server.address, actor_index=0)
     try:
-        actor.run(max_steps=2 * T + 1)  # the same id acts again once its stream is gone
+        _act_within(actor, 2 * T + 1, "the same id acting again")  # once its stream is gone
     finally:
         actor.close()
     assert service.counters.accepted == 2 * 2
