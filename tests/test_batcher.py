@@ -4,6 +4,7 @@ can be (aligned, a supported dtype), copied otherwise, and equal numpy's stack e
 import gc
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from impala_tf.learning.batcher import aligned_empty, as_tensor, stack_unrolls
@@ -130,3 +131,66 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     # A replica's slice of the batch (axis 1 of both parts) gathers its own unrolls' stacks.
     half = PackedFrames(tensors.timeline[:, 2:4], tensors.index[:, 2:4])
     np.testing.assert_array_equal(stacks_from_frames(half).numpy(), expected[:, 2:4])
+
+
+def test_the_batcher_thread_hands_over_batches_in_arrival_order_and_prefetches_one():
+    """Unrolls in, `[T+1, B, ...]` tensor batches out in arrival order (each unroll in its
+    column); with prefetch 1 it stacks one batch ahead and then waits, leaving the rest
+    queued (the back-pressure the actors feel); it records the observation bytes of the
+    last batch's unrolls; stop() ends its thread."""
+    import queue
+    import time
+
+    from impala_tf.learning.batcher import Batcher
+    rng = np.random.default_rng(2)
+    unrolls = queue.Queue()
+    sent = [_unroll(rng, 3, policy_version=i, actor_id=i) for i in range(10)]
+    for unroll in sent:
+        unrolls.put(unroll)
+    state = (np.zeros(7, np.float32), np.zeros(7, np.float32))
+    batcher = Batcher(unrolls, batch_size=2, initial_state=state)
+    try:
+        deadline = time.monotonic() + 30  # one batch ready, a second stacked and waiting
+        while unrolls.qsize() > 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert unrolls.qsize() == 6 and batcher.ready_batches == 1
+        for first in (0, 2, 4):
+            ready = batcher.next(timeout=10)
+            assert ready.policy_versions.tolist() == [first, first + 1]
+            assert ready.actor_ids.tolist() == [first, first + 1]
+            assert isinstance(ready.batch.trajectory.action, tf.Tensor)
+            for b in range(2):
+                np.testing.assert_array_equal(ready.batch.trajectory.observation["frame"][:, b],
+                                              sent[first + b].trajectory.observation["frame"])
+                np.testing.assert_array_equal(ready.batch.initial_core_state[1][b],
+                                              sent[first + b].core_state[1])
+        per_unroll = sum(v.nbytes for v in sent[0].trajectory.observation.values())
+        deadline = time.monotonic() + 30
+        while batcher.ready_batches < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.observation_bytes == 2 * per_unroll
+    finally:
+        batcher.stop()
+    assert not batcher._thread.is_alive()
+    assert batcher.error is None
+
+
+def test_a_batcher_failure_reaches_the_learner():
+    """An unroll that cannot be stacked with the others fails the thread; the next call
+    to next() raises, naming it, instead of waiting for ever."""
+    import queue
+
+    from impala_tf.learning.batcher import Batcher
+    rng = np.random.default_rng(3)
+    unrolls = queue.Queue()
+    unrolls.put(_unroll(rng, 3, 0, 0))
+    unrolls.put(_unroll(rng, 4, 0, 1))  # 4 steps where the first had 3
+    batcher = Batcher(unrolls, batch_size=2, initial_state=())
+    try:
+        with pytest.raises(RuntimeError, match="the batcher thread failed"):
+            for _ in range(60):
+                batcher.next(timeout=0.5)
+    finally:
+        batcher.stop()
+    assert batcher.error is not None
