@@ -148,3 +148,38 @@ def test_boolean_bytes_must_be_zero_or_one():
     decoded, _ = codec.decode(bytes(raw), codec.UNROLL_MAGIC)
     with pytest.raises(codec.CodecError, match="boolean"):
         codec.validate_fields(decoded, spec)
+
+
+def test_each_boolean_byte_value_and_each_bound_edge():
+    """Bytes 0 and 1 are booleans, 2 is not; a value at either bound is inside it, one
+    step past it is outside."""
+    spec = {"flag": (np.dtype(np.bool_), (4,)), "level": (np.dtype(np.int32), (3,))}
+    bounds = {"level": (0, 9)}
+
+    def fields(flag_bytes, levels):
+        return {"flag": np.array(flag_bytes, np.uint8).view(np.bool_),
+                "level": np.array(levels, np.int32)}
+
+    codec.validate_fields(fields([0, 1, 1, 0], [0, 9, 4]), spec, bounds)
+    for flag_bytes, levels, message in (([0, 2, 0, 0], [0, 1, 2], "boolean"),
+                                        ([0, 0, 0, 0], [-1, 1, 2], "outside"),
+                                        ([0, 0, 0, 0], [0, 1, 10], "outside")):
+        with pytest.raises(codec.CodecError, match=message):
+            codec.validate_fields(fields(flag_bytes, levels), spec, bounds)
+
+
+def test_a_number_of_64_characters_is_read_and_a_longer_one_refused():
+    """Any double fits in 64 characters; a longer literal is refused even where its first 64
+    would read as a finite number."""
+    def header(number):
+        return b'{"fields": [], "meta": {"x": ' + number.encode() + b"}}"
+
+    def raw(number):
+        text = header(number)
+        return codec.UNROLL_MAGIC + struct.pack("<I", len(text)) + text
+
+    exactly = "0." + "0" * 61 + "5"  # 64 characters
+    assert codec.decode(raw(exactly), codec.UNROLL_MAGIC)[1]["x"] == float(exactly)
+    for longer in ("0." + "0" * 62 + "5", "1." + "0" * 200):
+        with pytest.raises(codec.CodecError, match="not a finite double"):
+            codec.decode(raw(longer), codec.UNROLL_MAGIC)

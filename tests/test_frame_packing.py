@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from frame_stacks import stacks as _stacks
 
-from impala_tf import config
+from impala_tf import config, frames
 from impala_tf.acting.actor import Actor
 from impala_tf.learning.batcher import stack_unrolls
 from impala_tf.learning.process import learner_process
@@ -161,6 +161,16 @@ def _continued_pair(rng, k=1):
     meta = {"policy_version": 0, "actor_id": 1}
     return ([frame_packing.encode_streamed({"observation/frame": s}, {"frame": k}, meta, env=1)
              for s in (first, second)], (first, second))
+
+
+def test_unpacked_turns_packed_stacks_into_whole_ones_and_leaves_the_rest():
+    stacks = _stacks(np.random.default_rng(5))
+    action = np.arange(stacks.shape[0], dtype=np.int32)
+    out = frame_packing.unpacked({"observation/frame": frames.pack_stacks(stacks, 1),
+                                  "action": action})
+    assert type(out["observation/frame"]) is np.ndarray
+    np.testing.assert_array_equal(out["observation/frame"], stacks)
+    assert out["action"] is action
 
 
 def test_unpack_continues_a_continued_unroll_from_the_previous_stack():

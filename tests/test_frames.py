@@ -66,6 +66,9 @@ def test_a_packed_stack_holds_each_frame_once_and_rebuilds_every_stack(k, restar
     for each in (packed, told, everywhere):
         np.testing.assert_array_equal(np.asarray(each), stacks)
         assert np.asarray(each).dtype == stacks.dtype and each.shape == stacks.shape
+        as_float = np.asarray(each, dtype=np.float32)
+        assert as_float.dtype == np.float32
+        np.testing.assert_array_equal(as_float, stacks.astype(np.float32))
     assert packed.nbytes == (steps + (depth - 1) * (1 + len(restarts))) * stacks[0, ..., :k].nbytes
     by_frame = np.empty((steps, depth) + stacks.shape[1:-1] + (k,), stacks.dtype)
     packed.write_frames_into(by_frame)

@@ -102,6 +102,7 @@ def test_meta_ints_and_texts():
         with pytest.raises(codec.CodecError, match="'x' must be an int"):
             meta_int(bad, "x", 0, 6)
     assert check_text("rooms_watermaze", "level") == "rooms_watermaze"
+    assert check_text("x" * 200, "level") == "x" * 200  # the longest name allowed
     for bad in ("a\nb", "\ud800", "x" * 201, 3):
         with pytest.raises(codec.CodecError):
             check_text(bad, "level")
