@@ -113,21 +113,30 @@ def test_on_policy_equals_n_step_bellman_target():
         rtol=1e-5, atol=1e-5)
 
 
-def test_from_logits_equals_from_importance_weights():
+@pytest.mark.parametrize("clipping", [
+    {},  # the paper's: rho-bar = pg-rho-bar = c-bar = 1, lambda 1
+    dict(clip_rho_threshold=0.7, clip_pg_rho_threshold=1.6, clip_c_threshold=0.4, lambda_=0.8)])
+def test_from_logits_equals_from_importance_weights(clipping):
+    """Whatever clipping and lambda it is given, and logits in float64 (cast to float32)."""
     T, B, A = 5, 3, 4
     rng = np.random.default_rng(1)
-    behaviour = rng.normal(size=(T, B, A)).astype(np.float32)
-    target = rng.normal(size=(T, B, A)).astype(np.float32)
+    behaviour = rng.normal(size=(T, B, A))
+    target = rng.normal(size=(T, B, A))
     actions = rng.integers(0, A, size=(T, B)).astype(np.int32)
     inputs = _random_inputs(T, B, seed=2)
     del inputs["log_rhos"]
-    out = vtrace.from_logits(behaviour, target, actions, **inputs)
+    out = vtrace.from_logits(behaviour, target, actions, **inputs, **clipping)
+    assert out.vs.dtype == out.log_rhos.dtype == tf.float32
+    behaviour, target = behaviour.astype(np.float32), target.astype(np.float32)
     take = lambda logits: np.take_along_axis(_log_softmax(logits), actions[..., None], -1)[..., 0]
     log_rhos = take(target) - take(behaviour)
     np.testing.assert_allclose(out.log_rhos.numpy(), log_rhos, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.target_action_log_probs.numpy(), take(target), atol=1e-5)
     np.testing.assert_allclose(out.behaviour_action_log_probs.numpy(), take(behaviour), atol=1e-5)
-    direct = vtrace.from_importance_weights(log_rhos=log_rhos, **inputs)
+    direct = vtrace.from_importance_weights(log_rhos=log_rhos, **inputs, **clipping)
+    if clipping:  # and the clipping mattered
+        paper = vtrace.from_importance_weights(log_rhos=log_rhos, **inputs)
+        assert not np.allclose(paper.vs.numpy(), direct.vs.numpy(), atol=1e-4)
     np.testing.assert_allclose(out.vs.numpy(), direct.vs.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
         out.pg_advantages.numpy(), direct.pg_advantages.numpy(), rtol=1e-5, atol=1e-5)
@@ -201,6 +210,13 @@ def test_shape_mistakes_raise_clear_errors(override, message):
 def test_from_logits_rejects_mismatched_logits():
     inputs = _random_inputs(T=4, B=2)
     del inputs["log_rhos"]
-    with pytest.raises(ValueError, match="target_policy_logits"):
+    with pytest.raises(ValueError, match="`target_policy_logits` has shape"):
         vtrace.from_logits(np.zeros((4, 2, 3), np.float32), np.zeros((4, 2, 5), np.float32),
                            np.zeros((4, 2), np.int32), **inputs)
+    for wrong in ("behaviour_policy_logits", "target_policy_logits"):
+        logits = {"behaviour_policy_logits": np.zeros((4, 2, 3), np.float32),
+                  "target_policy_logits": np.zeros((4, 2, 3), np.float32)}
+        logits[wrong] = np.zeros((4, 6), np.float32)
+        with pytest.raises(ValueError, match=f"`{wrong}` must have rank 3 "
+                           r"\[T, B, NUM_ACTIONS\], got shape \[4, 6\]"):
+            vtrace.from_logits(actions=np.zeros((4, 2), np.int32), **logits, **inputs)
