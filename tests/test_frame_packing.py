@@ -163,6 +163,17 @@ def _continued_pair(rng, k=1):
              for s in (first, second)], (first, second))
 
 
+def test_an_unroll_without_stacks_is_streamed_whole_with_its_environment():
+    action = np.arange(5, dtype=np.int32)
+    streamed = frame_packing.encode_streamed({"action": action}, {}, {"actor_id": 1}, env=3)
+    assert streamed.env == 3 and streamed.continued is None
+    fields, meta = codec.decode(streamed.whole, codec.UNROLL_MAGIC)
+    np.testing.assert_array_equal(fields["action"], action)
+    assert meta == {"actor_id": 1, "env": 3}
+    (one, two), _ = _continued_pair(np.random.default_rng(6))
+    assert one.env == two.env == 1 and two.continued is not None
+
+
 def test_unpacked_turns_packed_stacks_into_whole_ones_and_leaves_the_rest():
     stacks = _stacks(np.random.default_rng(5))
     action = np.arange(stacks.shape[0], dtype=np.int32)
