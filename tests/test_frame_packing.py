@@ -163,6 +163,22 @@ def _continued_pair(rng, k=1):
              for s in (first, second)], (first, second))
 
 
+def test_an_environment_id_is_an_int_in_range_and_never_a_boolean():
+    assert frame_packing.env_id({}, 4) is None
+    assert frame_packing.env_id({"env": 3}, 4) == 3
+    for bad in (True, False, 4, -1, 1.0, "1"):
+        with pytest.raises(codec.CodecError, match="meta 'env' must be an int in \\[0, 4\\)"):
+            frame_packing.env_id({"env": bad}, 4)
+
+
+def test_an_unexpected_packed_field_is_named():
+    (one, _), (first, _) = _continued_pair(np.random.default_rng(7))
+    spec = {"observation/frame": (np.dtype(np.uint8), first.shape)}
+    fields, _ = codec.decode(one.whole, codec.UNROLL_MAGIC)
+    with pytest.raises(codec.CodecError, match=r"missing \[\], unexpected \['junk'\]"):
+        frame_packing.unpack({**fields, "junk": np.zeros(1)}, spec, {"frame": 1})
+
+
 def test_an_unroll_without_stacks_is_streamed_whole_with_its_environment():
     action = np.arange(5, dtype=np.int32)
     streamed = frame_packing.encode_streamed({"action": action}, {}, {"actor_id": 1}, env=3)
