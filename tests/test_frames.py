@@ -80,6 +80,9 @@ def test_a_packed_stack_holds_each_frame_once_and_rebuilds_every_stack(k, restar
     packed.write_timeline_into(timeline, index)
     np.testing.assert_array_equal(
         np.concatenate(list(np.moveaxis(timeline[index], 1, 0)), axis=-1), stacks)
+    # Each frame once, packed: S-1 older frames and T+1 newest, then S-1 per restart.
+    assert index.max() == depth - 2 + steps + len(restarts) * (depth - 1)
+    assert packed.ndim == stacks.ndim == 4
     last = packed.last_frames()
     np.testing.assert_array_equal(np.concatenate(list(last), axis=-1), stacks[-1])
 
@@ -104,7 +107,8 @@ def test_step_stacks_split_and_join_each_step_of_k_environments():
 
 
 def test_a_stack_depth_must_hold_whole_frames():
-    assert frames.stack_depth(12, 3) == 4
+    assert frames.stack_depth(12, 3) == 4 and type(frames.stack_depth(12, 3)) is int
+    assert frames.stack_depth(2, 1) == 2  # the shallowest stack: two frames
     for channels, k in [(4, 3), (3, 3), (4, 0)]:
         with pytest.raises(ValueError, match="cannot unstack"):
             frames.stack_depth(channels, k)
