@@ -5,4 +5,4 @@ import sys
 import pytest
 
 if __name__ == "__main__":
-    sys.exit(pytest.main(["-q", *sys.argv[1:]]))
+    sys.exit(pytest.main(["-q", "-p", "no:randomly", *sys.argv[1:]]))  # file order, as make test
