@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from deadlines import wait_for
 from impala_tf.rpc import codec
 from impala_tf.rpc.protocol import ACTOR_ID_METADATA, GET_PARAMETERS, STREAM_UNROLLS
 from impala_tf.rpc.client import LearnerClient
@@ -311,16 +312,12 @@ def test_a_call_beyond_the_concurrency_limit_is_refused_with_a_clear_code():
     channel = grpc.insecure_channel(srv.address)
     held = [channel.stream_unary(STREAM_UNROLLS).future(_idle_requests(release), timeout=60)
             for _ in range(2)]
-    # Until the server has both held calls, a third is served; then it is refused.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            channel.unary_unary(GET_PARAMETERS)(b"\0" * 16, timeout=10)
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
-            break
-        assert time.monotonic() < deadline, "waited 30 s for a third concurrent call's refusal"
-        time.sleep(0.05)
+    # Both held calls admitted by the service (no other call meanwhile, which could take
+    # one of the two places first); then a third is refused.
+    wait_for(lambda: service.calls._anonymous_held == 2, 30, "the two held calls to start")
+    with pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary(GET_PARAMETERS)(b"\0" * 16, timeout=10)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     release.set()
     for call in held:
         call.result(timeout=30)
