@@ -32,3 +32,8 @@ quiet.import_tensorflow()
 from impala_tf.distribute import configure_devices  # noqa: E402
 
 configure_devices(2)
+
+
+def pytest_collection_modifyitems(items):
+    from mutation_order import fastest_first  # noqa: PLC0415
+    fastest_first(items)

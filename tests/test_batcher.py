@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from impala_tf.learning.batcher import aligned_empty, as_tensor, stack_unrolls
+from impala_tf.distribute import make_strategy
+from impala_tf.learning.batcher import (aligned_empty, as_tensor, minibatches, split_for_replicas,
+                                       stack_unrolls)
 from impala_tf.unroll import Trajectory, Unroll
 
 
@@ -194,3 +196,63 @@ def test_a_batcher_failure_reaches_the_learner():
     finally:
         batcher.stop()
     assert batcher.error is not None
+
+
+def _numbered_batch(batch_size, steps=3):
+    """A learner batch of `batch_size` random unrolls (tensors), and the unrolls."""
+    rng = np.random.default_rng(7)
+    unrolls = [_unroll(rng, steps, 0, b) for b in range(batch_size)]
+    state = (np.zeros(7, np.float32), np.zeros(7, np.float32))
+    batch = tf.nest.map_structure(tf.constant, stack_unrolls(unrolls, state).batch)
+    return batch, unrolls
+
+
+def _assert_columns(part, unrolls, columns, what):
+    """`part` holds exactly unrolls[columns[j]] in its column j, every field and core state."""
+    for j, b in enumerate(columns):
+        own = unrolls[b]
+        for got, want in zip(tf.nest.flatten(part.trajectory), tf.nest.flatten(own.trajectory)):
+            np.testing.assert_array_equal(got.numpy()[:, j], want, err_msg=f"{what} column {j}")
+        for got, want in zip(tf.nest.flatten(part.initial_core_state),
+                             tf.nest.flatten(own.core_state)):
+            np.testing.assert_array_equal(got.numpy()[j], want, err_msg=f"{what} state {j}")
+    assert part.trajectory.action.shape[1] == len(columns)
+
+
+def test_minibatches_are_the_passes_a_seeded_permutation_draws():
+    """Two passes of three slices over 6 unrolls: slice k of a pass holds the unrolls at
+    places 2k and 2k+1 of that pass's permutation (a fresh one per pass, drawn from the
+    same generator), in ascending order, each with its own core state."""
+    batch, unrolls = _numbered_batch(6)
+    slices = list(minibatches(batch, 2, 3, np.random.default_rng(5)))
+    reference = np.random.default_rng(5)
+    expected = []
+    for _ in range(2):
+        order = reference.permutation(6)
+        expected += [sorted(order[2 * k:2 * k + 2]) for k in range(3)]
+    assert len(slices) == len(expected) == 6
+    assert expected[:3] != expected[3:]  # the two passes are drawn in different orders
+    for i, (part, columns) in enumerate(zip(slices, expected)):
+        _assert_columns(part, unrolls, columns, f"slice {i}")
+
+
+def test_one_minibatch_is_the_batch_itself_and_an_uneven_split_is_named():
+    batch, _ = _numbered_batch(4)
+    assert list(minibatches(batch, 3, 1, np.random.default_rng(0))) == [batch] * 3
+    with pytest.raises(ValueError, match="Batch size 4 does not split into 3 minibatches"):
+        next(minibatches(batch, 1, 3, np.random.default_rng(0)))
+
+
+def test_each_replica_gets_its_own_consecutive_slice_of_the_batch():
+    """Over two (logical CPU) replicas, replica r trains on unrolls 2r and 2r+1 of 4, with
+    their core states; one replica gets the batch as it is; 3 unrolls do not split over 2."""
+    batch, unrolls = _numbered_batch(4)
+    assert split_for_replicas(tf.distribute.get_strategy(), batch) is batch
+    strategy = make_strategy("mirrored", num_cpu_devices=2)
+    parts = strategy.experimental_local_results(split_for_replicas(strategy, batch))
+    assert len(parts) == 2
+    for r, part in enumerate(parts):
+        _assert_columns(part, unrolls, [2 * r, 2 * r + 1], f"replica {r}")
+    odd, _ = _numbered_batch(3)
+    with pytest.raises(ValueError, match="Batch size 3 does not split over 2 replicas"):
+        split_for_replicas(strategy, odd)

@@ -18,7 +18,7 @@ from deadlines import run_learner
 from impala_tf import config
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
-from impala_tf.learning.batcher import ReadyBatch, minibatches
+from impala_tf.learning.batcher import ReadyBatch
 from impala_tf.distribute import make_strategy
 from impala_tf.learning.faults import NonFiniteUpdatesError
 from impala_tf.learning.process import learner_process
@@ -357,34 +357,6 @@ def test_a_fresh_process_gets_a_mirrored_strategy_over_logical_cpus():
                             timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "replicas 2" in result.stdout
-
-
-def test_minibatches_cover_each_unroll_once_per_pass_with_its_core_state():
-    """Two passes of two slices over a batch of 4 unrolls: each pass holds every unroll once,
-    in a new order, and each slice's core states are those of its own unrolls."""
-    agent = Agent(3, SPEC, torso="mlp", lstm_size=8)
-    batch = synthetic_batch(agent, SPEC, RUN.unroll_length, RUN.batch_size, 0.2, 3)
-    # Mark unroll b by its core state, so a mismatch between slices is visible.
-    marked = tf.nest.map_structure(
-        lambda x: tf.broadcast_to(tf.range(4, dtype=x.dtype)[:, None], x.shape),
-        batch.initial_core_state)
-    batch = batch._replace(initial_core_state=marked)
-    frames = batch.trajectory.observation["frame"].numpy()
-    slices = list(minibatches(batch, 2, 2, np.random.default_rng(0)))
-    assert len(slices) == 4
-    passes = []
-    for mb in slices:
-        assert mb.trajectory.action.shape == (RUN.unroll_length + 1, 2)
-        ids = tf.nest.flatten(mb.initial_core_state)[0].numpy()[:, 0].astype(int)
-        for j, b in enumerate(ids):  # the trajectory of unroll b came with its state
-            np.testing.assert_array_equal(mb.trajectory.observation["frame"].numpy()[:, j],
-                                          frames[:, b])
-        passes.append(ids)
-    for first, second in [(passes[0], passes[1]), (passes[2], passes[3])]:
-        assert sorted(np.concatenate([first, second])) == [0, 1, 2, 3]
-    assert list(minibatches(batch, 3, 1, np.random.default_rng(0))) == [batch] * 3
-    with pytest.raises(ValueError, match="does not split into 3"):
-        next(minibatches(batch, 1, 3, np.random.default_rng(0)))
 
 
 def _reference_updates(agent, batch, run, seed, batches):

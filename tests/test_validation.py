@@ -117,3 +117,46 @@ def test_the_derived_message_limit_is_a_whole_unroll_plus_its_episodes_header():
                                            + HEADER_ALLOWANCE_BYTES + T * 2 * EPISODE_ENTRY_BYTES)
     honest = _message(episodes=[[1.0, 4, "l" * 200]] * (T * 2))
     assert len(honest) <= validator.max_message_bytes
+
+
+def _above(value):
+    """The next float32 past `value`, away from zero."""
+    return np.nextafter(np.float32(value), np.float32(np.inf if value >= 0 else -np.inf))
+
+
+def test_the_default_limits_hold_exactly_at_their_edges():
+    """With `UnrollLimits()`'s defaults, each bounded value passes at its bound (either sign)
+    and is refused, naming its field, one float32 past it: reward 1e6, logits 1e4, the core
+    state 1e6, a float observation without spec bounds 1e6, action [0, A-1], discount [0, 1];
+    an episode of 1e9 frames and a return of 1e6 per frame."""
+    spec = {**SPEC, "observation/depth": (np.float32, (T + 1, 2))}
+    validator = UnrollValidator(spec, A, None, num_actors=2, num_envs=2)
+    base = _fields(**{"observation/depth": np.zeros((T + 1, 2), np.float32)})
+    edges = {"reward": 1e6, "behaviour_logits": 1e4, "core_state/h": 1e6,
+             "observation/depth": 1e6}
+    for name, bound in edges.items():
+        for sign in (1, -1):
+            at = base[name].copy()
+            at.flat[1] = sign * bound
+            validator(codec.encode(codec.UNROLL_MAGIC, {**base, name: at},
+                                   {"actor_id": 0, "policy_version": 0, "episodes": []}))
+            at.flat[1] = _above(sign * bound)
+            with pytest.raises(codec.CodecError, match=name):
+                validator(codec.encode(codec.UNROLL_MAGIC, {**base, name: at},
+                                       {"actor_id": 0, "policy_version": 0, "episodes": []}))
+    for name, good, bad in [("action", [0, A - 1, 0, 0], [0, A, 0, 0]),
+                            ("action", [0, A - 1, 0, 0], [0, -1, 0, 0]),
+                            ("discount", [0, 1, 0, 1], [0, _above(1.0), 0, 1]),
+                            ("discount", [0, 1, 0, 1], [0, -np.float32(1e-45), 0, 1])]:
+        dtype = base[name].dtype
+        validator(codec.encode(codec.UNROLL_MAGIC, {**base, name: np.array(good, dtype)},
+                               {"actor_id": 0, "policy_version": 0, "episodes": []}))
+        with pytest.raises(codec.CodecError, match=name):
+            validator(codec.encode(codec.UNROLL_MAGIC, {**base, name: np.array(bad, dtype)},
+                                   {"actor_id": 0, "policy_version": 0, "episodes": []}))
+    defaults = UnrollLimits()
+    assert parse_episodes([[3e6, 3, "a"], [-3e6, 3, "a"], [0.0, 10**9, "a"]],
+                          defaults, 6)[2].episode_frames == 10**9
+    for bad in ([3e6 + 1, 3, "a"], [-3e6 - 1, 3, "a"], [0.0, 10**9 + 1, "a"]):
+        with pytest.raises(codec.CodecError):
+            parse_episodes([bad], defaults, 6)
