@@ -120,8 +120,10 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     expected = np.stack(stacks, axis=1)
     host = stack_unrolls(unrolls, ()).batch.trajectory.observation["frame"]
     np.testing.assert_array_equal(host, expected)
+    assert host.dtype == np.uint8
     device = stack_unrolls(unrolls, (), frames_on_device=True)
     frames = device.batch.trajectory.observation["frame"]
+    assert frames.timeline.dtype == np.uint8 and frames.index.dtype == np.int32
     assert isinstance(frames, PackedFrames) and frames.timeline.shape == (
         4 * steps, 5) + expected.shape[2:4] + (1,) and frames.index.shape == (steps, 5, 4)
     # Each frame once: an unroll without restarts reads only its first S-1+T+1 places.
@@ -133,6 +135,59 @@ def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     # A replica's slice of the batch (axis 1 of both parts) gathers its own unrolls' stacks.
     half = PackedFrames(tensors.timeline[:, 2:4], tensors.index[:, 2:4])
     np.testing.assert_array_equal(stacks_from_frames(half).numpy(), expected[:, 2:4])
+
+
+def test_a_batch_of_one_unroll_is_stacked_into_aligned_arrays():
+    """B = 1, plain and packed frames (as stacks and frame-major): every array of the batch
+    is C-contiguous and 64-byte aligned (what lets `as_tensor` share it) and holds the
+    unroll's own values and dtypes."""
+    from frame_stacks import stacks as _stacks
+
+    from impala_tf.rpc import frame_packing
+    rng = np.random.default_rng(4)
+    unroll = _unroll(rng, 4, 3, 9)
+    state = (np.zeros(7, np.float32), np.zeros(7, np.float32))
+    ready = stack_unrolls([unroll], state)
+    assert ready.actor_ids.tolist() == [9] and ready.policy_versions.tolist() == [3]
+    for got, own in zip(tf.nest.flatten(ready.batch.trajectory),
+                        tf.nest.flatten(unroll.trajectory)):
+        np.testing.assert_array_equal(got[:, 0], own)
+        assert got.dtype == own.dtype and got.flags.c_contiguous and got.ctypes.data % 64 == 0
+    for got, own in zip(ready.batch.initial_core_state, unroll.core_state):
+        np.testing.assert_array_equal(got[0], own)
+        assert got.flags.c_contiguous and got.ctypes.data % 64 == 0
+    stack = _stacks(rng, restarts=(5,))
+    spec = {"observation/frame": (np.dtype(np.uint8), stack.shape)}
+    steps = stack.shape[0]
+    others = {"action": np.zeros(steps, np.int32), "reward": np.zeros(steps, np.float32),
+              "discount": np.ones(steps, np.float32), "episode_start": np.zeros(steps, bool),
+              "behaviour_logits": np.zeros((steps, 3), np.float32)}
+    packed = Unroll.from_flat({**frame_packing.unpack(frame_packing.pack(
+        {"observation/frame": stack}, {"frame": 1}), spec, {"frame": 1}), **others}, 0, 0)
+    host = stack_unrolls([packed], ()).batch.trajectory.observation["frame"]
+    np.testing.assert_array_equal(host[:, 0], stack)
+    assert host.dtype == np.uint8 and host.ctypes.data % 64 == 0
+    device = stack_unrolls([packed], (), frames_on_device=True).batch.trajectory
+    timeline = device.observation["frame"].timeline
+    assert timeline.dtype == np.uint8 and timeline.shape[1] == 1
+
+
+def test_next_gives_none_when_no_batch_is_ready_within_its_timeout():
+    """An empty queue: next() returns None after its timeout rather than waiting for ever."""
+    import queue
+    import threading
+
+    from impala_tf.learning.batcher import Batcher
+    batcher = Batcher(queue.Queue(), batch_size=2, initial_state=())
+    answers = []
+    try:
+        waiter = threading.Thread(target=lambda: answers.append(batcher.next(timeout=0.05)),
+                                  daemon=True)
+        waiter.start()
+        waiter.join(timeout=30)
+        assert answers == [None], "next(timeout=0.05) still waiting after 30 s"
+    finally:
+        batcher.stop()
 
 
 def test_the_batcher_thread_hands_over_batches_in_arrival_order_and_prefetches_one():

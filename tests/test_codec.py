@@ -174,6 +174,23 @@ def test_each_boolean_byte_value_and_each_bound_edge():
             codec.validate_fields(fields(flag_bytes, levels), spec, bounds)
 
 
+def test_elementwise_bounds_hold_at_their_edges_and_name_the_value_past_them():
+    """Bounds given per element (a dm_env BoundedArray's arrays) are checked element by
+    element: each element at its own minimum or maximum is inside; one past is refused, and
+    the message names that value, not a neighbour at its edge."""
+    spec = {"pos": (np.dtype(np.float32), (3,))}
+    bounds = {"pos": (np.array([-1.0, 0.0, 2.0]), np.array([1.0, 5.0, 3.0]))}
+    codec.validate_fields({"pos": np.array([-1, 0, 3], np.float32)}, spec, bounds)
+    codec.validate_fields({"pos": np.array([1, 5, 2], np.float32)}, spec, bounds)
+    for values, found in (([-1, 0, 3.5], "3.5"), ([-1.5, 0, 2], "-1.5"), ([1, 5.25, 2], "5.25")):
+        with pytest.raises(codec.CodecError, match=rf"outside \[-1\.\.2, 1\.\.5\] \(found {found}\)"):
+            codec.validate_fields({"pos": np.array(values, np.float32)}, spec, bounds)
+    # A scalar bound whose field holds both edges and one value past: that value is named.
+    with pytest.raises(codec.CodecError, match=r"\(found 10\)"):
+        codec.validate_fields({"level": np.array([0, 9, 10], np.int32)},
+                              {"level": (np.dtype(np.int32), (3,))}, {"level": (0, 9)})
+
+
 def test_a_number_of_64_characters_is_read_and_a_longer_one_refused():
     """Any double fits in 64 characters; a longer literal is refused even where its first 64
     would read as a finite number."""

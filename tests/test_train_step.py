@@ -285,3 +285,20 @@ def test_a_nonfinite_update_is_skipped_and_changes_nothing(jit_compile):
     assert float(stats["nonfinite_update"]) == 0.0
     assert int(step.optimizer.iterations.numpy()) == 1
     assert max(np.abs(a - b).max() for a, b in zip(weights, agent.get_weights())) > 0
+
+
+def test_a_nonfinite_update_is_traced_to_the_unrolls_behind_it():
+    """`finite_per_unroll` answers per unroll, each alone: a NaN reward in unroll 1 and a
+    reward past float32's range in unroll 3 (finite on the wire, infinite in the loss) are
+    the two False of five; the weights are left as they were."""
+    agent = _agent()
+    step = _train_step(agent, reward_clipping="none")
+    clean = _trajectory(4, 5)
+    poisoned = clean._replace(reward=tf.tensor_scatter_nd_update(
+        clean.reward, [[2, 1], [3, 3]], [float("nan"), 3e38]))
+    weights = agent.get_weights()
+    finite = step.finite_per_unroll(LearnerBatch(poisoned, agent.initial_state(5)))
+    assert finite.dtype == np.bool_ and finite.tolist() == [True, False, True, False, True]
+    assert step.finite_per_unroll(LearnerBatch(clean, agent.initial_state(5))).all()
+    for a, b in zip(weights, agent.get_weights()):
+        np.testing.assert_array_equal(a, b)

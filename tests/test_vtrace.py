@@ -210,7 +210,8 @@ def test_shape_mistakes_raise_clear_errors(override, message):
 def test_from_logits_rejects_mismatched_logits():
     inputs = _random_inputs(T=4, B=2)
     del inputs["log_rhos"]
-    with pytest.raises(ValueError, match="`target_policy_logits` has shape"):
+    with pytest.raises(ValueError, match=r"`target_policy_logits` has shape \[4, 2, 5\] but "
+                       r"`behaviour_policy_logits` has shape \[4, 2, 3\]"):
         vtrace.from_logits(np.zeros((4, 2, 3), np.float32), np.zeros((4, 2, 5), np.float32),
                            np.zeros((4, 2), np.int32), **inputs)
     for wrong in ("behaviour_policy_logits", "target_policy_logits"):
