@@ -68,14 +68,14 @@ def trajectory_spec(
     steps = unroll_length + 1
     return Trajectory(
         observation={
-            name: tf.TensorSpec([steps] + spec.shape.as_list(), spec.dtype, name=name)
+            name: tf.TensorSpec([steps] + spec.shape.as_list(), spec.dtype)
             for name, spec in observation_spec.items()
         },
-        action=tf.TensorSpec([steps], tf.int32, name="action"),
-        reward=tf.TensorSpec([steps], tf.float32, name="reward"),
-        discount=tf.TensorSpec([steps], tf.float32, name="discount"),
-        episode_start=tf.TensorSpec([steps], tf.bool, name="episode_start"),
-        behaviour_logits=tf.TensorSpec([steps, num_actions], tf.float32, name="behaviour_logits"),
+        action=tf.TensorSpec([steps], tf.int32),
+        reward=tf.TensorSpec([steps], tf.float32),
+        discount=tf.TensorSpec([steps], tf.float32),
+        episode_start=tf.TensorSpec([steps], tf.bool),
+        behaviour_logits=tf.TensorSpec([steps, num_actions], tf.float32),
     )
 
 

@@ -172,22 +172,82 @@ def test_a_batch_of_one_unroll_is_stacked_into_aligned_arrays():
     assert timeline.dtype == np.uint8 and timeline.shape[1] == 1
 
 
-def test_next_gives_none_when_no_batch_is_ready_within_its_timeout():
-    """An empty queue: next() returns None after its timeout rather than waiting for ever."""
+def test_a_batch_waits_for_its_last_unroll_and_next_gives_none_meanwhile():
+    """Unrolls that arrive apart: next() returns None at its timeout (rather than waiting
+    for ever, or handing over a short batch) until the B-th arrives; the thread is a daemon
+    named `batcher`, has recorded no bytes before its first batch, and stop() ends it while
+    it waits on an empty queue."""
     import queue
     import threading
+    import time
 
     from impala_tf.learning.batcher import Batcher
-    batcher = Batcher(queue.Queue(), batch_size=2, initial_state=())
-    answers = []
+    rng = np.random.default_rng(5)
+    unrolls = queue.Queue()
+    batcher = Batcher(unrolls, batch_size=2, initial_state=())
     try:
+        assert batcher._thread.name == "batcher" and batcher._thread.daemon
+        assert batcher.observation_bytes == 0
+        answers = []
         waiter = threading.Thread(target=lambda: answers.append(batcher.next(timeout=0.05)),
                                   daemon=True)
         waiter.start()
         waiter.join(timeout=30)
         assert answers == [None], "next(timeout=0.05) still waiting after 30 s"
+        first = _unroll(rng, 3, 0, 0)._replace(core_state=())
+        unrolls.put(first)
+        time.sleep(0.5)  # five of the batcher's polls of the queue
+        assert batcher.next(timeout=0.05) is None and batcher.error is None
+        unrolls.put(_unroll(rng, 3, 1, 1)._replace(core_state=()))
+        ready = batcher.next(timeout=30)
+        assert ready is not None and ready.actor_ids.tolist() == [0, 1]
+        assert ready.batch.trajectory.action.shape == (3, 2)
     finally:
         batcher.stop()
+    assert not batcher._thread.is_alive(), "stop() left the thread waiting on an empty queue"
+
+
+@pytest.mark.parametrize("frames_on_device", [None, False, True])
+def test_the_batcher_hands_packed_frames_over_as_stacks_or_each_frame_once(frames_on_device):
+    """Packed unrolls through the thread: stacks by default and with frames_on_device=False,
+    `PackedFrames` (each frame once) with frames_on_device=True. A plain observation beside
+    them is stacked either way."""
+    import queue
+
+    from frame_stacks import stacks as _stacks
+
+    from impala_tf.learning.batcher import Batcher
+    from impala_tf.learning.device_frames import PackedFrames, stacks_from_frames
+    from impala_tf.rpc import frame_packing
+    rng = np.random.default_rng(6)
+    stacks = [_stacks(rng, restarts=r) for r in [(3,), ()]]
+    steps = stacks[0].shape[0]
+    spec = {"observation/frame": (np.dtype(np.uint8), stacks[0].shape)}
+    unrolls = queue.Queue()
+    for i, stack in enumerate(stacks):
+        fields = frame_packing.unpack(frame_packing.pack({"observation/frame": stack},
+                                                         {"frame": 1}), spec, {"frame": 1})
+        fields["observation/level"] = np.full(steps, i, np.int32)
+        unrolls.put(Unroll.from_flat({**fields, "action": np.zeros(steps, np.int32),
+                                      "reward": np.zeros(steps, np.float32),
+                                      "discount": np.ones(steps, np.float32),
+                                      "episode_start": np.zeros(steps, bool),
+                                      "behaviour_logits": np.zeros((steps, 3), np.float32)},
+                                     0, i))
+    kwargs = {} if frames_on_device is None else {"frames_on_device": frames_on_device}
+    batcher = Batcher(unrolls, batch_size=2, initial_state=(), **kwargs)
+    try:
+        ready = batcher.next(timeout=30)
+    finally:
+        batcher.stop()
+    frames, level = (ready.batch.trajectory.observation[n] for n in ("frame", "level"))
+    np.testing.assert_array_equal(level.numpy(), [[0, 1]] * steps)
+    if frames_on_device:
+        assert isinstance(frames, PackedFrames)
+        frames = stacks_from_frames(frames)
+    else:
+        assert isinstance(frames, tf.Tensor)
+    np.testing.assert_array_equal(frames.numpy(), np.stack(stacks, axis=1))
 
 
 def test_the_batcher_thread_hands_over_batches_in_arrival_order_and_prefetches_one():

@@ -45,7 +45,12 @@ def test_packed_stacks_rebuild_exactly(k):
      "2 restarts"),
     (lambda p: p["observation/frame/restart"].__setitem__(0, True), "restart at step 0"),
     (lambda p: p.__setitem__("observation/frame/newest",
-                             p["observation/frame/newest"].astype(np.int32)), "newest"),
+                             p["observation/frame/newest"].astype(np.int32)),
+     r"'observation/frame/newest': int32\[21, 6, 5, 1\] != expected uint8"),
+    (lambda p: p.__setitem__("observation/frame/restart", p["observation/frame/restart"][:-1]),
+     r"'observation/frame/restart': bool\[20\] != expected bool\[21\]"),
+    (lambda p: p["observation/frame/restart"].view(np.uint8).__setitem__(3, 2),
+     "booleans other than 0 and 1"),
     (lambda p: p.__setitem__("observation/frame/first", p["observation/frame/first"][..., :2]),
      "first"),
     (lambda p: p.pop("observation/frame/restart"), "missing"),
@@ -313,3 +318,23 @@ def test_a_learner_stacking_frames_in_its_graph_makes_the_same_update(tmp_path):
     with pytest.raises(ValueError, match="stack_frames_on = 'gpu'"):
         learner_process(specs, num_actions, str(tmp_path / "bad"), batch_source=lambda: None,
                 endpoint_settings={"stack_frames_on": "gpu"})
+
+
+def test_stacks_with_values_to_check_are_checked_whole_after_unpacking():
+    """A stacked observation whose bound is narrower than its dtype (uint8 in [0, 100]) is
+    rebuilt and checked whole: an honest packed unroll comes back as it was sent, one frame
+    of 101 anywhere in it is refused, naming the observation."""
+    stack = _stacks(np.random.default_rng(8)) % 101
+    spec = {"observation/frame": (np.dtype(np.uint8), stack.shape)}
+    validator = UnrollValidator(spec, 3, 1 << 20, num_actors=2, stacked_observations={"frame": 1},
+                                observation_bounds={"frame": (0, 100)}, num_envs=2)
+    meta = {"policy_version": 0, "actor_id": 1}
+    honest = frame_packing.encode_streamed({"observation/frame": stack}, {"frame": 1}, meta, 0)
+    unroll, _ = validator(honest.whole, validator.new_stream())
+    np.testing.assert_array_equal(np.asarray(unroll.flat()["observation/frame"]), stack)
+    for step in (0, 10, T):
+        bad = stack.copy()
+        bad[step, 2, 3, -1] = 101  # in step's newest frame (the packing finds a restart)
+        sent = frame_packing.encode_streamed({"observation/frame": bad}, {"frame": 1}, meta, 0)
+        with pytest.raises(codec.CodecError, match=r"'observation/frame': values outside"):
+            validator(sent.whole, validator.new_stream())

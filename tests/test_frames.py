@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from impala_tf import frames
+from impala_tf.learning.batcher import aligned_empty
 from frame_stacks import stacks as _stacks
 
 
@@ -27,6 +28,13 @@ def test_layouts_words_cannot_serve_are_declined():
     assert frames.word_view(np.empty((4, 5, 4), np.int32)) is None
     assert frames.word_view(np.empty((4, 4, 5), np.uint8).transpose(0, 2, 1)) is None  # strided
     assert frames.word_view(np.empty(4 * 5 * 4 + 1, np.uint8)[1:].reshape(4, 5, 4)) is None
+    # Each one way to fail, the others met (a 64-byte aligned buffer; strides all multiples
+    # of the word but the one named):
+    buffer = aligned_empty((4096,), np.uint8)
+    assert frames.word_view(buffer[:64].reshape(4, 16)) is None  # 16 frames: no such word
+    assert frames.word_view(buffer[:80].view(np.int8).reshape(4, 5, 4)) is None  # not uint8
+    assert frames.word_view(buffer[:320].reshape(4, 10, 8)[..., ::2]) is None  # channel stride 2
+    assert frames.word_view(buffer[:40].reshape(2, 4, 5)[..., :4]) is None  # row stride 5
 
 
 @pytest.mark.parametrize("depth, channels, aligned", [
@@ -52,9 +60,12 @@ def test_continuing_stacks_as_words_equals_channel_slices(depth, channels, align
     assert continues[0] and continues[2] and continues[3] and not continues[1]
 
 
-@pytest.mark.parametrize("k, restarts", [(1, (7, 15)), (1, ()), (1, (1, 2, 3, 20)), (3, (9,))])
-def test_a_packed_stack_holds_each_frame_once_and_rebuilds_every_stack(k, restarts):
-    stacks = _stacks(np.random.default_rng(k), k=k, restarts=restarts)
+# Unrolls shorter than a stack (T+1 <= S: the last stack still holds frames of the first).
+@pytest.mark.parametrize("k, restarts, steps", [
+    (1, (7, 15), 21), (1, (), 21), (1, (1, 2, 3, 20), 21), (3, (9,), 21), (1, (), 3),
+    (2, (2,), 4)])
+def test_a_packed_stack_holds_each_frame_once_and_rebuilds_every_stack(k, restarts, steps):
+    stacks = _stacks(np.random.default_rng(k), steps=steps, k=k, restarts=restarts)
     depth, steps = stacks.shape[-1] // k, stacks.shape[0]
     packed = frames.pack_stacks(stacks, k)
     assert np.flatnonzero(packed.restart).tolist() == list(restarts)  # found from the pixels

@@ -246,3 +246,21 @@ def test_statistics_are_checkpointed_with_the_head(tmp_path):
     np.testing.assert_allclose(other.popart.scale().numpy(), SIGMA, rtol=1e-6)
     np.testing.assert_array_equal(other_agent.baseline_head.kernel.numpy(),
                                   agent.baseline_head.kernel.numpy())
+
+
+def test_the_statistics_step_by_hand_for_a_task_seen_once():
+    """`updated_moments` by hand: mu' = (1 - beta) mu + beta sum / count, nu' likewise with
+    the squares; a task with a single valid step moves (count 1), an absent one (count 0)
+    keeps its statistics."""
+    from impala_tf.popart import PopArt
+    popart = PopArt(3, step_size=0.25)
+    popart.mu.assign([1.0, -2.0, 0.5])
+    popart.nu.assign([5.0, 4.25, 9.25])
+    moments = tf.constant([[1.0, 0.0, 4.0],    # count of valid steps
+                           [3.0, 0.0, 2.0],    # sum of their targets
+                           [9.0, 0.0, 8.0]])   # sum of their squares
+    mu, nu = popart.updated_moments(moments)
+    np.testing.assert_allclose(mu.numpy(), [0.75 * 1.0 + 0.25 * 3.0, -2.0,
+                                            0.75 * 0.5 + 0.25 * 0.5], rtol=1e-6)
+    np.testing.assert_allclose(nu.numpy(), [0.75 * 5.0 + 0.25 * 9.0, 4.25,
+                                            0.75 * 9.25 + 0.25 * 2.0], rtol=1e-6)

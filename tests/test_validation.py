@@ -160,3 +160,34 @@ def test_the_default_limits_hold_exactly_at_their_edges():
     for bad in ([3e6 + 1, 3, "a"], [-3e6 - 1, 3, "a"], [0.0, 10**9 + 1, "a"]):
         with pytest.raises(codec.CodecError):
             parse_episodes([bad], defaults, 6)
+
+
+def test_episode_report_counts_and_the_validators_own_limits():
+    """The count of reported episodes: exactly the most allowed passes (by default 1000 for
+    library use; `max_episodes_per_unroll` when set); each refusal names what failed; the
+    validator judges episodes by its own limits, not the defaults."""
+    assert len(parse_episodes([[0.0, 1, "a"]] * 6, UnrollLimits(), 6)) == 6
+    assert len(parse_episodes([[0.0, 1, "a"]] * 1000)) == 1000
+    with pytest.raises(codec.CodecError, match="at most 1000 entries"):
+        parse_episodes([[0.0, 1, "a"]] * 1001)
+    capped = UnrollLimits(max_episodes_per_unroll=2)
+    assert len(parse_episodes([[0.0, 1, "a"]] * 2, capped, 6)) == 2
+    with pytest.raises(codec.CodecError, match="at most 2 entries"):
+        parse_episodes([[0.0, 1, "a"]] * 3, capped, 6)
+    with pytest.raises(codec.CodecError, match="'episode frames' must be an int"):
+        parse_episodes([[0.0, -1, "a"]], UnrollLimits(), 6)
+    with pytest.raises(codec.CodecError, match="an episode's level name must be a string"):
+        parse_episodes([[0.0, 1, 7]], UnrollLimits(), 6)
+    strict = _validator(limits=UnrollLimits(max_abs_episode_return=4.0))
+    with pytest.raises(codec.CodecError, match="beyond what its steps could score"):
+        strict(_message(episodes=[[5.0, 4, "a"]]))
+    _validator()(_message(episodes=[[5.0, 4, "a"]]))  # within the default limits
+
+
+def test_a_message_over_the_derived_limit_is_refused_before_it_is_read():
+    validator = _validator()
+    oversized = _message(episodes=[[0.0, 1, "a"]],
+                         padding="x" * (validator.max_message_bytes + 1))
+    with pytest.raises(codec.CodecError,
+                       match=f"exceeds the limit of {validator.max_message_bytes}"):
+        validator(oversized)
