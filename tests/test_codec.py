@@ -206,3 +206,17 @@ def test_a_number_of_64_characters_is_read_and_a_longer_one_refused():
     for longer in ("0." + "0" * 62 + "5", "1." + "0" * 200):
         with pytest.raises(codec.CodecError, match="not a finite double"):
             codec.decode(raw(longer), codec.UNROLL_MAGIC)
+
+
+def test_the_layout_cache_never_holds_more_than_its_bound():
+    """Headers of MAX_CACHED_LAYOUTS + 6 different field lists: the cache of checked layouts
+    (keyed by header bytes) stays within its bound, and every message still decodes whole."""
+    codec._layouts.clear()
+    for i in range(codec.MAX_CACHED_LAYOUTS + 6):
+        fields = {f"field_{i}": np.full(2, i, np.float32)}
+        data = codec.encode(codec.UNROLL_MAGIC, fields, {"i": i})
+        for _ in range(2):  # the second decode reads the layout from the cache
+            decoded, meta = codec.decode(data, codec.UNROLL_MAGIC, 1 << 20)
+            assert meta == {"i": i} and list(decoded) == [f"field_{i}"]
+            np.testing.assert_array_equal(decoded[f"field_{i}"], fields[f"field_{i}"])
+        assert 1 <= len(codec._layouts) <= codec.MAX_CACHED_LAYOUTS

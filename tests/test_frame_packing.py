@@ -338,3 +338,22 @@ def test_stacks_with_values_to_check_are_checked_whole_after_unpacking():
         sent = frame_packing.encode_streamed({"observation/frame": bad}, {"frame": 1}, meta, 0)
         with pytest.raises(codec.CodecError, match=r"'observation/frame': values outside"):
             validator(sent.whole, validator.new_stream())
+
+
+def test_float_stacks_without_a_bound_are_still_checked_for_nan():
+    """A stacked float observation with no bound at all (max_abs_observation=None) is still
+    rebuilt and checked whole: a NaN in one frame is refused."""
+    from impala_tf.rpc.validation import UnrollLimits
+    stack = _stacks(np.random.default_rng(9)).astype(np.float32) / 255
+    spec = {"observation/frame": (np.dtype(np.float32), stack.shape)}
+    validator = UnrollValidator(spec, 3, 1 << 20, num_actors=2, stacked_observations={"frame": 1},
+                                limits=UnrollLimits(max_abs_observation=None), num_envs=2)
+    meta = {"policy_version": 0, "actor_id": 1}
+    honest = frame_packing.encode_streamed({"observation/frame": stack}, {"frame": 1}, meta, 0)
+    unroll, _ = validator(honest.whole, validator.new_stream())
+    np.testing.assert_array_equal(np.asarray(unroll.flat()["observation/frame"]), stack)
+    bad = stack.copy()
+    bad[6, 1, 1, -1] = np.nan
+    sent = frame_packing.encode_streamed({"observation/frame": bad}, {"frame": 1}, meta, 0)
+    with pytest.raises(codec.CodecError, match=r"'observation/frame': contains NaN"):
+        validator(sent.whole, validator.new_stream())

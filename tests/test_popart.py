@@ -130,6 +130,8 @@ def test_statistics_move_and_the_values_are_preserved():
     stats = step(LearnerBatch(trajectory, ()))
     assert float(stats["nonfinite_update"]) == 0.0
     np.testing.assert_allclose(step.popart.mu.numpy(), new_mu, rtol=1e-5, atol=1e-6)
+    assert float(stats["popart_mu_mean"]) == pytest.approx(new_mu.mean(), rel=1e-5, abs=1e-6)
+    assert float(stats["popart_sigma_mean"]) == pytest.approx(new_sigma.mean(), rel=1e-5)
     np.testing.assert_allclose(step.popart.nu.numpy(), new_nu, rtol=1e-5, atol=1e-6)
     assert step.popart.mu.numpy()[1] == MU[1]  # task 1 had no step in the batch
     np.testing.assert_allclose(agent.baseline_head.kernel.numpy(), kernel * SIGMA / new_sigma,
@@ -224,7 +226,9 @@ def test_xla_update_matches_the_graph_update():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(popart_step_size=0.0), "step_size"),
+    (dict(popart_step_size=1.0 + 1e-9), "step_size"),
     (dict(popart_scale_bounds=(0.0, 1.0)), "scale_bounds"),
+    (dict(popart_scale_bounds=(2.0, 1.0)), "scale_bounds"),
 ])
 def test_bad_popart_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -264,3 +268,13 @@ def test_the_statistics_step_by_hand_for_a_task_seen_once():
                                             0.75 * 0.5 + 0.25 * 0.5], rtol=1e-6)
     np.testing.assert_allclose(nu.numpy(), [0.75 * 5.0 + 0.25 * 9.0, 4.25,
                                             0.75 * 9.25 + 0.25 * 2.0], rtol=1e-6)
+
+
+def test_the_settings_at_their_edges_and_the_statistics_are_not_trained():
+    """beta = 1 and sigma_min = sigma_max are allowed; the default beta is the paper's 3e-4
+    (Hessel et al. 2018); mu and nu are statistics, never in the trainable variables."""
+    from impala_tf.popart import PopArt
+    edge = PopArt(2, step_size=1.0, scale_bounds=(0.5, 0.5))
+    assert edge.step_size == 1.0 and edge.scale_bounds == (0.5, 0.5)
+    assert PopArt(2).step_size == 3e-4
+    assert edge.trainable_variables == () and len(edge.variables) == 2

@@ -191,3 +191,24 @@ def test_a_message_over_the_derived_limit_is_refused_before_it_is_read():
     with pytest.raises(codec.CodecError,
                        match=f"exceeds the limit of {validator.max_message_bytes}"):
         validator(oversized)
+
+
+def test_the_core_state_comes_back_in_the_agents_structure():
+    """With the agent's core-state template (a namedtuple, as the LSTM's), an unroll's core
+    state is that structure, holding what was sent; without one, a dict by path."""
+    from collections import namedtuple
+    State = namedtuple("State", "h")
+    fields = _fields()
+    unroll, _ = _validator(core_state_template=State(h=np.zeros(5, np.float32)))(
+        _message(fields))
+    assert type(unroll.core_state) is State
+    np.testing.assert_array_equal(unroll.core_state.h, fields["core_state/h"])
+    plain, _ = _validator()(_message(fields))
+    assert list(plain.core_state) == ["h"]
+
+
+def test_an_unroll_of_one_step_may_report_one_episode_per_environment():
+    spec = {name: (dtype, (2,) + shape[1:]) if shape[0] == T + 1 else (dtype, shape)
+            for name, (dtype, shape) in SPEC.items()}
+    validator = UnrollValidator(spec, A, None, num_actors=2, num_envs=3)
+    assert validator.unroll_length == 1 and validator.max_episodes_per_unroll == 3
