@@ -220,3 +220,62 @@ def test_the_layout_cache_never_holds_more_than_its_bound():
             assert meta == {"i": i} and list(decoded) == [f"field_{i}"]
             np.testing.assert_array_equal(decoded[f"field_{i}"], fields[f"field_{i}"])
         assert 1 <= len(codec._layouts) <= codec.MAX_CACHED_LAYOUTS
+
+
+def _raw(header: bytes, payload: bytes = b"") -> bytes:
+    return codec.UNROLL_MAGIC + struct.pack("<I", len(header)) + header + payload
+
+
+def test_every_decoding_limit_holds_exactly_at_its_edge():
+    """Each limit of `decode` and `parse_header` admits a message at it and refuses, with its
+    own message, one just past it: the total size, the header's length and nesting (brackets
+    in strings not counted; closing brackets counted down), the number of fields, the rank
+    and each dimension of a shape."""
+    data = codec.encode(codec.UNROLL_MAGIC, {"x": np.zeros(3, np.float32)}, {"k": 1})
+    assert codec.decode(data, codec.UNROLL_MAGIC, len(data))[1] == {"k": 1}
+    with pytest.raises(codec.CodecError, match=f"exceeds the limit of {len(data) - 1}"):
+        codec.decode(data, codec.UNROLL_MAGIC, len(data) - 1)
+
+    def nested(depth, text=""):  # a header `depth` brackets deep: {"fields":[],"meta":{...}}
+        inner = "0"
+        for _ in range(depth - 2):
+            inner = f"[{inner}]"
+        return f'{{"fields":[],"meta":{{"a":{inner},"s":"{text}"}}}}'.encode()
+
+    assert codec.parse_header(nested(codec.MAX_HEADER_DEPTH, "[[[[[[[[[[[[[[[[[[[[{{"))
+    assert codec.parse_header(b'[' + b"[0]," * 40 + b"[0]]") is not None  # wide, not deep
+    with pytest.raises(codec.CodecError, match="nested deeper than 16 levels"):
+        codec.parse_header(nested(codec.MAX_HEADER_DEPTH + 1))
+    for header in (nested(codec.MAX_HEADER_DEPTH), nested(codec.MAX_HEADER_DEPTH, '\\"[[')):
+        assert codec.decode(_raw(header), codec.UNROLL_MAGIC)[0] == {}
+    padded = b'{"fields":[],"meta":{"p":"'
+    padded += b"x" * (codec.MAX_HEADER_BYTES - len(padded) - 3) + b'"}}'
+    assert len(padded) == codec.MAX_HEADER_BYTES
+    assert codec.decode(_raw(padded), codec.UNROLL_MAGIC)[1]["p"].startswith("xxx")
+    with pytest.raises(codec.CodecError, match="declared header length 1048577 does not fit"):
+        codec.decode(_raw(padded[:-3] + b'x"}}'), codec.UNROLL_MAGIC)
+    short = _raw(b'{"fields":[],"meta":{}}')
+    with pytest.raises(codec.CodecError, match="declared header length 24 does not fit"):
+        codec.decode(short[:4] + struct.pack("<I", 24) + short[8:], codec.UNROLL_MAGIC)
+    many = {f"f{i}": np.zeros(0, np.uint8) for i in range(codec.MAX_FIELDS)}
+    assert len(codec.decode(codec.encode(codec.UNROLL_MAGIC, many, {}),
+                            codec.UNROLL_MAGIC)[0]) == codec.MAX_FIELDS
+    many["one_more"] = np.zeros(0, np.uint8)
+    with pytest.raises(codec.CodecError, match="1025 fields; at most 1024"):
+        codec.decode(codec.encode(codec.UNROLL_MAGIC, many, {}), codec.UNROLL_MAGIC)
+
+    def one_field(shape, dtype="|u1", payload=b""):
+        return _raw(('{"fields":[["x","%s",%s]],"meta":{}}' % (dtype, list(shape))).encode(),
+                    payload)
+
+    assert codec.decode(one_field([1] * 8, payload=b"\x07"), codec.UNROLL_MAGIC)[0][
+        "x"].shape == (1,) * 8
+    for shape in ([1] * 9, [2**31], [-1]):
+        with pytest.raises(codec.CodecError, match="bad shape"):
+            codec.decode(one_field(shape), codec.UNROLL_MAGIC)
+    whole = len(one_field([100], "<f8"))  # 800 bytes, in fewer than 100
+    with pytest.raises(codec.CodecError, match=f"declares more bytes than the whole message "
+                       f"holds \\({whole}\\)"):
+        codec.decode(one_field([100], "<f8"), codec.UNROLL_MAGIC)
+    with pytest.raises(codec.CodecError, match="declares 1 bytes but only 0 remain"):
+        codec.decode(one_field([1]), codec.UNROLL_MAGIC)

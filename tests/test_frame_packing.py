@@ -357,3 +357,18 @@ def test_float_stacks_without_a_bound_are_still_checked_for_nan():
     sent = frame_packing.encode_streamed({"observation/frame": bad}, {"frame": 1}, meta, 0)
     with pytest.raises(codec.CodecError, match=r"'observation/frame': contains NaN"):
         validator(sent.whole, validator.new_stream())
+
+
+def test_packed_names_keep_every_field_in_the_spec_order():
+    """A stacked observation between other fields: its parts take its place, and the fields
+    before and after it keep theirs (whole or continued)."""
+    spec = {"observation/instruction": (np.dtype(np.int32), (T + 1, 4)),
+            "observation/frame": (np.dtype(np.uint8), (T + 1, 6, 5, 4)),
+            "reward": (np.dtype(np.float32), (T + 1,))}
+    assert frame_packing.packed_names(spec, {"frame": 1}) == [
+        "observation/instruction", *[f"observation/frame/{p}" for p in frame_packing.PARTS],
+        "reward"]
+    assert frame_packing.packed_names(spec, {"frame": 1}, continued=True) == [
+        "observation/instruction",
+        *[f"observation/frame/{p}" for p in frame_packing.CONTINUED_PARTS], "reward"]
+    assert "first" in frame_packing.PARTS and "first" not in frame_packing.CONTINUED_PARTS

@@ -212,3 +212,12 @@ def test_an_unroll_of_one_step_may_report_one_episode_per_environment():
             for name, (dtype, shape) in SPEC.items()}
     validator = UnrollValidator(spec, A, None, num_actors=2, num_envs=3)
     assert validator.unroll_length == 1 and validator.max_episodes_per_unroll == 3
+
+
+def test_episode_frames_without_a_limit_stop_at_the_meta_int_range():
+    """max_episode_frames=None: any count below 2^62 passes (2^62 - 1 the largest)."""
+    limits = UnrollLimits(max_episode_frames=None)
+    assert limits.max_episode_frames == 2**62 - 1
+    assert parse_episodes([[0.0, 2**62 - 1, "a"]], limits, 6)[0].episode_frames == 2**62 - 1
+    with pytest.raises(codec.CodecError, match="'episode frames' must be an int"):
+        parse_episodes([[0.0, 2**62, "a"]], limits, 6)
