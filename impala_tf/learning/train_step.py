@@ -322,8 +322,9 @@ class TrainStep:
                 "popart_sigma_mean": tf.reduce_mean(new_sigma)}
 
     def current_learning_rate(self) -> tf.Tensor:
-        lr = self.optimizer.learning_rate
-        return tf.convert_to_tensor(lr() if callable(lr) else lr, dtype=tf.float32)
+        """The optimiser's learning rate now, float32 `[]` (Keras 3 evaluates a schedule at
+        the optimiser's step when `learning_rate` is read)."""
+        return tf.cast(self.optimizer.learning_rate, tf.float32)
 
     def update(self, batch: LearnerBatch, local_gradients=None) -> Dict[str, tf.Tensor]:
         """One update, uncompiled: for `strategy.run` inside the learner's `tf.function`
