@@ -116,3 +116,15 @@ def test_masked_steps_do_not_count():
         0.5 * 1.5 ** 2)
     assert losses.entropy_loss(logits, "sum", mask).numpy() == pytest.approx(
         losses.entropy_loss(logits[:1]).numpy())
+
+
+def test_a_masked_mean_divides_by_the_steps_kept_and_float64_comes_back_float32():
+    """Three steps, two kept: the mean is their sum over 2 (not 3, not times 2). Rewards
+    given as float64 (numpy's default) are clipped in float32."""
+    values = tf.constant([[1.0], [3.0], [10.0]])
+    mask = tf.constant([[1.0], [1.0], [0.0]])
+    loss = losses.baseline_loss(values, tf.zeros_like(values), "mean", mask).numpy()
+    assert loss == pytest.approx(0.5 * (1.0 + 9.0) / 2)
+    for clipping in ("none", "abs_one", "soft_asymmetric"):
+        clipped = losses.clip_rewards(np.array([-2.0, 0.25, 3.0]), clipping)
+        assert clipped.dtype == tf.float32, clipping

@@ -85,11 +85,18 @@ def _reference(agent, trajectory, discount=0.99, baseline_cost=0.5, entropy_cost
     return loss, vs, new_mu, new_nu, new_sigma, values
 
 
-def test_losses_are_the_papers_normalised_losses():
+@pytest.mark.parametrize("tasks_change", [False, True])
+def test_losses_are_the_papers_normalised_losses(tasks_change):
+    """Each step in its own task's units; `tasks_change`: an unroll's task changes along it
+    (an environment that draws a level per episode), so every step's statistics differ."""
     agent = _agent()
     step = _step(agent)
     _set_statistics(step)
     trajectory = _trajectory()
+    if tasks_change:
+        tasks = np.random.default_rng(3).integers(0, N, trajectory.action.shape)
+        trajectory = trajectory._replace(observation={
+            **trajectory.observation, "task": tf.constant(tasks, tf.int32)})
     loss, stats = step.compute_loss(LearnerBatch(trajectory, ()))
     want, vs, *_ = _reference(agent, trajectory)
     assert float(loss) == pytest.approx(want, rel=1e-4)

@@ -302,3 +302,53 @@ def test_a_nonfinite_update_is_traced_to_the_unrolls_behind_it():
     assert step.finite_per_unroll(LearnerBatch(clean, agent.initial_state(5))).all()
     for a, b in zip(weights, agent.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_loss_and_its_stats_off_policy_with_every_vtrace_setting_against_numpy():
+    """Off-policy, with V-trace's four settings away from their defaults and the mean
+    reduction over valid steps: every loss term and every logged statistic equals the paper's
+    equations written in numpy (V-trace by equation (1), `test_vtrace.reference_vtrace`)."""
+    from test_vtrace import _log_softmax, reference_vtrace
+    agent = _agent()
+    trajectory = _trajectory(6, 4, seed=8)
+    settings = dict(clip_rho_threshold=0.5, clip_pg_rho_threshold=2.0, clip_c_threshold=0.7,
+                    lambda_=0.9)
+    step = _train_step(agent, discount=0.95, baseline_cost=0.25, entropy_cost=0.02,
+                       loss_reduction="mean", **settings)
+    total, stats = step.compute_loss(LearnerBatch(trajectory, agent.initial_state(4)))
+
+    out = agent.unroll(agent_input_from_trajectory(trajectory), agent.initial_state(4))[0]
+    values = out.baseline.numpy().astype(np.float64)
+    log_pi = _log_softmax(out.policy_logits.numpy()[:-1].astype(np.float64))
+    log_mu = _log_softmax(trajectory.behaviour_logits.numpy()[1:].astype(np.float64))
+    actions = trajectory.action.numpy()[1:]
+    taken = np.take_along_axis(log_pi, actions[..., None], -1)[..., 0]
+    valid = ~trajectory.episode_start.numpy()[1:]
+    assert 0 < (~valid).sum() and valid.sum() > 1  # both kinds of step are in the batch
+    log_rhos = np.where(valid, taken - np.take_along_axis(log_mu, actions[..., None], -1)[..., 0],
+                        -np.inf)
+    rewards = np.clip(trajectory.reward.numpy()[1:], -1, 1)
+    discounts = 0.95 * trajectory.discount.numpy()[1:] * valid
+    vs, pg_advantages = reference_vtrace(
+        log_rhos, discounts, rewards, values[:-1], values[-1], clip_rho=0.5, clip_pg_rho=2.0,
+        clip_c=0.7, lambda_=0.9)
+    n = valid.sum()
+
+    def mean(x):
+        return float((x * valid).sum() / n)
+
+    entropy = -(np.exp(log_pi) * log_pi).sum(-1)
+    want = {"pg_loss": mean(-taken * pg_advantages),
+            "baseline_loss": mean(0.5 * np.square(vs - values[:-1])),
+            "entropy_loss": mean(-entropy), "entropy": mean(entropy),
+            "mean_rho": float(np.exp(log_rhos).sum() / n), "mean_baseline": mean(values[:-1]),
+            "value_target_mean": mean(vs),
+            "value_target_std": mean(np.square(vs - mean(vs))) ** 0.5}
+    want["baseline_explained_variance"] = 1 - mean(
+        np.square(vs - values[:-1] - mean(vs - values[:-1]))) / want["value_target_std"] ** 2
+    want["total_loss"] = want["pg_loss"] + 0.25 * want["baseline_loss"] + 0.02 * want[
+        "entropy_loss"]
+    assert set(stats) == set(want)
+    for name, value in want.items():
+        assert float(stats[name]) == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    assert float(total) == pytest.approx(want["total_loss"], rel=1e-4)

@@ -193,6 +193,11 @@ def test_recursion_is_one_graph_loop_not_a_python_loop():
 @pytest.mark.parametrize(
     "override, message",
     [
+        (dict(log_rhos=np.zeros((7,), np.float32)),
+         r"`log_rhos` must have rank 2 \[T, B\], got shape \[7\]"),
+        (dict(discounts=np.zeros((7, 5, 1), np.float32)),
+         r"`discounts` must have rank 2 \[T, B\], got shape \[7, 5, 1\]"),
+        (dict(rewards=np.zeros((7,), np.float32)), r"`rewards` must have rank 2 \[T, B\]"),
         (dict(values=np.zeros((7,), np.float32)), "`values` must have rank 2"),
         (dict(rewards=np.zeros((6, 5), np.float32)), "`rewards` has shape"),
         (dict(bootstrap_value=np.zeros((7, 5), np.float32)), "`bootstrap_value` must have rank 1"),
@@ -221,3 +226,29 @@ def test_from_logits_rejects_mismatched_logits():
         with pytest.raises(ValueError, match=f"`{wrong}` must have rank 3 "
                            r"\[T, B, NUM_ACTIONS\], got shape \[4, 6\]"):
             vtrace.from_logits(actions=np.zeros((4, 2), np.int32), **logits, **inputs)
+
+
+def test_the_log_probabilities_name_what_is_malformed():
+    logits, actions = np.zeros((4, 2, 3), np.float32), np.zeros((4, 2), np.int32)
+    for args, message in [
+            ((logits[0], actions), r"`policy_logits` must have rank 3 \[T, B, NUM_ACTIONS\], "
+                                   r"got shape \[2, 3\]"),
+            ((logits, actions[0]), r"`actions` must have rank 2 \[T, B\], got shape \[2\]"),
+            ((logits, actions[:3]), r"`actions` has shape \[3, 2\] but `policy_logits\[\.\.\., "
+                                    r"0\]` has shape \[4, 2\]")]:
+        with pytest.raises(ValueError, match=message):
+            vtrace.log_probs_from_logits_and_actions(*args)
+
+
+def test_float64_inputs_give_the_float32_results():
+    """numpy's default float64 is taken and computed in float32, as the learner's tensors."""
+    inputs = _random_inputs()
+    single = vtrace.from_importance_weights(**inputs)
+    double = vtrace.from_importance_weights(
+        **{k: v.astype(np.float64) for k, v in inputs.items()})
+    for got, want in zip(double, single):
+        assert got.dtype == tf.float32
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    logits = np.random.default_rng(1).normal(size=(4, 2, 3))
+    log_probs = vtrace.log_probs_from_logits_and_actions(logits, np.zeros((4, 2), np.int64))
+    assert log_probs.dtype == tf.float32
