@@ -352,3 +352,33 @@ def test_the_loss_and_its_stats_off_policy_with_every_vtrace_setting_against_num
     for name, value in want.items():
         assert float(stats[name]) == pytest.approx(value, rel=1e-4, abs=1e-5), name
     assert float(total) == pytest.approx(want["total_loss"], rel=1e-4)
+
+
+def test_replicas_all_reduce_their_gradients_summed_or_averaged():
+    """Two (logical CPU) replicas, each with half of a batch without episode starts: their
+    gradients are all-reduced to the whole batch's, summed with the 'sum' reduction and
+    averaged over replicas with 'mean' (each replica's mean is over its own half)."""
+    from impala_tf.distribute import make_strategy
+    strategy = make_strategy("mirrored", num_cpu_devices=2)
+    trajectory = _trajectory(3, 4, seed=9)
+    trajectory = trajectory._replace(episode_start=tf.zeros_like(trajectory.episode_start))
+    weights = Agent(A, SPEC, torso="mlp", use_lstm=False).get_weights()
+    halves = [tf.nest.map_structure(lambda x, r=r: x[:, 2 * r:2 * r + 2], trajectory)
+              for r in range(2)]
+    for reduction in ("sum", "mean"):
+        single_agent = Agent(A, SPEC, torso="mlp", use_lstm=False)
+        single_agent.set_weights(weights)
+        want, _ = _train_step(single_agent, loss_reduction=reduction).compute_gradients(
+            LearnerBatch(trajectory, ()))
+        with strategy.scope():
+            agent = Agent(A, SPEC, torso="mlp", use_lstm=False)
+            agent.set_weights(weights)
+            step = _train_step(agent, loss_reduction=reduction)
+        batch = strategy.experimental_distribute_values_from_function(
+            lambda context: LearnerBatch(halves[context.replica_id_in_sync_group], ()))
+        got = tf.function(lambda b: strategy.run(lambda x: step.compute_gradients(x)[0],
+                                                 args=(b,)))(batch)
+        for replica in range(2):
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(strategy.experimental_local_results(g)[replica],
+                                           w.numpy(), rtol=1e-4, atol=1e-6, err_msg=reduction)
