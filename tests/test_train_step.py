@@ -382,3 +382,16 @@ def test_replicas_all_reduce_their_gradients_summed_or_averaged():
             for g, w in zip(got, want):
                 np.testing.assert_allclose(strategy.experimental_local_results(g)[replica],
                                            w.numpy(), rtol=1e-4, atol=1e-6, err_msg=reduction)
+
+
+def test_the_defaults_are_the_papers_atari_settings():
+    """Espeholt et al. 2018, Table D.1 / G.1: discount 0.99, baseline cost 0.5, entropy cost
+    0.01, gradients clipped at a global norm of 40, rho-bar = c-bar = 1 with lambda 1,
+    rewards clipped to [-1, 1], summed losses; no PopArt and no XLA unless asked."""
+    step = TrainStep(_agent(), make_optimizer(1e9, 1))
+    assert (step.discount, step.baseline_cost, step.entropy_cost, step.max_grad_norm) == (
+        0.99, 0.5, 0.01, 40.0)
+    assert (step.clip_rho_threshold, step.clip_pg_rho_threshold, step.clip_c_threshold,
+            step.lambda_) == (1.0, 1.0, 1.0, 1.0)
+    assert (step.reward_clipping, step.loss_reduction) == ("abs_one", "sum")
+    assert step.popart is None and step.jit_compile is False
