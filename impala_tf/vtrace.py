@@ -136,7 +136,7 @@ def from_importance_weights(
         _check_rank("bootstrap_value", bootstrap_value, 1, "[B]")
         for arg_name, arg in (("discounts", discounts), ("rewards", rewards), ("values", values)):
             _check_same_shape(arg_name, arg, "log_rhos", log_rhos)
-        _check_same_shape("bootstrap_value", bootstrap_value, "values[-1]", values[0])
+        _check_same_shape("bootstrap_value", bootstrap_value, "values[-1]", values[-1])
         for arg_name, arg in (
             ("clip_rho_threshold", clip_rho_threshold),
             ("clip_pg_rho_threshold", clip_pg_rho_threshold),

@@ -221,3 +221,15 @@ def test_episode_frames_without_a_limit_stop_at_the_meta_int_range():
     assert parse_episodes([[0.0, 2**62 - 1, "a"]], limits, 6)[0].episode_frames == 2**62 - 1
     with pytest.raises(codec.CodecError, match="'episode frames' must be an int"):
         parse_episodes([[0.0, 2**62, "a"]], limits, 6)
+
+
+def test_integer_observations_without_spec_bounds_take_any_value_of_their_dtype():
+    """Only float observations get `max_abs_observation` when the spec has no bounds: an
+    int32 observation (a counter, token ids whose spec is unbounded) takes its dtype's
+    extremes."""
+    spec = {**SPEC, "observation/count": (np.int32, (T + 1,))}
+    validator = UnrollValidator(spec, A, None, num_actors=2, num_envs=2)
+    count = np.array([0, 2**31 - 1, -2**31, 7], np.int32)
+    unroll, _ = validator(codec.encode(codec.UNROLL_MAGIC, _fields(**{"observation/count": count}),
+                                       {"actor_id": 0, "policy_version": 0, "episodes": []}))
+    np.testing.assert_array_equal(unroll.flat()["observation/count"], count)
