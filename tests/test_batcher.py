@@ -97,26 +97,37 @@ def test_a_batch_without_core_state_has_none():
     assert stack_unrolls(unrolls, ()).batch.initial_core_state == ()
 
 
+def _packed_unroll(stack, actor_id, whole=False, **observations):
+    """An unroll of stacked frames `stack` `[T+1, H, W, S]` as the validator hands it over
+    (a `PackedStack`; `whole`: the stacks as sent whole), other `observations` beside it,
+    zero actions, rewards and logits."""
+    from impala_tf.rpc import frame_packing
+    steps = stack.shape[0]
+    frame = {"observation/frame": stack}
+    if not whole:
+        spec = {"observation/frame": (np.dtype(np.uint8), stack.shape)}
+        frame = frame_packing.unpack(frame_packing.pack(frame, {"frame": 1}), spec, {"frame": 1})
+    return Unroll.from_flat({**frame, **{f"observation/{k}": v for k, v in observations.items()},
+                             "action": np.zeros(steps, np.int32),
+                             "reward": np.zeros(steps, np.float32),
+                             "discount": np.ones(steps, np.float32),
+                             "episode_start": np.zeros(steps, bool),
+                             "behaviour_logits": np.zeros((steps, 3), np.float32)}, 0, actor_id)
+
+
 def test_packed_frames_are_written_into_the_batch_as_stacks_or_frame_major():
     """Packed unrolls (restarts inside, one at the last step) and a whole one, batched for a
     learner on CPU (stacks) and on an accelerator (each frame once, stacked in the graph,
     XLA too): both equal numpy's stack of the stacks the actor built."""
     from frame_stacks import stacks as _stacks
 
-    from impala_tf.rpc import frame_packing
     from impala_tf.learning.device_frames import PackedFrames, stacks_from_frames
     rng = np.random.default_rng(1)
     stacks = [_stacks(rng, restarts=r) for r in [(), (7, 15), (1, 2, 3), (20,)]] + [
         _stacks(rng, k=1, restarts=(4,))]
-    spec = {"observation/frame": (np.dtype(np.uint8), stacks[0].shape)}
     steps = stacks[0].shape[0]
-    others = {"action": np.zeros(steps, np.int32), "reward": np.zeros(steps, np.float32),
-              "discount": np.ones(steps, np.float32), "episode_start": np.zeros(steps, bool),
-              "behaviour_logits": np.zeros((steps, 3), np.float32)}
-    unrolls = [Unroll.from_flat({**frame_packing.unpack(frame_packing.pack(
-        {"observation/frame": s}, {"frame": 1}), spec, {"frame": 1}), **others}, 0, i)
-        for i, s in enumerate(stacks[:-1])]
-    unrolls.append(Unroll.from_flat({"observation/frame": stacks[-1], **others}, 0, 4))  # sent whole
+    unrolls = [_packed_unroll(s, i) for i, s in enumerate(stacks[:-1])]
+    unrolls.append(_packed_unroll(stacks[-1], 4, whole=True))  # sent whole
     expected = np.stack(stacks, axis=1)
     host = stack_unrolls(unrolls, ()).batch.trajectory.observation["frame"]
     np.testing.assert_array_equal(host, expected)
@@ -143,7 +154,6 @@ def test_a_batch_of_one_unroll_is_stacked_into_aligned_arrays():
     unroll's own values and dtypes."""
     from frame_stacks import stacks as _stacks
 
-    from impala_tf.rpc import frame_packing
     rng = np.random.default_rng(4)
     unroll = _unroll(rng, 4, 3, 9)
     state = (np.zeros(7, np.float32), np.zeros(7, np.float32))
@@ -157,13 +167,7 @@ def test_a_batch_of_one_unroll_is_stacked_into_aligned_arrays():
         np.testing.assert_array_equal(got[0], own)
         assert got.flags.c_contiguous and got.ctypes.data % 64 == 0
     stack = _stacks(rng, restarts=(5,))
-    spec = {"observation/frame": (np.dtype(np.uint8), stack.shape)}
-    steps = stack.shape[0]
-    others = {"action": np.zeros(steps, np.int32), "reward": np.zeros(steps, np.float32),
-              "discount": np.ones(steps, np.float32), "episode_start": np.zeros(steps, bool),
-              "behaviour_logits": np.zeros((steps, 3), np.float32)}
-    packed = Unroll.from_flat({**frame_packing.unpack(frame_packing.pack(
-        {"observation/frame": stack}, {"frame": 1}), spec, {"frame": 1}), **others}, 0, 0)
+    packed = _packed_unroll(stack, 0)
     host = stack_unrolls([packed], ()).batch.trajectory.observation["frame"]
     np.testing.assert_array_equal(host[:, 0], stack)
     assert host.dtype == np.uint8 and host.ctypes.data % 64 == 0
@@ -218,22 +222,12 @@ def test_the_batcher_hands_packed_frames_over_as_stacks_or_each_frame_once(frame
 
     from impala_tf.learning.batcher import Batcher
     from impala_tf.learning.device_frames import PackedFrames, stacks_from_frames
-    from impala_tf.rpc import frame_packing
     rng = np.random.default_rng(6)
     stacks = [_stacks(rng, restarts=r) for r in [(3,), ()]]
     steps = stacks[0].shape[0]
-    spec = {"observation/frame": (np.dtype(np.uint8), stacks[0].shape)}
     unrolls = queue.Queue()
     for i, stack in enumerate(stacks):
-        fields = frame_packing.unpack(frame_packing.pack({"observation/frame": stack},
-                                                         {"frame": 1}), spec, {"frame": 1})
-        fields["observation/level"] = np.full(steps, i, np.int32)
-        unrolls.put(Unroll.from_flat({**fields, "action": np.zeros(steps, np.int32),
-                                      "reward": np.zeros(steps, np.float32),
-                                      "discount": np.ones(steps, np.float32),
-                                      "episode_start": np.zeros(steps, bool),
-                                      "behaviour_logits": np.zeros((steps, 3), np.float32)},
-                                     0, i))
+        unrolls.put(_packed_unroll(stack, i, level=np.full(steps, i, np.int32)))
     kwargs = {} if frames_on_device is None else {"frames_on_device": frames_on_device}
     batcher = Batcher(unrolls, batch_size=2, initial_state=(), **kwargs)
     try:
