@@ -7,8 +7,13 @@
                 variable; each worker feeds its own replicas. TensorFlow's workers talk
                 plain gRPC (no TLS, no token): off loopback, a warning says so once;
                 run them on a private network;
-  tpu           a TPU (pod) through `TPUClusterResolver(tpu=...)`; the step is compiled
-                with XLA (tested here with `jit_compile=True`, TPUs cannot run here).
+  tpu           a TPU VM's TPU (`tpu_address = 'local'`, the default) or a TPU or pod slice
+                by name, through `TPUClusterResolver`; the step is compiled with XLA.
+                TensorFlow drives a TPU single-client: one Python process (on a pod slice,
+                on worker 0) runs every host's cores, so a TPU learner is one learner worker
+                whose replicas span the slice (`worker_identity`, `batch_split`). Tested
+                here with stand-ins (a resolver for a 4-host slice; mirrored over 8 logical
+                CPUs with `jit_compile=True`): TPUs cannot run here.
 
 Logical CPU devices must be configured before TensorFlow starts its runtime, so call
 `configure_devices` first thing in a process (the learner entry point does).
@@ -59,13 +64,23 @@ class WorkerIdentity(NamedTuple):
     is_chief: bool
 
 
+def is_single_client(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this one process drives all of `strategy`'s replicas, on every host: a TPU.
+    A pod slice's `TPUClusterResolver` lists the slice's hosts as `worker` tasks, but they
+    are TPU servers that worker 0's process drives, not learner processes."""
+    return (isinstance(strategy, tf.distribute.TPUStrategy) or isinstance(
+        getattr(strategy, "cluster_resolver", None),
+        tf.distribute.cluster_resolver.TPUClusterResolver))
+
+
 def worker_identity(strategy: tf.distribute.Strategy) -> WorkerIdentity:
     """This process's place in `strategy`'s cluster (TF_CONFIG's, for `multi_worker`): the
     `chief` task if the cluster has one, else worker 0, is the chief and number 0; the
-    workers follow in TF_CONFIG's order. Without a cluster: the only worker, the chief."""
+    workers follow in TF_CONFIG's order. Without a cluster, and under a TPU (single-client,
+    `is_single_client`): the only worker, the chief."""
     resolver = getattr(strategy, "cluster_resolver", None)
     cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-    if not cluster:
+    if not cluster or is_single_client(strategy):
         return WorkerIdentity(0, 1, True)
     has_chief = bool(cluster.get("chief"))
     count = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
@@ -82,6 +97,47 @@ def worker_identity(strategy: tf.distribute.Strategy) -> WorkerIdentity:
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """How many workers (learner processes) `strategy` spans: 1 unless it has a cluster."""
     return worker_identity(strategy).count
+
+
+class BatchSplit(NamedTuple):
+    """How a batch of B unrolls is divided: `workers` learner processes each take
+    `local_batch_size` = B / workers unrolls, updated on in minibatches of `minibatch_size`
+    (`RunConfig.num_minibatches`), each split over the worker's `local_replicas` replicas,
+    `per_replica` unrolls each. `replicas` counts every worker's (`num_replicas_in_sync`)."""
+
+    workers: int
+    replicas: int
+    local_replicas: int
+    local_batch_size: int
+    minibatch_size: int
+    per_replica: int
+
+    def describe(self, strategy_name: str) -> str:
+        """One line for the learner's start-up output."""
+        return (f"{strategy_name}: {self.workers} learner worker(s), {self.replicas} "
+                f"replica(s); each update takes {self.minibatch_size * self.workers} unrolls, "
+                f"{self.per_replica} per replica")
+
+
+def batch_split(strategy: tf.distribute.Strategy, batch_size: int,
+                num_minibatches: int = 1) -> BatchSplit:
+    """`BatchSplit` of `batch_size` unrolls under `strategy`; ValueError in one line, at
+    start-up, when they do not divide evenly (a TPU slice's B must be a multiple of its
+    cores: 32 on a v3-32)."""
+    workers = worker_identity(strategy).count
+    replicas = int(strategy.num_replicas_in_sync)
+    local_replicas = max(1, replicas // workers)
+    where = (f"{replicas} replicas on {workers} learner workers" if workers > 1
+             else f"{replicas} replicas")
+    if batch_size % (workers * num_minibatches * local_replicas):
+        raise ValueError(
+            f"RunConfig.batch_size = {batch_size} does not split over {where}"
+            + (f" in {num_minibatches} minibatches" if num_minibatches > 1 else "")
+            + f": use a multiple of {workers * num_minibatches * local_replicas}.")
+    local = batch_size // workers
+    minibatch = local // num_minibatches
+    return BatchSplit(workers, replicas, local_replicas, local, minibatch,
+                      minibatch // local_replicas)
 
 
 def unsecured_cluster_warning(tf_config: str) -> Optional[str]:
@@ -103,9 +159,10 @@ def unsecured_cluster_warning(tf_config: str) -> Optional[str]:
 
 @gin.configurable
 def make_strategy(
-    kind: str = "default", num_cpu_devices: int = 2, tpu_address: Optional[str] = None
+    kind: str = "default", num_cpu_devices: int = 2, tpu_address: str = "local"
 ) -> tf.distribute.Strategy:
-    """The strategy named `kind` (see the module docstring)."""
+    """The strategy named `kind` (see the module docstring). `tpu_address`: 'local' (the TPU
+    VM's own TPU), a TPU or pod slice's name, or grpc://HOST:8470."""
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
@@ -125,15 +182,15 @@ def make_strategy(
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "tpu":
         try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
-            tf.config.experimental_connect_to_cluster(resolver)
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+            if tpu_address != "local":  # 'local' needs no connection: the TPU is this VM's
+                tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            where = f" at {tpu_address!r}" if tpu_address else ""
-            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            cause = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             raise NoTPUError(
-                f"make_strategy.kind = 'tpu' found no TPU{where} ({cause}). On a Cloud TPU VM "
-                "leave make_strategy.tpu_address unset; elsewhere set it to the TPU's name or "
-                "grpc://HOST:8470.") from None
+                f"make_strategy.kind = 'tpu' found no TPU at {tpu_address!r} ({cause}). "
+                "On a TPU VM leave make_strategy.tpu_address = 'local'; for a pod slice, run "
+                "the learner on its worker 0 with the slice's name.") from None
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"Unknown strategy {kind!r}; expected one of {STRATEGIES}.")

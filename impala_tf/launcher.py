@@ -284,6 +284,8 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"learner listening on {process.address}; logdir {logdir}", flush=True)
+    kind = gin_utils.bound_value("make_strategy.kind") or "default"
+    print(f"learner strategy {learner.split.describe(kind)}", flush=True)
     kind = gin_utils.bound_value("make_environment.kind")
     dmlab30 = kind == "dmlab" and gin_utils.bound_value("make_dmlab.dmlab30")
     if dmlab30 or kind == "atari_multitask":

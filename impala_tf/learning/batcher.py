@@ -18,6 +18,7 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from impala_tf import distribute
 from impala_tf.frames import PackedStack, frame_major
 from impala_tf.learning.device_frames import PackedFrames
 from impala_tf.queues import put_unless_stopped
@@ -211,10 +212,11 @@ def minibatches(batch: LearnerBatch, num_epochs: int, num_minibatches: int,
 
 def split_for_replicas(strategy: tf.distribute.Strategy, batch: LearnerBatch):
     """Hands each local replica its slice of the batch (axis 1 of the trajectory, axis 0 of
-    the core state). With one replica the batch is returned as it is."""
+    the core state): this worker's replicas, all of them under a TPU (`distribute`). With one
+    replica the batch is returned as it is."""
     if strategy.num_replicas_in_sync == 1:
         return batch
-    local_replicas = len(strategy.extended.worker_devices)
+    local_replicas = strategy.num_replicas_in_sync // distribute.worker_identity(strategy).count
     batch_size = int(batch.trajectory.action.shape[1])
     if batch_size % local_replicas:
         raise ValueError(f"Batch size {batch_size} does not split over {local_replicas} replicas.")

@@ -29,6 +29,7 @@ from impala_tf.learning.faults import (LOST_WORKER_ERRORS, NonFiniteGuard,
 from impala_tf.learning.logdir_lock import LogdirLock
 from impala_tf.learning.metrics import MetricsLog, MetricsWindow, SinkErrors
 from impala_tf.learning.placement import xla_plan
+from impala_tf.learning.publisher import ParameterPublisher
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.rpc.counters import EpisodeTally
@@ -77,14 +78,9 @@ class BatchFeed:
                 else EpisodeTally())
 
 
-def parameter_fields(agent) -> Dict[str, np.ndarray]:
-    """The agent's variables by path, in the agent's fixed order (actors load them by
-    position, checking shapes)."""
-    return {v.path: np.asarray(v.numpy()) for v in agent.variables}
-
-
 @gin.configurable(allowlist=["checkpoint_every_minutes", "checkpoints_to_keep",
-                             "log_every_seconds", "publish_every_steps", "jit_compile",
+                             "log_every_seconds", "publish_every_steps",
+                             "publish_asynchronously", "jit_compile",
                              "max_consecutive_nonfinite_updates", "seed"])
 class Learner:
     """Trains the agent on the batches of a feed.
@@ -103,6 +99,10 @@ class Learner:
         torso's health over a run with `experiments/torso_health.py`).
       log_every_seconds: metrics period.
       publish_every_steps: how often new parameters are published (`parameters`).
+      publish_asynchronously: publish from a thread (`publisher.ParameterPublisher`): the
+        update loop only queues a device-side copy of the weights, and never waits for the
+        update to finish; the parameters reach actors a little later (`publish_lag_mean`
+        in the metrics). False: read them back and publish after each update, waiting.
       is_chief: whether this worker writes checkpoints, summaries and metrics into
         `logdir`; None: from the strategy's cluster (`distribute.worker_identity`: the
         TF_CONFIG chief, else worker 0). Other workers keep their own checkpoints in
@@ -139,6 +139,7 @@ class Learner:
         checkpoints_to_keep: Optional[int] = 3,
         log_every_seconds: float = 10.0,
         publish_every_steps: int = 1,
+        publish_asynchronously: bool = True,
         is_chief: Optional[bool] = None,
         jit_compile: Optional[bool] = None,
         max_consecutive_nonfinite_updates: int = 100,
@@ -152,6 +153,10 @@ class Learner:
         self._lock = LogdirLock(self._checkpoint_logdir)  # first: one learner per logdir
         try:
             self.run_config = run_config or RunConfig()
+            # First, in one line: a batch that does not divide over the replicas (a TPU
+            # slice's cores, every host's) fails here, not at the first update.
+            self.split = distribute.batch_split(self.strategy, self.run_config.batch_size,
+                                                self.run_config.num_minibatches)
             self.frames_per_batch = self.run_config.frames_per_batch
             self._checkpoint_every = checkpoint_every_minutes * 60
             self._log_every = log_every_seconds
@@ -179,9 +184,13 @@ class Learner:
             self.restored_from = self.checkpointer.restore_latest(
                 from_dir=None if self.is_chief else checkpoints.checkpoint_dir(logdir))
             self.parameters = ParameterStore()
+            self.publisher = ParameterPublisher(self.agent, self.parameters,
+                                                lambda: self.learner_step,
+                                                asynchronous=publish_asynchronously)
             self.publish()
             if jit_compile is None:
                 jit_compile = self.train_step.jit_compile
+            self.jit_compile = bool(jit_compile)  # central inference's step follows it
             whole_step_xla, replica_xla = xla_plan(self.strategy, jit_compile)
             self._local_gradients = (
                 tf.function(self.train_step.local_gradients, jit_compile=True)
@@ -192,6 +201,8 @@ class Learner:
             if self.is_chief:
                 gin_utils.write_operative_config(logdir)
         except BaseException:  # a half-built learner frees its logdir
+            if getattr(self, "publisher", None) is not None:
+                self.publisher.close()
             self._lock.release()
             raise
 
@@ -220,8 +231,9 @@ class Learner:
 
     @property
     def local_batch_size(self) -> int:
-        """The unrolls of this worker's share of a batch."""
-        return self.run_config.batch_size // max(1, self.num_workers)
+        """The unrolls of this worker's share of a batch (all of it under a TPU, whose one
+        process feeds every host's cores)."""
+        return self.split.local_batch_size
 
     # -- training --------------------------------------------------------------------------------
     def _step_on_replicas(self, distributed_batch, decisions):
@@ -245,8 +257,8 @@ class Learner:
         return reduced
 
     def publish(self) -> None:
-        """Makes the current parameters available to actors under the learner step."""
-        self.parameters.publish(self.learner_step, parameter_fields(self.agent))
+        """Makes the current parameters available to actors under the learner step, now."""
+        self.publisher.publish_now(self.learner_step)
 
     def stop(self) -> None:
         """Asks `run` to finish after the current step (thread-safe; signal handlers)."""
@@ -332,6 +344,7 @@ class Learner:
                 last_checkpoint = now
             if together and decisions[0] > 0:
                 break
+        self.publisher.flush()  # the actors get the run's last parameters
         if window.steps or not record:
             record = self._log(feed, window, progress)
         self.save()
@@ -359,7 +372,7 @@ class Learner:
             self.nonfinite.finite()
             self.checkpointer.learner_step.assign_add(1)
             if self.learner_step % self._publish_every == 0:
-                self.publish()
+                self.publisher.publish(self.learner_step)
             window.add(stats, lags)
             lags = ()  # a batch's lags count once, at its first update
         return decisions
@@ -383,6 +396,7 @@ class Learner:
         record = window.record(self.env_frames, self.learner_step, self.nonfinite_updates,
                                feed.ingest_metrics(), feed.pop_episodes())
         record["logging_errors"] = self.sink_errors.count
+        record["publish_lag_mean"] = self.publisher.pop_publish_lag()
         sinks = [("metrics", self.metrics.write)] if self.metrics is not None else []
         if progress is not None:
             sinks.append(("progress", progress))
@@ -400,4 +414,5 @@ class Learner:
 
     def close(self) -> None:
         self._stop.set()
+        self.publisher.close()
         self._lock.release()
