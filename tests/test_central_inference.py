@@ -16,8 +16,10 @@ import gin
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from impala_tf import config, gin_utils
+from impala_tf.distribute import make_strategy
 from impala_tf.networks import build_agent
 from impala_tf.acting.actor import Actor
 from impala_tf.learning.central_inference import CentralInference
@@ -47,16 +49,17 @@ def _serve(agent, env_spec, stacked, num_actions, num_envs, num_actors=2, greedy
         {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape)) for name, spec in env_spec.items()},
         num_actions, num_envs, T, num_actors, is_refused=lambda a: False, version=lambda: 7,
         env_seed=int(gin_utils.configured_value(Actor, "seed")), stacked_observations=stacked,
-        policy=BatchedPolicy(agent, greedy=greedy), max_wait_ms=max_wait_ms, **central_kwargs)
+        greedy=greedy, max_wait_ms=max_wait_ms, **central_kwargs)
     counters_service.central = central
     server = LearnerServer(counters_service, "127.0.0.1:0", 8 << 20).start()
     central.start()
     return server, counters_service, central
 
 
-def _unrolls_both_ways(gin_file, bindings, rounds):
+def _unrolls_both_ways(gin_file, bindings, rounds, strategy=None, jit_compile=False):
     """Each of two actors' unrolls built by actors that act themselves (greedy) and by
-    central inference with the same weights, two environment actors batched together."""
+    central inference with the same weights, two environment actors batched together;
+    central inference's agent built under `strategy` (None: the default)."""
     config.parse_config([gin_file], bindings)
     try:
         # Started at the service's step 7: both modes mix it into the seeds alike.
@@ -73,11 +76,13 @@ def _unrolls_both_ways(gin_file, bindings, rounds):
                              for _ in range(rounds) for m in actor.act()])
         env = actors[0].env
         spec, num_actions = tensor_specs(env.observation_spec()), env.action_spec().num_values
-        agent = build_agent(spec, num_actions, num_tasks(env.observation_spec()))
+        with (strategy or tf.distribute.get_strategy()).scope():
+            agent = build_agent(spec, num_actions, num_tasks(env.observation_spec()))
         for mine, theirs in zip(agent.variables, actors[0].agent.variables):
             mine.assign(theirs)
         server, service, central = _serve(agent, spec, env.stacked_observations, num_actions,
-                                          env.num_envs)
+                                          env.num_envs, strategy=strategy,
+                                          jit_compile=jit_compile)
         env_actors = [EnvActor(server.address, actor_index=i) for i in range(2)]
         try:
             threads = [threading.Thread(target=a.run, kwargs=dict(max_steps=rounds * T + 1))
@@ -129,6 +134,23 @@ def test_central_unrolls_equal_the_actors_own_on_catch_with_an_lstm():
     assert central.calls <= (rounds * T + 1) + 4
     assert service.counters.accepted == 2 * rounds * 4
     assert service.counters.pop_episodes().count > 0
+
+
+def test_central_inference_on_a_slices_first_core_gives_the_actors_own_unrolls():
+    """The TPU stand-in: the learner's agent mirrored over two logical CPUs, the step
+    XLA-compiled on the first of them, core states in its device table: the unrolls are
+    still the actors' own."""
+    strategy = make_strategy("mirrored", num_cpu_devices=2)
+    rounds = 2
+    expected, got, central, _ = _unrolls_both_ways("catch.gin", [
+        f"RunConfig.unroll_length = {T}", "Agent.use_lstm = True", "Agent.lstm_size = 8",
+        "Actor.num_envs = 4"], rounds, strategy=strategy, jit_compile=True)
+    _assert_equal_unrolls(expected, got)
+    assert central.step.jit_compile and central.step.device.endswith("CPU:0")
+    assert central.step._step.experimental_get_tracing_count() >= 1
+    # The table holds each actor's rows: 2 actors x 4 environments, and the padding's.
+    assert central.step.table.h.shape == (2 * 4 + 1, 8)
+    assert np.abs(got[1][-1].flat()["core_state/h"]).max() > 0
 
 
 def test_central_unrolls_equal_the_actors_own_on_real_pong():

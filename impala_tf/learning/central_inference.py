@@ -7,10 +7,11 @@ learner process:
 
 - a thread gathers the waiting actors' steps (it runs as soon as every connected actor has
   one waiting, or `max_wait_ms` after the first, or at `max_batch_envs` environments),
-  runs one compiled agent step for all of them on the learner's device (`BatchedPolicy`,
-  batch padded to K times a power of two, so it compiles a few shapes only) and sends each
-  actor its actions;
-- it keeps each environment's core state, previous action and logits, and assembles the
+  runs one compiled agent step for all of them on the learner's device
+  (`inference_step.InferenceStep`: the first core of the strategy, XLA-compiled on a TPU;
+  batch padded to K times a power of two, so it compiles a few shapes only), whose core
+  states stay on the device, and sends each actor its actions;
+- it keeps each environment's previous action and logits, and assembles the
   unrolls exactly as an actor does (`unroll_builder.UnrollBuilder`: T+1 steps, step 0 the previous
   unroll's last, the core state before step 0, the behaviour logits of the parameters that
   acted; stacked frames each once, `frames.PackedStack`, where the step messages said the
@@ -36,23 +37,26 @@ import tensorflow as tf
 
 from impala_tf import seeding
 from impala_tf.envs.base import BatchedTimeStep, EpisodeStats
-from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.queues import put_unless_stopped
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.step_messages import SessionRefused
 from impala_tf.rpc.validation import UnrollLimits, meta_int
 from impala_tf.unroll import Unroll
 from impala_tf.acting.unroll_builder import UnrollBuilder
+from impala_tf.learning.inference_step import InferenceStep
 
 
 class _Session:
     """One actor's stream: its decoder and its environments' state between steps."""
 
-    def __init__(self, actor_id: int, decoder: step_messages.StepDecoder, state: Any,
-                 num_envs: int, num_actions: int):
+    def __init__(self, actor_id: int, decoder: step_messages.StepDecoder, num_envs: int,
+                 num_actions: int):
         self.actor_id = actor_id
         self.decoder = decoder
-        self.state = state  # core state before the next step, numpy [K, ...] leaves
+        # Its environments' rows in the inference step's core-state table; fresh until its
+        # first step has acted (a new session starts from the initial core state).
+        self.rows = np.arange(actor_id * num_envs, (actor_id + 1) * num_envs, dtype=np.int32)
+        self.fresh = True
         self.prev_actions = np.zeros(num_envs, np.int32)
         self.prev_logits = np.zeros([num_envs, num_actions], np.float32)
         self.builder: Optional[UnrollBuilder] = None
@@ -124,7 +128,10 @@ class CentralInference:
       policy_seed: seeds the action sampling (None: a fresh draw).
       policy_rng: the action sampling's `tf.random.Generator` (instead of `policy_seed`;
         the learner checkpoints it).
-      policy: the batched policy (default: sampling from `agent`; tests pass a greedy one).
+      greedy: act with the most probable action instead of sampling (tests).
+      strategy: the learner's: the step runs on its first local device (a TPU core).
+      jit_compile: XLA-compile the step (the endpoint passes the learner's setting; always
+        under a TPU).
       max_wait_ms: how long the first waiting step waits for others to join its batch. An
         actor whose step did not come within it is late: later batches do not wait for it
         until it steps again, so a silent actor delays the others by one `max_wait_ms` once.
@@ -142,15 +149,18 @@ class CentralInference:
                  env_seed: int = 0, stacked_observations: Optional[Mapping[str, int]] = None,
                  observation_bounds=None, limits: Optional[UnrollLimits] = None,
                  max_message_bytes: Optional[int] = None, policy_seed: Optional[int] = None,
-                 policy: Optional[BatchedPolicy] = None, max_wait_ms: float = 5.0,
+                 greedy: bool = False, max_wait_ms: float = 5.0,
                  max_batch_envs: Optional[int] = None,
                  replace_silent_after_seconds: Optional[float] = None,
-                 policy_rng: Optional[tf.random.Generator] = None):
+                 policy_rng: Optional[tf.random.Generator] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None, jit_compile: bool = False):
         self.agent = agent
-        self.policy = policy or BatchedPolicy(agent, seed=policy_seed, rng=policy_rng)
         self.num_envs, self.num_actions = int(num_envs), int(num_actions)
         self.unroll_length = int(unroll_length)
         self.num_actors = int(num_actors)
+        self.step = InferenceStep(agent, self.num_actors * self.num_envs, strategy,
+                                  greedy=greedy, rng=policy_rng, seed=policy_seed,
+                                  jit_compile=jit_compile)
         self.env_seed = int(env_seed)
         self.max_wait_seconds = max(0.0, float(max_wait_ms)) / 1000.0
         self.replace_silent_after_seconds = float(
@@ -194,8 +204,7 @@ class CentralInference:
         if self._is_refused(actor_id):
             raise SessionRefused("PERMISSION_DENIED", f"actor {actor_id} is refused: its "
                                  "unrolls made non-finite updates")
-        state = tf.nest.map_structure(np.asarray, self.agent.initial_state(self.num_envs))
-        session = _Session(actor_id, step_messages.StepDecoder(*self._decoder_args), state,
+        session = _Session(actor_id, step_messages.StepDecoder(*self._decoder_args),
                            self.num_envs, self.num_actions)
         with self._lock:
             old = self._sessions.get(actor_id)
@@ -309,7 +318,7 @@ class CentralInference:
     def _serve(self, batch: List[_Request]) -> None:
         """One inference call for the batch's actors, after recording their steps."""
         version = self._version()
-        live = []
+        live, starting = [], []
         for request in batch:
             if request.session.closed:
                 request.reply(RuntimeError("the stream ended"))
@@ -317,22 +326,30 @@ class CentralInference:
                 request.reply(SessionRefused("PERMISSION_DENIED", f"actor "
                                              f"{request.session.actor_id} is refused"))
             else:
-                self._record(request, version)
+                if self._record(request, version):
+                    starting.append(request.session)
                 live.append(request)
         if not live:
             return
         sessions = [r.session for r in live]
+        if starting:  # their new unrolls' initial core state: one read of their rows
+            states = self.step.read_rows(
+                np.concatenate([s.rows for s in starting]),
+                np.repeat([s.fresh for s in starting], self.num_envs))
+            for i, session in enumerate(starting):
+                rows = slice(i * self.num_envs, (i + 1) * self.num_envs)
+                session.initial_state = tf.nest.map_structure(lambda leaf: leaf[rows], states)
         n = len(live) * self.num_envs
         size = self.num_envs
         while size < n:
             size *= 2
 
-        def padded(arrays):
+        def padded(arrays, fill=0):
             joined = np.concatenate(arrays)
             if size == n:
                 return joined
-            return np.concatenate([joined, np.zeros((size - n,) + joined.shape[1:],
-                                                    joined.dtype)])
+            return np.concatenate([joined, np.full((size - n,) + joined.shape[1:], fill,
+                                                   joined.dtype)])
 
         timesteps = [r.timestep for r in live]
         timestep = BatchedTimeStep(
@@ -340,23 +357,23 @@ class CentralInference:
             padded([t.discount for t in timesteps]),
             {name: padded([t.observation[name] for t in timesteps])
              for name in timesteps[0].observation})
-        state = tf.nest.map_structure(lambda *leaves: padded(leaves),
-                                      *[s.state for s in sessions])
-        step, new_state = self.policy(padded([s.prev_actions for s in sessions]), timestep,
-                                      state)
-        new_state = tf.nest.map_structure(np.asarray, new_state)
+        actions, logits = self.step(
+            padded([s.prev_actions for s in sessions]), timestep.reward, timestep.first(),
+            timestep.observation, padded([s.rows for s in sessions], self.step.padding_row),
+            padded([np.repeat(s.fresh, self.num_envs) for s in sessions], True))
         self.calls += 1
         for i, request in enumerate(live):
             rows = slice(i * self.num_envs, (i + 1) * self.num_envs)
             session = request.session
-            session.prev_actions = step.actions[rows]
-            session.prev_logits = step.policy_logits[rows]
-            session.state = tf.nest.map_structure(lambda leaf: leaf[rows], new_state)
+            session.prev_actions = actions[rows]
+            session.prev_logits = logits[rows]
+            session.fresh = False
         _reply_all(live, [r.session.prev_actions for r in live])
 
-    def _record(self, request: _Request, version: int) -> None:
+    def _record(self, request: _Request, version: int) -> bool:
         """Adds the request's step to its actor's unrolls as `Actor.act` does: it ends the
-        current unroll (which then goes to the queue) and starts the next."""
+        current unroll (which then goes to the queue) and starts the next. Whether an unroll
+        starts (its initial core state is then read before the step acts)."""
         session, timestep = request.session, request.timestep
         session.episodes.extend(request.episodes)
         if session.builder is None:
@@ -366,11 +383,11 @@ class CentralInference:
             session.builder.append(timestep, session.prev_actions, session.prev_logits,
                                    request.restarts)
             if not session.builder.full:
-                return
+                return False
             self._emit(session)
         session.builder.start(timestep, session.prev_actions, session.prev_logits)
-        session.initial_state = session.state
         session.version = version
+        return True
 
     def _emit(self, session: _Session) -> None:
         episodes, session.episodes = session.episodes, []

@@ -73,10 +73,12 @@ class ActorEndpoint:
         'auto': 'device' when the learner has a GPU or TPU.
       central: serve central inference (`Launcher.inference = 'central'`,
         `central_inference`): environment actors send steps, the learner acts for them on
-        its device and assembles their unrolls.
+        its device (the strategy's first, a TPU core included) and assembles their unrolls.
       actor_seed: `Actor.seed`, which central inference seeds its environment actors from.
       policy_rng: central inference's action sampling generator (the learner's, which it
         checkpoints).
+      jit_compile: XLA-compile central inference's step (the learner's setting; a TPU
+        always compiles it).
       serve: False builds the queue and validator only (no server, batcher or central
         inference): for tests that feed the learner themselves.
     """
@@ -93,7 +95,8 @@ class ActorEndpoint:
                  stacked_observations: Optional[Mapping[str, int]] = None,
                  num_envs: Optional[int] = None, stack_frames_on: str = "auto",
                  central: bool = False, actor_seed: int = 0,
-                 policy_rng: Optional[tf.random.Generator] = None, serve: bool = True):
+                 policy_rng: Optional[tf.random.Generator] = None, jit_compile: bool = False,
+                 serve: bool = True):
         self.server: Optional[LearnerServer] = None
         self.central: Optional[CentralInference] = None
         self.batcher: Optional[Batcher] = None
@@ -123,9 +126,6 @@ class ActorEndpoint:
             return
         try:
             if central:
-                if isinstance(strategy, tf.distribute.TPUStrategy):
-                    raise ValueError("Launcher.inference = 'central' does not run under the "
-                                     "'tpu' strategy yet: use 'actor' on TPUs.")
                 self.central = CentralInference(
                     agent, self.unrolls, self.service.counters, observations, num_actions,
                     self.validator.num_envs, run_config.unroll_length,
@@ -134,7 +134,8 @@ class ActorEndpoint:
                     version=version, env_seed=int(actor_seed),
                     stacked_observations=stacked_observations,
                     observation_bounds=observation_bounds, limits=self.validator.limits,
-                    max_message_bytes=self.max_message_bytes, policy_rng=policy_rng)
+                    max_message_bytes=self.max_message_bytes, policy_rng=policy_rng,
+                    strategy=strategy, jit_compile=jit_compile)
                 self.service.central = self.central
             self.server = LearnerServer(
                 self.service, server_address, self.max_message_bytes,

@@ -94,6 +94,7 @@ def learner_process(observation_spec: Mapping[str, tf.TensorSpec], num_actions: 
             insecure=insecure, observation_bounds=observation_bounds,
             stacked_observations=stacked_observations, num_envs=num_envs, central=central,
             actor_seed=actor_seed, policy_rng=learner.policy_rng,
+            jit_compile=learner.jit_compile,
             serve=batch_source is None, **settings)
     except BaseException:
         learner.close()
