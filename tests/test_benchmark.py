@@ -132,3 +132,25 @@ def test_the_ingest_streams_unrolls_pass_the_learners_validator():
         frames = np.asarray(unroll.flat()["observation/frame"])
         assert unroll.actor_id == 5
         np.testing.assert_array_equal(frames[1:, ..., :-1], frames[:-1, ..., 1:])
+
+
+def test_the_loop_stage_measures_both_ways_of_publishing(tmp_path):
+    """`--stages=loop` on Catch: the loop's cost besides the update, publishing from the loop
+    and from the publisher thread; every update published or superseded, none lost."""
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=1",
+         "--stages=loop", f"--json={out}"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    loop = json.loads(out.read_text())["stages"]["loop"]
+    for mode, runs in (("caller", loop["caller"]), ("thread", loop["thread"])):
+        assert runs["publish"] == mode and runs["updates"] >= 4
+        assert 0 < runs["loop_seconds_per_update"] < runs["seconds_per_update"]
+        # Three runs of the loop (warm-up, timing, measured) plus the start-up publication.
+        total = 3 + 2 + runs["updates"] + 1
+        assert runs["published"] + runs["superseded"] == total, runs
+    assert loop["caller"]["superseded"] == 0 and loop["caller"]["publish_lag_mean"] is None
+    assert loop["thread"]["publish_lag_mean"] is not None
+    assert "learner loop, publishing from the thread" in result.stdout

@@ -23,7 +23,10 @@ step with action repeat 4) and the CPU it used (core-seconds per frame, from get
               policy lag, queue fill, CPU cores used and memory held by each process);
   ingest      (only with --stages=ingest) --ingest_actors light actor streams into one
               learner whose step does nothing: actors served, frames/s, the learner's CPU
-              and the wire's bytes per frame (`impala_tf/tools/ingest.py`).
+              and the wire's bytes per frame (`impala_tf/tools/ingest.py`);
+  loop        (only with --stages=loop) the learner loop's own cost per update at B=32,
+              T=20 (everything but the update: `impala_tf/tools/loop_cost.py`), publishing
+              parameters from the loop and from the publisher thread, in one process.
 
 The bound is the frames/s this machine could reach if its cores did nothing but step the
 environments, run the actors' inference and learn, each at its cost per frame in our
@@ -56,7 +59,7 @@ from impala_tf.tools.meters import Meter, cores
 FLAGS = flags.FLAGS
 DEFAULT_STAGES = ("env", "forward", "actor", "learner", "vtrace", "transport", "end_to_end")
 ALE_THREADS = (1, 2)  # besides ALE's default, for the env stage on Atari
-STAGES = DEFAULT_STAGES + ("ingest",)  # ingest: on request (--stages=ingest)
+STAGES = DEFAULT_STAGES + ("ingest", "loop")  # on request (--stages=ingest,loop)
 
 
 def define_flags() -> None:
@@ -217,6 +220,15 @@ def stage_learner(seconds: float, strategy_kind: str) -> Dict:
             "batch_size": run.batch_size, "unroll_length": run.unroll_length,
             "seconds_per_update": m.wall / steps, "frames_per_s": frames / m.wall,
             "core_s_per_frame": m.cpu / frames, "cores_used": m.cpu / m.wall}
+
+
+def stage_loop(seconds: float) -> Dict:
+    from impala_tf.distribute import make_strategy
+    from impala_tf.tools.loop_cost import loop_cost
+    strategy = make_strategy()  # as configured: a TPU's under experiments/tpu_check.sh
+    caller, thread = loop_cost(seconds, False, strategy), loop_cost(seconds, True, strategy)
+    return {"caller": caller, "thread": thread,
+            "loop_ratio": thread["loop_seconds_per_update"] / caller["loop_seconds_per_update"]}
 
 
 def stage_vtrace(seconds: float) -> Dict:
@@ -541,6 +553,14 @@ def print_table(results: Dict) -> None:
               f"frame: env {1e6 * p['env_core_s_per_frame']:.1f} us with ALE's "
               f"{p['ale_threads']} threads, forward {1e6 * p['forward_core_s_per_frame']:.1f}"
               f" us, learning {1e6 * p['learning_core_s_per_frame']:.1f} us of CPU)")
+    if "loop" in s:
+        for r in (s["loop"]["caller"], s["loop"]["thread"]):
+            print(f"learner loop, publishing from the {r['publish']}: "
+                  f"{1e3 * r['loop_seconds_per_update']:.2f} ms per update besides the update's "
+                  f"{1e3 * r['update_seconds_per_update']:.1f} ms ({r['updates']} updates; "
+                  f"publication lag {_fmt(r['publish_lag_mean'], '.2f')} updates, "
+                  f"{r['superseded']} snapshots superseded)")
+        print(f"learner loop: the thread's cost is {s['loop']['loop_ratio']:.2f}x the caller's")
     for r in s.get("end_to_end", []):
         mode = f"{r.get('inference', 'actor')} inference"
         if "error" in r:
