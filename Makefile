@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Test processes in parallel (pytest-xdist); each TF process gets its share of the cores.
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-random bazel-test mutate catch train timing clean
+.PHONY: install test test-random test-tf220 bazel-test mutate catch train timing clean
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,28 @@ test: $(STAMP)
 SEED ?= $(shell date +%s)
 test-random: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -p randomly --randomly-seed=$(SEED) tests
+
+# The core tests on TensorFlow 2.20, the version of the newest TPU build (requirements-tpu.txt):
+# a second virtualenv, .venv-tf2.20, with that file's pins and the CPU build of the same
+# TensorFlow in place of tensorflow-tpu and libtpu. CI runs it after `make test`.
+VENV_TF220 := .venv-tf2.20
+STAMP_TF220 := $(VENV_TF220)/.installed-stamp
+TF220_TESTS := tests/test_vtrace.py tests/test_train_step.py tests/test_learner.py \
+	tests/test_central_inference.py tests/test_distribute.py tests/test_inference_step.py \
+	tests/test_end_to_end.py::test_catch_learns_with_actor_processes
+
+$(STAMP_TF220): requirements-tpu.txt pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV_TF220)
+	$(VENV_TF220)/bin/python -m pip install --quiet --upgrade pip
+	sed -e 's/^tensorflow-tpu==/tensorflow==/' -e '/^libtpu==/d' requirements-tpu.txt \
+		> $(VENV_TF220)/requirements-cpu.txt
+	$(VENV_TF220)/bin/python -m pip install --quiet -r $(VENV_TF220)/requirements-cpu.txt
+	$(VENV_TF220)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP_TF220)
+
+test-tf220: $(STAMP_TF220)
+	$(VENV_TF220)/bin/python -c 'import tensorflow as tf; assert tf.__version__.startswith("2.20."), tf.__version__; print("TensorFlow", tf.__version__)'
+	$(VENV_TF220)/bin/python -m pytest -n $(TEST_WORKERS) -p no:randomly $(TF220_TESTS)
 
 # The fast tests under Bazel (Debian's bazel-bootstrap, installed when missing), offline
 # when ../shared/third_party/bazel holds the repositories Bazel pins; see bazel/test.sh.
@@ -78,5 +100,5 @@ timing: $(STAMP)
 	$(BIN)/python experiments/time_learner_update.py
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache *.egg-info .bazel-deps mutants
+	rm -rf $(VENV) $(VENV_TF220) logs .pytest_cache *.egg-info .bazel-deps mutants
 	-command -v bazel >/dev/null && bazel --batch clean --expunge

@@ -195,3 +195,29 @@ def test_an_installed_wheel_trains_catch_outside_the_checkout(installed, tmp_pat
     subprocess.run([str(python), "-c", "from impala_tf.envs import dmlab; "
                     "assert len(dmlab.ACTION_SET) == 9"], cwd=work, env=env, check=True,
                    timeout=120)
+
+
+def _pins(path: Path) -> dict:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[_normalised(name)] = version
+    return pins
+
+
+def test_the_tpu_requirements_pin_tensorflow_2_20_and_the_rest_as_requirements_txt():
+    """requirements-tpu.txt (a TPU VM's install, and `make test-tf220`'s with the CPU wheel):
+    the TPU build of TensorFlow 2.20 with its libtpu and the 2.20 family, every other pin
+    as requirements.txt's, so that the two cannot drift apart."""
+    main, tpu = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-tpu.txt")
+    assert tpu["tensorflow-tpu"] == "2.20.0" and "libtpu" in tpu
+    assert tpu["tf-keras"].startswith("2.20.") and tpu["tensorboard"].startswith("2.20.")
+    tensorflow_family = {"tensorflow", "tf-keras", "tensorboard"}
+    assert {k: v for k, v in tpu.items() if k in main and k not in tensorflow_family} == \
+        {k: v for k, v in main.items() if k not in tensorflow_family}
+    # What only a TPU needs: the wheel, libtpu and the Cloud TPU API's client.
+    assert set(tpu) - set(main) == {"tensorflow-tpu", "libtpu", "google-api-python-client",
+                                    "oauth2client"}
+    assert "tensorflow" not in tpu  # the TPU wheel provides the module itself
