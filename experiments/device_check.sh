@@ -33,31 +33,7 @@ else
 fi
 
 echo "== 2. the learner's step on the GPU"
-$PY - <<'EOF' | tee "$OUT/gpu_step.txt"
-import impala_tf  # noqa: F401
-import numpy as np
-import tensorflow as tf
-from impala_tf import builders, config
-from impala_tf.envs.factory import make_environment
-from impala_tf.specs import LearnerBatch, tensor_specs
-from impala_tf.synthetic import synthetic_batch
-
-gpus = tf.config.list_logical_devices("GPU")
-assert gpus, "TensorFlow sees no GPU: check the CUDA wheels (pip show nvidia-cudnn-cu12)"
-config.parse_config(["atari/pong_shallow.gin"])
-env = make_environment(1)
-spec, actions = tensor_specs(env.observation_spec()), env.action_spec().num_values
-agent = builders.build_agent(spec, actions)
-step = builders.build_train_step(agent)
-batch = synthetic_batch(agent, spec, 20, 32)
-before = [v.numpy().copy() for v in agent.trainable_variables]
-stats = step(batch)
-devices = sorted({v.value.device for v in agent.trainable_variables})
-moved = sum(not np.array_equal(a, v.numpy()) for a, v in zip(before, agent.trainable_variables))
-assert all("GPU" in d for d in devices), devices
-assert moved == len(before), f"only {moved} of {len(before)} variables changed"
-print(f"GPU step: {gpus[0].name}; variables on {devices}; loss {float(stats['total_loss']):.3f}")
-EOF
+$PY experiments/accelerator_step.py --device=GPU | tee "$OUT/gpu_step.txt"
 
 echo "== 3. Catch, the learner on the GPU"
 rm -rf "$OUT/catch"
