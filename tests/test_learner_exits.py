@@ -46,20 +46,33 @@ def _fail_on_call(learner, attribute, n, error=Injected):
     setattr(learner, attribute, wrapped)
 
 
-@pytest.mark.parametrize("attribute, error", [
-    ("next_batch", Injected),          # taking a batch (the feed's)
-    ("_distributed_step", Injected),   # the update itself
-    ("publish", Injected),             # handing parameters to actors
-    ("_trace_nonfinite", Injected),    # never called on finite updates: see below
-    ("_log", Injected),                # the log line's own bookkeeping
-    ("next_batch", KeyboardInterrupt),
+def _target(learner, attribute):
+    """The object whose `attribute` the loop calls: the feed's batches, the publisher (the
+    loop hands it each update's parameters; its thread publishes them into the store), or
+    the learner's own."""
+    if attribute == "next_batch":
+        return learner.feed
+    if attribute == "publish":
+        return learner.learner.publisher
+    if attribute == "store.publish":
+        return learner.learner.parameters
+    return learner.learner
+
+
+@pytest.mark.parametrize("attribute, error, raised_as", [
+    ("next_batch", Injected, Injected),          # taking a batch (the feed's)
+    ("_distributed_step", Injected, Injected),   # the update itself
+    ("publish", Injected, Injected),             # handing parameters to the publisher
+    ("store.publish", Injected, RuntimeError),   # publishing them, in the publisher's thread
+    ("_trace_nonfinite", Injected, Injected),    # never called on finite updates: see below
+    ("_log", Injected, Injected),                # the log line's own bookkeeping
+    ("next_batch", KeyboardInterrupt, KeyboardInterrupt),
 ])
 def test_an_exception_anywhere_in_the_loop_leaves_a_checkpoint_of_the_last_update(
-        tmp_path, capfd, attribute, error):
+        tmp_path, capfd, attribute, error, raised_as):
     learner = _learner(tmp_path)
     try:
-        _fail_on_call(learner.feed if attribute == "next_batch" else learner.learner,
-                      attribute, 4, error)
+        _fail_on_call(_target(learner, attribute), attribute.split(".")[-1], 4, error)
         if attribute == "_trace_nonfinite":  # make the 4th call happen: non-finite updates
             original = learner.learner._distributed_step
 
@@ -69,8 +82,10 @@ def test_an_exception_anywhere_in_the_loop_leaves_a_checkpoint_of_the_last_updat
                 return stats
 
             learner.learner._distributed_step = nonfinite
-        with pytest.raises(error) as raised:
+        with pytest.raises(raised_as) as raised:
             learner.run(max_steps=100)
+        if raised_as is not error:  # raised in the loop, caused by the thread's error
+            assert isinstance(raised.value.__cause__, error)
         step = learner.learner_step
         weights = [np.array(w) for w in learner.agent.get_weights()]
     finally:
