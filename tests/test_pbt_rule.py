@@ -81,3 +81,34 @@ def test_settings_out_of_range_are_named():
     with pytest.raises(KeyError, match="make_optimizer.epsilon"):
         EvolutionRule().explore({LR: 1.0, ENTROPY: 1.0}, np.random.default_rng(0))
     assert DMLAB_HYPERPARAMETERS == ATARI_HYPERPARAMETERS[:3]
+
+
+def test_scores_from_metrics_records_by_hand():
+    """A member's score over two records: the mean return, and the mean capped
+    human-normalised score (Atari: pong random -20.7, human 14.6; breakout 1.7, 30.5)."""
+    from impala_tf.pbt.score import ScoreKeeper
+    records = [
+        {"episodes": 2, "episode_return_mean": 0.5,
+         "episodes_per_level": {"pong": 1, "breakout": 1},
+         "episode_return_per_level": {"pong": -3.05, "breakout": 60.0}},
+        {"episodes": 2, "episode_return_mean": 1.5,
+         "episodes_per_level": {"pong": 2}, "episode_return_per_level": {"pong": 14.6}},
+        {"episodes": 0, "episode_return_mean": None},
+    ]
+    mean, atari = ScoreKeeper("mean_return"), ScoreKeeper("atari_mean_capped")
+    for record in records:
+        mean.add(record)
+        atari.add(record)
+    assert mean.score() == pytest.approx((2 * 0.5 + 2 * 1.5) / 4)
+    pong = (-3.05 + 2 * 14.6) / 3  # 8.7167: 100 * (8.7167 + 20.7) / 35.3 = 83.33%
+    expected_pong = 100 * (pong + 20.7) / (14.6 + 20.7)
+    assert atari.score() == pytest.approx((expected_pong + 100.0) / 2 / 100)  # breakout capped
+    dmlab = ScoreKeeper("dmlab30_mean_capped")
+    dmlab.add({"episodes": 1, "episode_return_mean": 5.0,
+               "episodes_per_level": {"contributed/dmlab30/rooms_collect_good_objects_train": 1},
+               "episode_return_per_level": {
+                   "contributed/dmlab30/rooms_collect_good_objects_train": 5.0}})
+    assert dmlab.score() == pytest.approx((5.0 - 0.073) / (10 - 0.073))
+    assert ScoreKeeper().score() is None
+    with pytest.raises(ValueError, match="Population.score = 'median'"):
+        ScoreKeeper("median")

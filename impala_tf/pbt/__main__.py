@@ -41,7 +41,7 @@ def main(argv) -> None:
     if not FLAGS.logdir:
         raise app.UsageError("--logdir is required.")
     quiet.import_tensorflow()
-    from impala_tf.pbt.population import run_population
+    from impala_tf.pbt.driver import run_population
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     results = run_population(FLAGS.logdir, FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.address)
     best = results.get_best_result(metric="score", mode="max")

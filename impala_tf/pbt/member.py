@@ -9,8 +9,9 @@ saves a checkpoint and reports to Tune:
   env_frames            its own environment frames (burn-in counts these);
   episodes_since_step   episodes since its last evolution step, i.e. since it (re)started
                         (the rule's 5,000);
-  score                 the mean return of those episodes (single game and Catch); the
-                        rule compares members by it;
+  score                 those episodes' score (`Population.score`: the mean return, or
+                        the mean capped human-normalised score); the rule compares members
+                        by it;
   episode_return_mean   the last log record's, for the curves.
 
 When Tune starts it from a checkpoint (its own after a pause, or another member's after a
@@ -50,31 +51,29 @@ def record_event(logdir: str, event: Dict) -> None:
 
 
 class _Reporter:
-    """Counts the episodes of each metrics record since the member (re)started, which is
+    """Scores the episodes of each metrics record since the member (re)started, which is
     since its last evolution step (a step restarts it), and reports to Tune with a
     checkpoint every `every` episodes."""
 
-    def __init__(self, every: int, checkpoint_dir: str):
+    def __init__(self, every: int, checkpoint_dir: str, score: str):
+        from impala_tf.pbt.score import ScoreKeeper
         self.every, self.checkpoint_dir = every, checkpoint_dir
-        self.episodes, self.return_sum = 0, 0.0
+        self.keeper = ScoreKeeper(score)
         self.reported_at = 0  # episodes at the last report
         self.reports = 0
 
     def __call__(self, record: Dict, process) -> None:
         from ray import tune
-        episodes = int(record.get("episodes") or 0)
-        if episodes and record.get("episode_return_mean") is not None:
-            self.episodes += episodes
-            self.return_sum += episodes * float(record["episode_return_mean"])
-        if self.episodes - self.reported_at < self.every:
+        self.keeper.add(record)
+        score = self.keeper.score()
+        if score is None or self.keeper.episodes - self.reported_at < self.every:
             return
         process.learner.save()
         metrics = {"env_frames": int(record["env_frames"]),
-                   "episodes_since_step": self.episodes,
-                   "score": self.return_sum / self.episodes,
+                   "episodes_since_step": self.keeper.episodes, "score": score,
                    "episode_return_mean": record.get("episode_return_mean"),
                    "learner_steps": int(record["learner_steps"])}
-        self.reported_at, self.reports = self.episodes, self.reports + 1
+        self.reported_at, self.reports = self.keeper.episodes, self.reports + 1
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.checkpoint_dir))
 
 
@@ -93,11 +92,15 @@ def train_member(config: Dict) -> None:
     if start is not None:  # its own after a pause, or a donor's after a copy
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         start.to_directory(checkpoint_dir)
+    import ray
     record_event(logdir, {"event": "start", "from_checkpoint": start.path if start else None,
                           "hyperparameters": config["hyperparameters"],
-                          "last_step": config.get("last_step")})
+                          "last_step": config.get("last_step"),
+                          "trial_id": tune.get_context().get_trial_id(),
+                          "node_id": ray.get_runtime_context().get_node_id()})
     gin_config.parse_config(config["gin_files"], bindings(config))
+    from impala_tf.pbt.population import Population
+    reporter = _Reporter(config["report_every_episodes"], checkpoint_dir, Population().score)
     launcher.run_learner(logdir, "127.0.0.1:0", spawn_actors=True,
                          gin_files=config["gin_files"], gin_bindings=bindings(config),
-                         max_frames=config["max_frames"],
-                         on_record=_Reporter(config["report_every_episodes"], checkpoint_dir))
+                         max_frames=config["max_frames"], on_record=reporter)

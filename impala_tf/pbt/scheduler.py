@@ -42,7 +42,6 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
             hyperparam_mutations={"hyperparameters": {
                 name: (lambda: 1.0) for name in rule.hyperparameters}},
             quantile_fraction=0.5, require_attrs=True, synch=False)
-        self._pending_step: Dict[str, Tuple[Optional[str], Dict[str, float]]] = {}
 
     def on_trial_result(self, tune_controller, trial: Trial, result: Dict) -> str:
         if not self.rule.ready(result.get("env_frames", 0),
@@ -69,7 +68,6 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
             logging.info("[pbt] %s has no checkpoint yet; %s keeps going", donor, trial)
             return
         self._trial_state[donor].last_checkpoint = checkpoint
-        self._pending_step[trial.trial_id] = (other if copies else None, {})
         self._exploit(tune_controller, trial, donor)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> Tuple[Dict, Dict]:
@@ -80,7 +78,8 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
         config["hyperparameters"] = hyperparameters
         config["last_step"] = {"donor": donor, "factors": factors,
                                "score": self._trial_state[trial].last_score,
-                               "donor_score": self._trial_state[trial_to_clone].last_score}
+                               "donor_score": self._trial_state[trial_to_clone].last_score,
+                               "at_frames": self._trial_state[trial].last_train_time}
         self.steps.append((trial.trial_id, donor, factors))
         return config, {"hyperparameters": {name: f"* {factor:g}"
                                             for name, factor in factors.items()}}
