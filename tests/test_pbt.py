@@ -64,7 +64,7 @@ def test_a_population_of_four_on_two_nodes_copies_explores_and_learns(tmp_path,
                                                                       two_node_cluster):
     members = [{LR: 0.01, ENTROPY: 0.01}, {LR: 0.02, ENTROPY: 0.005},
                {LR: 0.005, ENTROPY: 0.01}, {LR: 1e-7, ENTROPY: 0.01}]  # the last cannot learn
-    bindings = [f"Population.members = {members!r}", "Population.max_frames = 1e5",
+    bindings = [f"Population.members = {members!r}", "Population.max_frames = 6e4",
                 "Population.report_every_episodes = 500", "Population.seed = 3",
                 f"EvolutionRule.burn_in_frames = {BURN_IN}",
                 "EvolutionRule.episodes_per_step = 1500", "Learner.log_every_seconds = 1"]
@@ -75,7 +75,11 @@ def test_a_population_of_four_on_two_nodes_copies_explores_and_learns(tmp_path,
         capture_output=True, text=True, timeout=900, cwd=ROOT,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    members_events = _events(tmp_path)
+    _assert_the_population_evolved(tmp_path)
+
+
+def _assert_the_population_evolved(logdir: Path):
+    members_events = _events(logdir)
     assert len(members_events) == 4
     nodes = {event["node_id"] for events in members_events.values() for event in events}
     assert len(nodes) == 2  # members ran on both nodes
@@ -93,9 +97,10 @@ def test_a_population_of_four_on_two_nodes_copies_explores_and_learns(tmp_path,
             assert set(step["factors"]) == {LR, ENTROPY}
             for name, factor in step["factors"].items():
                 assert factor in (1.2, 1 / 1.2, 1.0)
-            # ... from the donor's hyperparameters as they were at that step (or its own).
-            source = ([e for e in members_events[donor] if e["time"] <= event["time"]][-1]
-                      ["hyperparameters"])
+            # ... from the donor's hyperparameters at that step (or its own), which the
+            # donor ran with.
+            source = step["from_hyperparameters"]
+            assert source in [e["hyperparameters"] for e in members_events[donor]]
             assert event["hyperparameters"] == {
                 name: source[name] * step["factors"][name] for name in source}
             if step["donor"]:
@@ -104,16 +109,24 @@ def test_a_population_of_four_on_two_nodes_copies_explores_and_learns(tmp_path,
     # No evolution during burn-in: every step came after the member's own burn-in frames.
     steps = [e["last_step"] for events in members_events.values() for e in events[1:]]
     assert steps and all(step["at_frames"] >= BURN_IN for step in steps)
-    # Exploit: the loser copied a better member: it restarted from a checkpoint of the
-    # donor's trial, with the donor's hyperparameters (explored), and then played as well as
-    # the donor, which its own learning rate (1e-7, at most x1.2 a step) never could.
+    # Exploit: the loser copied a better member: it restarted from a copy of the donor's
+    # checkpoint with the donor's hyperparameters (explored), and at once played as the
+    # donor does, which its own learning rate (1e-7, at most x1.2 a step) never could.
     loser_copies = [c for c in copies if c[0] == loser]
     assert loser_copies, members_events[loser]
     _, donor, event = loser_copies[0]
-    assert Path(event["from_checkpoint"]).parent == donor.parent
+    loser_id = members_events[loser][0]["trial_id"]
+    assert Path(event["from_checkpoint"]).name.startswith(f"pbt_copy_for_{loser_id}_")
     assert event["hyperparameters"][LR] > 1e-4
-    after = [r["episode_return_mean"] for r in _metrics(loser)
-             if r["episode_return_mean"] is not None]
+    records = _metrics(loser)
+    before = [r["episode_return_mean"] for r in records
+              if r["time"] < event["time"] and r["episode_return_mean"] is not None]
+    after = [r["episode_return_mean"] for r in records
+             if r["time"] > event["time"] and r["episode_return_mean"] is not None]
+    assert max(before) < 0, before  # chance level: it could not learn
+    # From its first record after the copy it plays nearer the donor's score than its own.
+    step = event["last_step"]
+    assert after[0] > (step["score"] + step["donor_score"]) / 2, (after, step)
     assert after[-1] > 0.5, after
     # The population's best member learnt Catch.
     best = max(max((r["episode_return_mean"] or -1) for r in _metrics(run))

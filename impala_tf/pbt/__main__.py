@@ -44,6 +44,11 @@ def main(argv) -> None:
     from impala_tf.pbt.driver import run_population
     config.parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
     results = run_population(FLAGS.logdir, FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.address)
+    failed = [result for result in results if result.error is not None]
+    if failed:
+        first = str(failed[0].error).strip().splitlines()[-1][:300]
+        sys.exit(f"impala_tf: {len(failed)} of {len(results)} members failed (the first: "
+                 f"{first}); their errors are in {failed[0].path}/error.txt")
     best = results.get_best_result(metric="score", mode="max")
     print(f"best member: {best.path} (score {best.metrics.get('score')})", flush=True)
 

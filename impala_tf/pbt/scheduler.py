@@ -18,9 +18,12 @@ explored hyperparameters. Each step is logged and written into the member's conf
 """
 
 import logging
+import os
+import shutil
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
@@ -34,6 +37,7 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
         self.rule = rule
         self._rng = np.random.default_rng(seed)
         self.steps = []  # (member, donor or None, factors), in order
+        self._copies: Dict[str, str] = {}  # member -> the checkpoint copy it restarts from
         super().__init__(
             time_attr="env_frames", metric="score", mode="max",
             perturbation_interval=1,  # gated by the rule in on_trial_result
@@ -41,7 +45,8 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
             # Ray's bookkeeping (tags, logs) lists the evolved keys; its sampling is not used.
             hyperparam_mutations={"hyperparameters": {
                 name: (lambda: 1.0) for name in rule.hyperparameters}},
-            quantile_fraction=0.5, require_attrs=True, synch=False)
+            quantile_fraction=0.5, require_attrs=True, synch=False,
+            log_config=False)  # Ray's policy log cannot clone a member into itself
 
     def on_trial_result(self, tune_controller, trial: Trial, result: Dict) -> str:
         if not self.rule.ready(result.get("env_frames", 0),
@@ -67,8 +72,22 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
         if checkpoint is None:
             logging.info("[pbt] %s has no checkpoint yet; %s keeps going", donor, trial)
             return
-        self._trial_state[donor].last_checkpoint = checkpoint
+        self._trial_state[donor].last_checkpoint = self._keep(checkpoint, trial)
         self._exploit(tune_controller, trial, donor)
+
+    def _keep(self, checkpoint: Checkpoint, trial: Trial) -> Checkpoint:
+        """A copy of `checkpoint` that `trial` restarts from: the donor goes on reporting,
+        and Tune deletes its older checkpoints (`CheckpointConfig.num_to_keep`), maybe before
+        `trial` has restored this one. The copy sits beside the original (the same storage,
+        shared by every node); `trial`'s previous copy goes."""
+        previous = self._copies.get(trial.trial_id)
+        destination = os.path.join(os.path.dirname(checkpoint.path),
+                                   f"pbt_copy_for_{trial.trial_id}_{len(self.steps)}")
+        checkpoint.to_directory(destination)
+        self._copies[trial.trial_id] = destination
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+        return Checkpoint.from_directory(destination)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> Tuple[Dict, Dict]:
         """The donor's config (or its own) with the rule's exploration, and the step noted."""
@@ -77,6 +96,7 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
         donor = trial_to_clone.trial_id if trial_to_clone is not trial else None
         config["hyperparameters"] = hyperparameters
         config["last_step"] = {"donor": donor, "factors": factors,
+                               "from_hyperparameters": trial_to_clone.config["hyperparameters"],
                                "score": self._trial_state[trial].last_score,
                                "donor_score": self._trial_state[trial_to_clone].last_score,
                                "at_frames": self._trial_state[trial].last_train_time}
