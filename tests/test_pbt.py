@@ -106,6 +106,15 @@ def _assert_the_population_evolved(logdir: Path):
             if step["donor"]:
                 assert step["donor_score"] > step["score"] + 0.05  # the paper's margin
                 copies.append((run, donor, event))
+    # A step that keeps the member's weights resumes from its newest checkpoint, the one
+    # it reported the step with: no frames lost.
+    for run, events in members_events.items():
+        records = _metrics(run)
+        for event in events[1:]:
+            step = event["last_step"]
+            if step is not None and step["donor"] is None:
+                resumed = [r["env_frames"] for r in records if r["time"] > event["time"]][:1]
+                assert not resumed or step["at_frames"] <= resumed[0] <= step["at_frames"] + 2e4
     # No evolution during burn-in: every step came after the member's own burn-in frames.
     steps = [e["last_step"] for events in members_events.values() for e in events[1:]]
     assert steps and all(step["at_frames"] >= BURN_IN for step in steps)

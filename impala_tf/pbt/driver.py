@@ -72,5 +72,5 @@ def run_population(logdir: str, gin_files: Sequence[str], gin_bindings: Sequence
                 reuse_actors=False),
             run_config=tune.RunConfig(storage_path=storage, name=name, verbose=1,
                                       checkpoint_config=tune.CheckpointConfig(
-                                          num_to_keep=2)))
+                                          num_to_keep=4)))
     return tuner.fit()

@@ -12,7 +12,9 @@ saves a checkpoint and reports to Tune:
   score                 those episodes' score (`Population.score`: the mean return, or
                         the mean capped human-normalised score); the rule compares members
                         by it;
-  episode_return_mean   the last log record's, for the curves.
+  episode_return_mean   the last log record's, for the curves;
+  logdir                its run's folder (a step that keeps its weights restarts it from
+                        its own newest checkpoint there).
 
 When Tune starts it from a checkpoint (its own after a pause, or another member's after a
 copy), the checkpoint's files replace its logdir's checkpoints, so the learner resumes from
@@ -55,9 +57,9 @@ class _Reporter:
     since its last evolution step (a step restarts it), and reports to Tune with a
     checkpoint every `every` episodes."""
 
-    def __init__(self, every: int, checkpoint_dir: str, score: str):
+    def __init__(self, every: int, logdir: str, checkpoint_dir: str, score: str):
         from impala_tf.pbt.score import ScoreKeeper
-        self.every, self.checkpoint_dir = every, checkpoint_dir
+        self.every, self.logdir, self.checkpoint_dir = every, logdir, checkpoint_dir
         self.keeper = ScoreKeeper(score)
         self.reported_at = 0  # episodes at the last report
         self.reports = 0
@@ -72,7 +74,7 @@ class _Reporter:
         metrics = {"env_frames": int(record["env_frames"]),
                    "episodes_since_step": self.keeper.episodes, "score": score,
                    "episode_return_mean": record.get("episode_return_mean"),
-                   "learner_steps": int(record["learner_steps"])}
+                   "learner_steps": int(record["learner_steps"]), "logdir": self.logdir}
         self.reported_at, self.reports = self.keeper.episodes, self.reports + 1
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.checkpoint_dir))
 
@@ -100,7 +102,8 @@ def train_member(config: Dict) -> None:
                           "node_id": ray.get_runtime_context().get_node_id()})
     gin_config.parse_config(config["gin_files"], bindings(config))
     from impala_tf.pbt.population import Population
-    reporter = _Reporter(config["report_every_episodes"], checkpoint_dir, Population().score)
+    reporter = _Reporter(config["report_every_episodes"], logdir, checkpoint_dir,
+                         Population().score)
     launcher.run_learner(logdir, "127.0.0.1:0", spawn_actors=True,
                          gin_files=config["gin_files"], gin_bindings=bindings(config),
                          max_frames=config["max_frames"], on_record=reporter)

@@ -68,7 +68,16 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
             return  # nobody to compare with yet
         other, copies = self.rule.donor(trial.trial_id, scores, self._rng)
         donor = by_id[other] if copies else trial
-        checkpoint = donor.checkpoint
+        if donor is trial:
+            # Its own newest checkpoint: the one saved with the result just reported, in its
+            # run's checkpoint folder. (Tune registers that result's checkpoint only after
+            # this decision, so `trial.checkpoint` is the previous report's.) The member
+            # waits in `tune.report` meanwhile, so the folder does not change under the copy.
+            run_checkpoints = os.path.join(self._trial_state[trial].last_result["logdir"],
+                                           "checkpoints")
+            checkpoint = Checkpoint.from_directory(run_checkpoints)
+        else:  # the donor's newest reported checkpoint
+            checkpoint = donor.checkpoint
         if checkpoint is None:
             logging.info("[pbt] %s has no checkpoint yet; %s keeps going", donor, trial)
             return
@@ -101,5 +110,12 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
                                "donor_score": self._trial_state[trial_to_clone].last_score,
                                "at_frames": self._trial_state[trial].last_train_time}
         self.steps.append((trial.trial_id, donor, factors))
+        state, donor_state = self._trial_state[trial], self._trial_state[trial_to_clone]
+        what = (f"copies {donor} (score {donor_state.last_score:.3f})" if donor
+                else "keeps its weights")
+        print(f"pbt: member {trial.trial_id} (score {state.last_score:.3f}, "
+              f"{state.last_train_time:,.0f} frames) {what}; "
+              + ", ".join(f"{name.split('.')[-1]} x{factor:.4g}"
+                          for name, factor in factors.items()), flush=True)
         return config, {"hyperparameters": {name: f"* {factor:g}"
                                             for name, factor in factors.items()}}
