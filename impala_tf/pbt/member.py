@@ -3,7 +3,7 @@ either inference mode) as a Ray Tune function trainable.
 
 The member's config (`member_config`) holds its gin files, its fixed bindings and its evolved
 hyperparameters (gin bindings too: `make_optimizer.learning_rate` ...). It trains in its own
-logdir (the trial's directory, `run/`), and every `report_every_episodes` finished episodes it
+logdir (`run/` in the trial's folder of the population's storage), and every `report_every_episodes` finished episodes it
 saves a checkpoint and reports to Tune:
 
   env_frames            its own environment frames (burn-in counts these);
@@ -79,6 +79,20 @@ class _Reporter:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.checkpoint_dir))
 
 
+def _trial_storage_dir() -> str:
+    """The trial's folder in the population's storage (`--logdir`), which every node reaches:
+    the member writes its run there directly. (Tune's own trial folder is a working copy on
+    the member's node, copied to storage at each report; a restored population starts a new,
+    empty one, whose copy would overwrite the run's history.)"""
+    from ray import tune
+    storage = tune.get_context().get_storage()
+    if type(storage.storage_filesystem).__name__ != "LocalFileSystem":
+        raise ValueError(f"the population's --logdir ({storage.storage_path}) must be a folder "
+                         "every node mounts (a local disk on one machine, NFS on a cluster): "
+                         "members write their runs into it directly.")
+    return storage.trial_fs_path
+
+
 def train_member(config: Dict) -> None:
     """The Tune trainable: trains this member until `max_frames` (module docstring)."""
     from ray import tune
@@ -87,7 +101,7 @@ def train_member(config: Dict) -> None:
     from impala_tf import launcher
     from impala_tf.learning import checkpoints
 
-    logdir = os.path.join(tune.get_context().get_trial_dir(), "run")
+    logdir = os.path.join(_trial_storage_dir(), "run")
     os.makedirs(logdir, exist_ok=True)
     checkpoint_dir = checkpoints.checkpoint_dir(logdir)
     start = tune.get_checkpoint()
