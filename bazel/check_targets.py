@@ -30,7 +30,7 @@ def expected_files(root: pathlib.Path = ROOT) -> Dict[str, Set[str]]:
 
 def pinned_requirements(root: pathlib.Path = ROOT) -> Set[str]:
     lines = (root / "requirements.txt").read_text().splitlines()
-    return {line.split("==")[0].strip() for line in lines
+    return {line.split("==")[0].split("[")[0].strip() for line in lines  # ray[tune]: ray
             if line.strip() and not line.lstrip().startswith("#")}
 
 

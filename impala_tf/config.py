@@ -42,6 +42,8 @@ _CONFIGURABLE_MODULES = (
     "impala_tf.run_config",
     "impala_tf.launcher",
     "impala_tf.learning.train_step",
+    "impala_tf.pbt.population",  # PBT's settings parse in every process (Ray is not imported)
+    "impala_tf.pbt.rule",
 )
 
 

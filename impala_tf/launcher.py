@@ -263,10 +263,13 @@ def build_learner(logdir: str, server_address: str, insecure: bool = False) -> L
 def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[str] = (),
                 gin_bindings: Sequence[str] = (), insecure: bool = False,
                 max_frames: Optional[float] = None,
-                max_minutes: Optional[float] = None) -> dict:
+                max_minutes: Optional[float] = None,
+                on_record: Optional[Callable[[dict, "LearnerProcess"], None]] = None) -> dict:
     """Trains until the configured frames, `max_frames`, `max_minutes`, SIGINT or SIGTERM,
     with a final checkpoint; with `spawn_actors`, `Launcher.num_actors` local actor processes
-    started with `gin_files` and `gin_bindings`. Returns the last metrics record."""
+    started with `gin_files` and `gin_bindings`. `on_record(record, process)` is called with
+    each metrics record, in the learner's loop (a PBT member reports through it). Returns the
+    last metrics record."""
     process = build_learner(logdir, bind, insecure)
     learner = process.learner
     if learner.restored_from:
@@ -282,7 +285,11 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
               flush=True)
         process.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Signals reach the main thread only: a run in another thread (a PBT member, a Ray Tune
+    # trial) is stopped by its caller instead.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = ({s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                if in_main else {})
     print(f"learner listening on {process.address}; logdir {logdir}", flush=True)
     kind = gin_utils.bound_value("make_strategy.kind") or "default"
     print(f"learner strategy {learner.split.describe(kind)}", flush=True)
@@ -302,7 +309,13 @@ def run_learner(logdir: str, bind: str, spawn_actors: bool, gin_files: Sequence[
                   f"{first + launcher.num_actors - 1})", flush=True)
         total = RunConfig().total_environment_frames
         progress = Progress(total, max_frames, max_minutes, stop=process.stop)
-        record = process.run(max_frames=max_frames, progress=progress)
+
+        def each_record(record: dict) -> None:
+            progress(record)
+            if on_record is not None:
+                on_record(record, process)
+
+        record = process.run(max_frames=max_frames, progress=each_record)
         reason = stop_reason(progress, signalled[0] if signalled else None,
                              learner.env_frames, max_frames, total)
         print(f"done ({reason}): {learner.env_frames:,d} frames, {learner.learner_step} "

@@ -61,8 +61,14 @@ def test_named_files_exist(page):
             assert _exists(name), f"{page.name} names {name}, which does not exist"
 
 
+def _module_file(module: str):
+    """The file `python -m module` runs: module.py, or a package's __main__.py."""
+    path = ROOT / module.replace(".", "/")
+    return path.with_suffix(".py") if path.with_suffix(".py").exists() else path / "__main__.py"
+
+
 def _module_flags(module: str) -> set:
-    source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+    source = _module_file(module).read_text()
     names = set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
     if "define_verbose_flag()" in source:
         names.add("verbose")
@@ -86,8 +92,7 @@ def test_named_commands_modules_flags_and_make_targets_exist(page):
         if kind == "make":
             assert re.search(rf"^{name}:", makefile, re.M), f"{page.name}: no make target {name}"
             continue
-        assert (ROOT / (name.replace(".", "/") + ".py")).exists(), \
-            f"{page.name}: no module {name}"
+        assert _module_file(name).exists(), f"{page.name}: no module {name}"
         flags = _module_flags(name)
         for flag in re.findall(r"(?:^|\s)--(\w+)", rest):
             assert flag in flags, f"{page.name}: {name} has no flag --{flag}"

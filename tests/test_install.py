@@ -70,9 +70,10 @@ def _normalised(name: str) -> str:
 
 
 def _declared() -> set:
+    """pyproject's dependencies and its `pbt` extra (Ray, imported by impala_tf.pbt only)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return {_normalised(re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0])
-            for d in project["dependencies"]}
+            for d in project["dependencies"] + project["optional-dependencies"]["pbt"]}
 
 
 # Declared dependencies the library does not import itself, each with where it is used.
@@ -138,6 +139,7 @@ SCRIPT_FLAGS = {
     "impala-evaluate": ["logdir", "checkpoint", "num_episodes", "verbose"],
     "impala-plot": ["out", "labels", "title", "verbose"],
     "impala-benchmark": ["gin_file", "seconds", "stages", "verbose"],
+    "impala-pbt": ["gin_file", "logdir", "address", "verbose"],
 }
 
 
