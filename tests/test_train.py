@@ -164,7 +164,7 @@ def test_the_first_screen_holds_only_our_own_lines():
     # A gin file that does not exist: TensorFlow is imported, then the run stops in one line.
     command = [sys.executable, "-m", "impala_tf.train", "--gin_file=catchh.gin", "--logdir=x"]
     quiet = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert "did you mean catch.gin?" in quiet.stderr
+    assert "did you mean catch.gin" in quiet.stderr
     assert not _CPP_LOGGING.search(quiet.stdout + quiet.stderr), quiet.stderr[:2000]
     verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True,
                              timeout=120, env=env)
