@@ -11,6 +11,18 @@ import pytest
 from impala_tf.tools.benchmark import bound, physical_limit
 
 
+def _benchmark(out, *flags):
+    """`python -m impala_tf.tools.benchmark` on Catch with `flags`, figures to `out`; it must
+    succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", *flags,
+         f"--json={out}"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_the_bound_is_cores_over_the_cpu_cost_of_a_frame():
     env = {"core_s_per_frame": 100e-6}
     actor = {"core_s_per_frame": 250e-6}  # inference = 150 us on top of the env
@@ -35,12 +47,7 @@ def test_end_to_end_runs_both_inference_modes_and_reports_their_actors(tmp_path)
     """Catch trained end to end for a short window in each mode: frames flow, and the
     environment actors of central inference hold no TensorFlow (well under 250 MB)."""
     out = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=2",
-         "--stages=end_to_end", f"--json={out}"],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _benchmark(out, "--seconds=2", "--stages=end_to_end")
     runs = json.loads(out.read_text())["stages"]["end_to_end"]
     assert [r["inference"] for r in runs] == ["actor", "central"]
     for r in runs:
@@ -54,12 +61,7 @@ def test_end_to_end_runs_both_inference_modes_and_reports_their_actors(tmp_path)
 
 def test_a_short_run_on_catch_reports_every_stage(tmp_path):
     out = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=1",
-         "--stages=env,forward,actor,learner,vtrace,transport", f"--json={out}"],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _benchmark(out, "--seconds=1", "--stages=env,forward,actor,learner,vtrace,transport")
     figures = json.loads(out.read_text())
     stages = figures["stages"]
     for name in ("env", "actor"):
@@ -96,12 +98,7 @@ def test_the_ingest_stage_serves_every_stream_and_reports_its_figures(tmp_path):
     """Light actor streams into a real learner (Catch: nothing stacked) whose step does
     nothing; the figures land under the top-level key `ingest`."""
     out = tmp_path / "ingest.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin",
-         "--seconds=2", "--stages=ingest", "--ingest_actors=3", f"--json={out}"],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _benchmark(out, "--seconds=2", "--stages=ingest", "--ingest_actors=3")
     ingest = json.loads(out.read_text())["ingest"]
     assert ingest["actors"] == 3 and ingest["actors_served"] == 3
     assert ingest["rejected_unrolls"] == 0 and ingest["frames_per_s"] > 0
@@ -138,12 +135,7 @@ def test_the_loop_stage_measures_both_ways_of_publishing(tmp_path):
     """`--stages=loop` on Catch: the loop's cost besides the update, publishing from the loop
     and from the publisher thread; every update published or superseded, none lost."""
     out = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "impala_tf.tools.benchmark", "--gin_file=catch.gin", "--seconds=1",
-         "--stages=loop", f"--json={out}"],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _benchmark(out, "--seconds=1", "--stages=loop")
     loop = json.loads(out.read_text())["stages"]["loop"]
     for mode, runs in (("caller", loop["caller"]), ("thread", loop["thread"])):
         assert runs["publish"] == mode and runs["updates"] >= 4
