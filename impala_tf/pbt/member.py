@@ -3,8 +3,8 @@ either inference mode) as a Ray Tune function trainable.
 
 The member's config (`member_config`) holds its gin files, its fixed bindings and its evolved
 hyperparameters (gin bindings too: `make_optimizer.learning_rate` ...). It trains in its own
-logdir (`run/` in the trial's folder of the population's storage), and every `report_every_episodes` finished episodes it
-saves a checkpoint and reports to Tune:
+logdir (`run/` in the trial's folder of the population's storage), and every
+`report_every_episodes` finished episodes it saves a checkpoint and reports to Tune:
 
   env_frames            its own environment frames (burn-in counts these);
   episodes_since_step   episodes since its last evolution step, i.e. since it (re)started
@@ -13,8 +13,8 @@ saves a checkpoint and reports to Tune:
                         the mean capped human-normalised score); the rule compares members
                         by it;
   episode_return_mean   the last log record's, for the curves;
-  logdir                its run's folder (a step that keeps its weights restarts it from
-                        its own newest checkpoint there).
+  checkpoint_dir        its run's checkpoint folder (a step that keeps its weights
+                        restarts it from its own newest checkpoint there).
 
 When Tune starts it from a checkpoint (its own after a pause, or another member's after a
 copy), the checkpoint's files replace its logdir's checkpoints, so the learner resumes from
@@ -57,9 +57,9 @@ class _Reporter:
     since its last evolution step (a step restarts it), and reports to Tune with a
     checkpoint every `every` episodes."""
 
-    def __init__(self, every: int, logdir: str, checkpoint_dir: str, score: str):
+    def __init__(self, every: int, checkpoint_dir: str, score: str):
         from impala_tf.pbt.score import ScoreKeeper
-        self.every, self.logdir, self.checkpoint_dir = every, logdir, checkpoint_dir
+        self.every, self.checkpoint_dir = every, checkpoint_dir
         self.keeper = ScoreKeeper(score)
         self.reported_at = 0  # episodes at the last report
         self.reports = 0
@@ -74,7 +74,8 @@ class _Reporter:
         metrics = {"env_frames": int(record["env_frames"]),
                    "episodes_since_step": self.keeper.episodes, "score": score,
                    "episode_return_mean": record.get("episode_return_mean"),
-                   "learner_steps": int(record["learner_steps"]), "logdir": self.logdir}
+                   "learner_steps": int(record["learner_steps"]),
+                   "checkpoint_dir": self.checkpoint_dir}
         self.reported_at, self.reports = self.keeper.episodes, self.reports + 1
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.checkpoint_dir))
 
@@ -116,8 +117,7 @@ def train_member(config: Dict) -> None:
                           "node_id": ray.get_runtime_context().get_node_id()})
     gin_config.parse_config(config["gin_files"], bindings(config))
     from impala_tf.pbt.population import Population
-    reporter = _Reporter(config["report_every_episodes"], logdir, checkpoint_dir,
-                         Population().score)
+    reporter = _Reporter(config["report_every_episodes"], checkpoint_dir, Population().score)
     launcher.run_learner(logdir, "127.0.0.1:0", spawn_actors=True,
                          gin_files=config["gin_files"], gin_bindings=bindings(config),
                          max_frames=config["max_frames"], on_record=reporter)

@@ -73,9 +73,8 @@ class PaperPopulationBasedTraining(PopulationBasedTraining):
             # run's checkpoint folder. (Tune registers that result's checkpoint only after
             # this decision, so `trial.checkpoint` is the previous report's.) The member
             # waits in `tune.report` meanwhile, so the folder does not change under the copy.
-            run_checkpoints = os.path.join(self._trial_state[trial].last_result["logdir"],
-                                           "checkpoints")
-            checkpoint = Checkpoint.from_directory(run_checkpoints)
+            checkpoint = Checkpoint.from_directory(
+                self._trial_state[trial].last_result["checkpoint_dir"])
         else:  # the donor's newest reported checkpoint
             checkpoint = donor.checkpoint
         if checkpoint is None:
