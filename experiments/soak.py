@@ -25,7 +25,7 @@ from typing import Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from impala_tf.tools.benchmark import children  # noqa: E402
+from impala_tf.tools.end_to_end import children  # noqa: E402
 
 
 def rss_mb(pid: int) -> Optional[float]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from impala_tf.tools.benchmark import bound, physical_limit
+from impala_tf.tools.report import bound, physical_limit
 
 
 def _benchmark(out, *flags):
