@@ -14,7 +14,10 @@ import threading
 
 import numpy as np
 
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
+from impala_tf.rpc.unroll_queue import UnrollQueue
 from impala_tf.rpc.validation import UnrollValidator
 
 T = 20

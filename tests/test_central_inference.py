@@ -26,7 +26,10 @@ from impala_tf.learning.central_inference import CentralInference
 from impala_tf.acting.env_actor import EnvActor
 from impala_tf.acting.policy import BatchedPolicy
 from impala_tf.rpc import codec, step_messages
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
+from impala_tf.rpc.unroll_queue import UnrollQueue
 from impala_tf.rpc.protocol import ACT
 from impala_tf.rpc.validation import UnrollValidator
 from impala_tf.frames import PackedStack

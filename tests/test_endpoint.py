@@ -15,7 +15,7 @@ from impala_tf.learning.endpoint import ActorEndpoint
 from impala_tf.networks import build_agent
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import ParameterStore
+from impala_tf.rpc.parameter_store import ParameterStore
 from impala_tf.run_config import RunConfig
 
 SPEC = {"frame": tf.TensorSpec([10, 5, 1], tf.uint8)}

@@ -18,7 +18,9 @@ from impala_tf.learning.batcher import stack_unrolls
 from impala_tf.learning.process import learner_process
 from impala_tf.rpc import codec, frame_packing
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
 from impala_tf.rpc.validation import UnrollValidator
 from impala_tf.specs import tensor_specs
 

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from impala_tf.envs.base import EpisodeStats
 from impala_tf.rpc import codec
 from impala_tf.rpc.counters import MAX_LEVELS, MAX_REASONS, OTHER_LEVELS, ServiceCounters
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
 from impala_tf.rpc.protocol import STREAM_UNROLLS
 from impala_tf.rpc.validation import DEFAULT_NUM_ENVS, UnrollLimits, UnrollValidator
 

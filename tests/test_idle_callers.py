@@ -18,7 +18,10 @@ from impala_tf.rpc.protocol import (ACT, ACTOR_ID_METADATA, GET_PARAMETERS, PARA
                                     STREAM_UNROLLS)
 from impala_tf.rpc.client import LearnerClient
 from impala_tf.rpc.security import AUTHORIZATION, Security
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollQueue
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
+from impala_tf.rpc.unroll_queue import UnrollQueue
 from impala_tf.rpc.validation import UnrollValidator
 
 SPEC = {"action": (np.dtype(np.int32), (5,)), "reward": (np.dtype(np.float32), (5,))}

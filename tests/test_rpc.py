@@ -14,8 +14,10 @@ from deadlines import wait_for
 from impala_tf.rpc import codec
 from impala_tf.rpc.protocol import ACTOR_ID_METADATA, GET_PARAMETERS, STREAM_UNROLLS
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import (READ_AHEAD_UNROLLS, LearnerServer, LearnerService,
-                                  ParameterStore, UnrollValidator)
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import READ_AHEAD_UNROLLS, LearnerServer
+from impala_tf.rpc.service import LearnerService
+from impala_tf.rpc.validation import UnrollValidator
 
 SPEC = {"observation/frame": (np.dtype(np.uint8), (3, 4, 4, 1)),
         "action": (np.dtype(np.int32), (3,)),
@@ -263,7 +265,7 @@ def test_hundreds_of_streams_are_served_and_idle_ones_starve_nobody():
     now get the anonymous pool's slots, the rest RESOURCE_EXHAUSTED), then 200 actors'
     streams that each send 3 unrolls into a queue of 4 that the consumer drains: every
     actor is served, each waiting for room without holding a thread."""
-    from impala_tf.rpc.server import UnrollQueue
+    from impala_tf.rpc.unroll_queue import UnrollQueue
     unrolls = UnrollQueue(maxsize=4)
     stop = threading.Event()
     service = LearnerService(UnrollValidator(SPEC, 3, 1 << 20, num_actors=1000), unrolls,

@@ -24,7 +24,10 @@ from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient, LearnerUnreachableError
 from impala_tf.rpc.security import (TOKEN_ENV, Security, SecurityError, check_bind,
                                     is_loopback, local_dial_address)
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
+from impala_tf.rpc.validation import UnrollValidator
 
 SPEC = {"action": (np.dtype(np.int32), (3,)), "reward": (np.dtype(np.float32), (3,))}
 RPC_DIR = os.path.join(os.path.dirname(__file__), "..", "impala_tf", "rpc")

@@ -26,7 +26,10 @@ from hypothesis import strategies as st
 
 from impala_tf.rpc import codec
 from impala_tf.rpc.client import LearnerClient
-from impala_tf.rpc.server import LearnerServer, LearnerService, ParameterStore, UnrollValidator
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import LearnerService
+from impala_tf.rpc.validation import UnrollValidator
 from impala_tf.rpc.protocol import GET_PARAMETERS, PARAMETERS_REQUEST, STREAM_UNROLLS
 
 NUM_ACTIONS = 4

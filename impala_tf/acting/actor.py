@@ -12,7 +12,7 @@ Finished episodes ride along with the next unroll to the learner.
 When the learner goes away (a crash, a restart, a cut link) the actor keeps its environments
 and core state, and retries with backoff until the learner answers again: unrolls wait in the
 client's bounded outbox, parameter pulls are retried, and a restarted learner's parameters
-are loaded even if their version is older (see `server.ParameterStore`). SIGTERM / SIGINT end
+are loaded even if their version is older (see `rpc.parameter_store.ParameterStore`). SIGTERM / SIGINT end
 it promptly, whatever it is waiting for.
 """
 

@@ -19,8 +19,10 @@ from impala_tf.learning.central_inference import CentralInference
 from impala_tf.learning.placement import frames_on_device
 from impala_tf.rpc import codec, step_messages
 from impala_tf.rpc.counters import EpisodeTally
-from impala_tf.rpc.server import (METHODS, LearnerServer, LearnerService, ParameterStore,
-                                  UnrollQueue)
+from impala_tf.rpc.parameter_store import ParameterStore
+from impala_tf.rpc.server import LearnerServer
+from impala_tf.rpc.service import METHODS, LearnerService
+from impala_tf.rpc.unroll_queue import UnrollQueue
 from impala_tf.rpc.validation import UnrollLimits, UnrollValidator
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import unroll_wire_spec

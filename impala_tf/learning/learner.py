@@ -33,7 +33,7 @@ from impala_tf.learning.publisher import ParameterPublisher
 from impala_tf.learning.train_step import build_train_step
 from impala_tf.networks import build_agent
 from impala_tf.rpc.counters import EpisodeTally
-from impala_tf.rpc.server import ParameterStore
+from impala_tf.rpc.parameter_store import ParameterStore
 from impala_tf.run_config import RunConfig
 from impala_tf.specs import num_tasks
 

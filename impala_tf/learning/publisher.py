@@ -5,7 +5,7 @@ finish on the accelerator, and encoding the parameters message costs the learner
 copy of every weight: both stall an accelerator's pipeline once per update. Here the learner
 thread only takes a device-side snapshot (one compiled call copying every variable, which
 queues behind the update without waiting for it) and hands it to a thread that copies it to
-the host, encodes it and publishes it (`rpc.server.ParameterStore`). A snapshot the thread has
+the host, encodes it and publishes it (`rpc.parameter_store.ParameterStore`). A snapshot the thread has
 not taken yet is replaced by a newer one: actors want the newest parameters, not each one.
 
 The cost is policy lag: parameters reach the actors some updates after the step they were
@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from impala_tf.rpc.server import ParameterStore
+from impala_tf.rpc.parameter_store import ParameterStore
 
 
 def parameter_fields(agent) -> Dict[str, np.ndarray]:

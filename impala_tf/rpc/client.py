@@ -48,7 +48,7 @@ def call_metadata(security: Security, actor_id: Optional[int]):
 
 class Parameters(NamedTuple):
     """A parameters message: the learner step that made them, the learner process's
-    incarnation (see `server.ParameterStore`) and `name -> array` fields."""
+    incarnation (see `parameter_store.ParameterStore`) and `name -> array` fields."""
 
     version: int
     incarnation: int

@@ -1,7 +1,7 @@
 """The protocol between actors and the learner, as both ends see it: the gRPC methods, the
 call metadata an actor names itself with, the parameter request, and the channel options.
 
-The learner serves `impala.Learner` (`rpc.server`); actors call it (`rpc.client`,
+The learner serves `impala.Learner` (`rpc.service`, run by `rpc.server`); actors call it (`rpc.client`,
 `acting.env_actor`). Messages are the codec's (`rpc.codec`): unrolls (`UNROLL_MAGIC`,
 `rpc.frame_packing` when stacked frames are packed), parameters, and central inference's
 hello, steps and actions (`rpc.step_messages`).
